@@ -1,0 +1,5 @@
+"""`python -m grid` is `ftgrid`."""
+
+from grid.cli import main
+
+main()

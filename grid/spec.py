@@ -1,0 +1,179 @@
+"""Grid files: YAML → GridSpec → the list of TrialConfigs (one per cell, stable order, stable ids).
+
+A grid file names its axes (`axes:`, each a list), fixed settings (`settings:`), and may add or override
+named models, datasets and templates. Every problem is collected and reported at once, each with its
+YAML path and the allowed values.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from runners.config import (
+    AXES,
+    ConfigError,
+    DatasetEntry,
+    ModelEntry,
+    TemplateEntry,
+    TrialConfig,
+    format_errors,
+    format_validation_error,
+)
+from runners.data import DATASETS
+from runners.models import MODELS
+from runners.templates import TEMPLATES
+
+ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
+SETTING_FIELDS = tuple(n for n in TrialConfig.model_fields if n not in ENTRY_FIELDS)
+
+
+class Resources(BaseModel):
+    """How each trial is scheduled and launched (not part of a trial's identity)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    gpus_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions pack small models onto one GPU.")
+    cpus_per_trial: float = Field(1, gt=0, description="CPU cores reserved per trial.")
+    launcher: Literal["accelerate", "inline"] = Field(
+        "accelerate", description="`accelerate`: a child process per trial; `inline`: inside the Ray worker (CPU)."
+    )
+    max_concurrent: int | None = Field(None, ge=1, description="Most trials running at once (default: as resources allow).")
+    retries: int = Field(0, ge=0, description="Times a failed trial is tried again.")
+
+
+class GridSpec(BaseModel):
+    """A grid file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field("grid", description="A name for the run.")
+    description: str | None = None
+    models: dict[str, dict] = Field(default_factory=dict, description="Named model entries (add or override).")
+    datasets: dict[str, dict] = Field(default_factory=dict, description="Named dataset entries (add or override).")
+    templates: dict[str, dict] = Field(default_factory=dict, description="Named prompt templates (add or override).")
+    axes: dict[str, Any] = Field(description="Axis name → list of values; the grid is their cross product.")
+    settings: dict[str, Any] = Field(default_factory=dict, description="Fixed TrialConfig settings.")
+    resources: Resources = Field(default_factory=Resources)
+    search: dict[str, Any] | None = Field(None, description="Optuna search (used by `ftgrid tune`).")
+
+
+def read_yaml(path: Path) -> dict:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level (axes:, settings:, …)")
+    return data
+
+
+def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
+    data = read_yaml(path)
+    try:
+        spec = GridSpec.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("\n".join(format_validation_error(err, str(path)))) from err
+    if sets:
+        settings, axes = dict(spec.settings), dict(spec.axes)
+        for key, value in sets.items():
+            if key in axes and not isinstance(value, list):
+                axes[key] = [value]
+            else:
+                settings[key] = value
+        spec = spec.model_copy(update={"settings": settings, "axes": axes})
+    return spec
+
+
+def _merged(registry: dict[str, BaseModel], user: dict[str, dict], kind: type[BaseModel], section: str, where: str,
+            problems: list[str]) -> dict[str, BaseModel]:  # fmt: skip
+    """Built-in entries updated with the file's own (a user entry may change a few keys of a built-in)."""
+    merged = dict(registry)
+    for name, fields in user.items():
+        base = registry[name].model_dump() if name in registry else {}
+        if not isinstance(fields, dict):
+            problems.append(f"{where}: {section}.{name}: expected a mapping of {kind.__name__} keys")
+            continue
+        try:
+            merged[name] = kind.model_validate({**base, **fields})
+        except ValidationError as err:
+            problems += format_validation_error(err, where, (section, name))
+    return merged
+
+
+def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = None) -> list[TrialConfig]:
+    """One TrialConfig per cell of the cross product, deduplicated by trial id, in a stable order."""
+    problems: list[str] = []
+    registries = {
+        "model": _merged(MODELS, spec.models, ModelEntry, "models", where, problems),
+        "dataset": _merged(DATASETS, spec.datasets, DatasetEntry, "datasets", where, problems),
+        "template": _merged(TEMPLATES, spec.templates, TemplateEntry, "templates", where, problems),
+    }
+    axes = {k: (v if isinstance(v, list) else [v]) for k, v in spec.axes.items()}
+    for key in ("model", "dataset"):
+        if key not in axes and key not in spec.settings:
+            problems.append(f"{where}: axes.{key}: required (a list of {key} names)")
+    for section, keys in (("axes", axes), ("settings", spec.settings)):
+        for key in keys:
+            if key not in SETTING_FIELDS:
+                problems.append(f"{where}: {section}.{key}: unknown key; allowed: {', '.join(SETTING_FIELDS)}")
+    for key, values in axes.items():
+        if not values:
+            problems.append(f"{where}: axes.{key}: empty list")
+    for key, value in (picks or {}).items():
+        if key not in axes and key not in SETTING_FIELDS:
+            problems.append(f"--pick {key}: unknown axis; axes of this grid: {', '.join(axes)}")
+        else:
+            axes[key] = [value]
+    for key, registry in registries.items():
+        names = axes.get(key, [spec.settings.get(key)])
+        for i, name in enumerate(names):
+            if name is not None and name not in registry:
+                path = f"axes.{key}[{i}]" if key in axes else f"settings.{key}"
+                problems.append(
+                    f"{where}: {path}: unknown {key} {name!r}; available: {', '.join(registry)} "
+                    f"(or add an entry under `{key}s:`)"
+                )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+    ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
+    trials: dict[str, TrialConfig] = {}
+    for values in itertools.product(*(axes[k] for k in ordered)):
+        cell = {**spec.settings, **dict(zip(ordered, values))}
+        cell["model_entry"] = registries["model"][cell["model"]]
+        cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
+        cell["template_entry"] = registries["template"][cell.get("template", "custom")]
+        cell.setdefault("template", "custom")
+        try:
+            cfg = TrialConfig.model_validate(cell)
+        except ValidationError as err:
+            cell_desc = ", ".join(f"{k}={v}" for k, v in zip(ordered, values))
+            for e in err.errors():
+                field = str(e["loc"][0]) if e["loc"] else ""
+                section = ("axes",) if field in axes else ("settings",) if field in spec.settings else ()
+                line = format_errors([{**e, "loc": (*section, *e["loc"])}], where)[0]
+                problems.append(f"{line} [cell {cell_desc}]")
+            continue
+        trials.setdefault(cfg.trial_id, cfg)
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
+    return list(trials.values())
+
+
+def load_trials(path: Path, *, sets=None, picks=None) -> tuple[GridSpec, list[TrialConfig]]:
+    spec = load_spec(path, sets=sets)
+    return spec, expand(spec, str(path), picks)
+
+
+def varying_axes(trials: list[TrialConfig]) -> list[str]:
+    """Axes (and other settings) whose value differs between trials: the columns of a trial table."""
+    dumps = [t.model_dump(exclude=set(ENTRY_FIELDS)) for t in trials]
+    keys = [k for k in SETTING_FIELDS if len({repr(d[k]) for d in dumps}) > 1]
+    return [k for k in (*AXES, "method") if k in keys] + [k for k in keys if k not in (*AXES, "method")]

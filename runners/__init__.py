@@ -1,0 +1,1 @@
+"""One trial: data, prompts, masks, model, training, generation and scoring. Never imports ray."""

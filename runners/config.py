@@ -1,0 +1,224 @@
+"""TrialConfig: the frozen, validated contract of one trial, and the named model/dataset/template entries it carries.
+
+Every boundary (YAML → grid → Ray → subprocess → result.json) passes one TrialConfig; Ray and JSON see
+`cfg.model_dump()`. A trial's id is a readable slug of its axis values plus a hash of the canonical JSON
+of the whole config, so the same settings give the same id on any machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+AXES = ("model", "dataset", "template", "loss", "lora_rank")
+
+
+class ConfigError(ValueError):
+    """Bad input from the user (config, arguments, data). The CLI prints it and exits with code 2."""
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ModelEntry(_Frozen):
+    """How to load a named model: where it lives and how to adapt it."""
+
+    source: str = Field(
+        description="Hub id (`microsoft/phi-2`), local directory, or `builtin:<name>` for models ftgrid builds offline."
+    )
+    kind: Literal["causal", "seq2seq"] = Field("causal", description="Decoder-only LM or encoder-decoder (T5).")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names LoRA adapts, or `all-linear`."
+    )
+    chat_template: bool = Field(False, description="Whether the tokenizer ships a chat template (Instruct models).")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    trust_remote_code: bool = Field(False, description="Run the repository's own modelling code. Off unless you ask.")
+
+
+class DatasetEntry(_Frozen):
+    """Where a named dataset comes from and how its columns map to id/dialogue/summary/summaries."""
+
+    source: str = Field(
+        description="Hub id (`knkarthick/dialogsum`), a local .jsonl/.json/.csv/.parquet file, or `builtin:synthetic`."
+    )
+    subset: str | None = Field(None, description="Hub dataset configuration name, if it has several.")
+    train_split: str = Field("train", description="Split (hub) used for training.")
+    eval_split: str = Field("test", description="Split (hub) used for evaluation.")
+    eval_source: str | None = Field(
+        None, description="Local file with the evaluation examples, when `source` is a local training file."
+    )
+    columns: dict[str, str] = Field(
+        default_factory=dict,
+        description="Our column name → the file's column name, for id, dialogue, summary, summaries.",
+    )
+    clean: bool = Field(False, description="Remove URLs, @-mentions and repeated spaces (TweetSumm cleaning).")
+    synthetic_size: int = Field(600, ge=10, description="Rows per split of the built-in synthetic dataset.")
+
+
+class TemplateEntry(_Frozen):
+    """A prompt template. The prompt is `text` with {dialogue} filled in; the summary follows it."""
+
+    text: str = Field(description="Prompt text with a `{dialogue}` placeholder; the summary comes right after it.")
+    summary_prefix: str = Field(
+        "", description="Text put before the summary when training (e.g. a space after `Summary:`)."
+    )
+    chat: bool = Field(False, description="Wrap `text` as the user turn of the tokenizer's chat template.")
+    instruction: str | None = Field(None, description="For chat templates: a system message, if any.")
+
+
+class TrialConfig(_Frozen):
+    """Everything one trial needs: the five axes, the resolved entries, and the fixed settings."""
+
+    # --- axes ---
+    model: str = Field(description="Model name (an entry of `models:` or a built-in).")
+    dataset: str = Field(description="Dataset name (an entry of `datasets:` or a built-in).")
+    template: str = Field(description="Template name (an entry of `templates:` or a built-in).")
+    loss: Literal["full", "summary_only", "none"] = Field(
+        "summary_only",
+        description="`full`: loss on prompt + summary; `summary_only`: on the summary and its EOS; `none`: zero-shot.",
+    )
+    lora_rank: int = Field(16, ge=0, description="LoRA rank r (0 when no adapter is trained).")
+    # --- resolved entries (filled from the registries by the grid loader) ---
+    model_entry: ModelEntry
+    dataset_entry: DatasetEntry
+    template_entry: TemplateEntry
+    # --- method ---
+    method: Literal["qlora", "lora", "full", "zero_shot"] = Field(
+        "qlora", description="4-bit base + LoRA, LoRA, all weights, or no training."
+    )
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] | None = Field(None, description="Overrides the model entry's LoRA target modules.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bitsandbytes 4-bit data type (qlora).")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too (qlora).")
+    compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Dtype of 4-bit matmuls; auto = bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="Training precision; auto = bf16 (or fp16) mixed precision on GPU, fp32 on CPU."
+    )
+    # --- optimisation ---
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
+    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of optimiser steps spent warming up.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="torch AdamW, or bitsandbytes 8-bit (paged) AdamW (GPU)."
+    )
+    epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Optimiser steps; overrides epochs.")
+    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    max_source_length: int = Field(512, ge=16, description="Token budget of the prompt; the dialogue is shortened to fit.")
+    max_target_length: int = Field(128, ge=4, description="Token budget of the summary (+EOS).")
+    n_train: int | None = Field(None, ge=1, description="Use the first N training examples after a seeded shuffle.")
+    n_eval: int | None = Field(100, ge=1, description="Evaluate on the first N evaluation examples (null: all).")
+    seed: int = Field(42, description="Seed for data order, LoRA init and sampling.")
+    logging_steps: int = Field(10, ge=1, description="Write a train_log.jsonl line every N optimiser steps.")
+    eval_steps: int | None = Field(None, ge=1, description="Compute eval loss every N optimiser steps (null: never).")
+    # --- generation ---
+    max_new_tokens: int = Field(64, ge=1, description="Longest generated summary, in tokens.")
+    num_beams: int = Field(1, ge=1, description="Beam search width (1 = greedy).")
+    do_sample: bool = Field(False, description="Sample instead of greedy/beam decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Top-k sampling (0 = off).")
+    eval_batch_size: int = Field(16, ge=1, description="Dialogues per generation batch.")
+    metrics: list[str] = Field(
+        default_factory=lambda: ["rouge", "bleu"],
+        description="Metric groups: rouge, bleu (always available), meteor, bertscore (need extra downloads).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, data: Any) -> Any:
+        """Reset settings the method ignores, so equal experiments share one id (e.g. one zero-shot per cell)."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        method = data.get("method", "qlora")
+        if method == "zero_shot":
+            data["loss"] = "none"
+            for name in TRAINING_FIELDS:
+                data.pop(name, None)
+        if method in ("zero_shot", "full"):
+            data["lora_rank"] = 0
+            for name in LORA_FIELDS:
+                data.pop(name, None)
+        if method != "qlora":
+            for name in QUANT_FIELDS:
+                data.pop(name, None)
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrialConfig":
+        if self.method in ("qlora", "lora") and self.lora_rank < 1:
+            raise ValueError(f"method {self.method} needs lora_rank >= 1 (got {self.lora_rank})")
+        if self.method != "zero_shot" and self.loss == "none":
+            raise ValueError(f"loss none is only for method zero_shot; {self.method} needs full or summary_only")
+        unknown = sorted(set(self.metrics) - set(METRIC_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRIC_GROUPS)}")
+        if "{dialogue}" not in self.template_entry.text:
+            raise ValueError("template text must contain {dialogue}")
+        return self
+
+    # --- identity ---
+    def canonical_json(self) -> str:
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    @property
+    def trial_id(self) -> str:
+        digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
+        parts = [self.model, self.dataset, self.template]
+        if self.method != "zero_shot":
+            parts.append(self.loss)
+        if self.lora_rank:
+            parts.append(f"r{self.lora_rank}")
+        parts.append(self.method.replace("_", ""))
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:80]
+        return f"{slug}-{digest}"
+
+    def axis_values(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in (*AXES, "method")}
+
+
+TRAINING_FIELDS = (
+    "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "optimizer", "epochs",
+    "max_steps", "batch_size", "grad_accum", "gradient_checkpointing", "group_by_length", "n_train",
+    "logging_steps", "eval_steps", "lora_alpha", "lora_dropout", "target_modules", "precision",
+)  # fmt: skip
+LORA_FIELDS = ("lora_alpha", "lora_dropout", "target_modules")
+QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")
+METRIC_GROUPS = ("rouge", "bleu", "meteor", "bertscore")
+FIXED_SETTINGS = tuple(
+    name for name in TrialConfig.model_fields if name not in (*AXES, "model_entry", "dataset_entry", "template_entry")
+)
+
+
+def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:
+    """One line per problem: `FILE: key.path: message (got value)`."""
+    return format_errors(err.errors(), where, prefix)
+
+
+def format_errors(errors: list[dict], where: str, prefix: tuple = ()) -> list[str]:
+    lines = []
+    for e in errors:
+        loc = ".".join(str(p) for p in (*prefix, *e["loc"]))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        if e["type"] == "literal_error":
+            msg = f"must be one of {e['ctx']['expected']}"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "model_type") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"{where}: {loc or '(top level)'}: {msg}{shown}")
+    return lines

@@ -1,0 +1,217 @@
+"""Datasets: the registry of named datasets, loading (hub, local files, synthetic) and normalising to
+rows of `id, dialogue, summary, summaries`."""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+from collections import Counter
+from pathlib import Path
+
+from runners.config import ConfigError, DatasetEntry
+
+log = logging.getLogger(__name__)
+
+DATASETS: dict[str, DatasetEntry] = {
+    "synthetic": DatasetEntry(source="builtin:synthetic"),
+    # The hub's DialogSum test split repeats each dialogue once per reference; rows are folded below.
+    "dialogsum": DatasetEntry(source="knkarthick/dialogsum", eval_split="test"),
+    "samsum": DatasetEntry(source="knkarthick/samsum", eval_split="test"),
+}
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+COLUMNS = ("id", "dialogue", "summary", "summaries")
+
+
+def load_splits(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict], dict]:
+    """(train rows, eval rows, counts of dropped/folded rows) for a dataset entry."""
+    if entry.source == "builtin:synthetic":
+        raw_train = synthetic_examples("train", entry.synthetic_size, seed=0)
+        raw_eval = synthetic_examples("test", max(entry.synthetic_size // 6, 10), seed=1)
+    elif _is_local(entry.source):
+        raw_train, raw_eval = _load_local(entry, name)
+    else:
+        raw_train = _load_hub(entry, entry.train_split)
+        raw_eval = _load_hub(entry, entry.eval_split)
+    counts: dict = {}
+    train = normalise(raw_train, entry, name, "train", counts)
+    evaluation = normalise(raw_eval, entry, name, "eval", counts)
+    if not train or not evaluation:
+        raise ConfigError(f"dataset {name!r}: no usable rows left (train {len(train)}, eval {len(evaluation)})")
+    return train, evaluation, counts
+
+
+def _is_local(source: str) -> bool:
+    return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_SUFFIXES or Path(source).exists()
+
+
+def _read_table(path: Path, name: str) -> list[dict]:
+    import pandas as pd
+
+    if not path.exists():
+        raise ConfigError(f"dataset {name!r}: file not found: {path}")
+    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
+               ".csv": pd.read_csv, ".parquet": pd.read_parquet}  # fmt: skip
+    if path.suffix not in readers:
+        raise ConfigError(f"dataset {name!r}: {path} is not one of {', '.join(LOCAL_SUFFIXES)}")
+    try:
+        return readers[path.suffix](path).to_dict("records")
+    except ValueError as err:
+        raise ConfigError(f"dataset {name!r}: cannot read {path}: {err}") from err
+
+
+def _load_local(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict]]:
+    source = Path(entry.source).expanduser()
+    if source.is_dir():
+        # A folder of split files: train.jsonl, test.jsonl, … (any supported suffix).
+        def split_file(split: str) -> Path:
+            for suffix in LOCAL_SUFFIXES:
+                if (source / f"{split}{suffix}").exists():
+                    return source / f"{split}{suffix}"
+            raise ConfigError(f"dataset {name!r}: no {split}{{{','.join(LOCAL_SUFFIXES)}}} in {source}")
+
+        return _read_table(split_file(entry.train_split), name), _read_table(split_file(entry.eval_split), name)
+    rows = _read_table(source, name)
+    if entry.eval_source:
+        return rows, _read_table(Path(entry.eval_source).expanduser(), name)
+    # One file only: hold out a seeded 10% for evaluation.
+    order = list(range(len(rows)))
+    random.Random(0).shuffle(order)
+    n_eval = max(1, len(rows) // 10)
+    return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def _load_hub(entry: DatasetEntry, split: str) -> list[dict]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(entry.source, entry.subset, split=split, revision=None)
+    except Exception as err:  # the hub raises many types; all mean "cannot get this data"
+        raise ConfigError(
+            f"cannot load dataset {entry.source!r} split {split!r} from the Hugging Face hub: "
+            f"{type(err).__name__}: {str(err)[:300]}"
+        ) from err
+    return ds.to_list()
+
+
+URL = re.compile(r"https?://\S+|www\.\S+")
+MENTION = re.compile(r"@\w+")
+
+
+def clean_text(text: str) -> str:
+    """TweetSumm cleaning: drop URLs and @-mentions, collapse runs of spaces (line breaks kept)."""
+    text = MENTION.sub("", URL.sub("", text))
+    return "\n".join(re.sub(r"[ \t]+", " ", line).strip() for line in text.splitlines())
+
+
+def normalise(rows: list[dict], entry: DatasetEntry, name: str, split: str, counts: dict) -> list[dict]:
+    """Rows of id/dialogue/summary/summaries; empty rows dropped and counted; rows with the same dialogue
+    folded into one example with several references (DialogSum's test split on the hub)."""
+    unknown = set(entry.columns) - set(COLUMNS)
+    if unknown:
+        raise ConfigError(f"dataset {name!r}: columns: unknown keys {sorted(unknown)}; allowed: {', '.join(COLUMNS)}")
+    col = {c: entry.columns.get(c, c) for c in COLUMNS}
+    found = list(rows[0]) if rows else []
+    missing = [f"{c} (column {col[c]!r})" for c in ("dialogue", "summary") if rows and col[c] not in rows[0]]
+    if missing and not (col["summaries"] in found and col["dialogue"] in found):
+        raise ConfigError(
+            f"dataset {name!r} ({split}): missing {', '.join(missing)}; columns found: {', '.join(map(str, found))}. "
+            "Map them with `columns: {dialogue: ..., summary: ...}` in the dataset entry."
+        )
+    out: dict[str, dict] = {}
+    dropped = 0
+    for i, row in enumerate(rows):
+        dialogue = _text(row.get(col["dialogue"]))
+        refs = row.get(col["summaries"])
+        refs = [_text(r) for r in refs] if isinstance(refs, (list, tuple)) or hasattr(refs, "tolist") else []
+        if not refs:
+            refs = [_text(row.get(col["summary"]))]
+        if entry.clean:
+            dialogue, refs = clean_text(dialogue), [clean_text(r) for r in refs]
+        refs = [r for r in refs if r]
+        if not dialogue or not refs:
+            dropped += 1
+            continue
+        key = dialogue
+        if key in out:
+            out[key]["summaries"] += [r for r in refs if r not in out[key]["summaries"]]
+            counts[f"{split}_folded"] = counts.get(f"{split}_folded", 0) + 1
+            continue
+        ident = row.get(col["id"])
+        ident = str(ident) if ident is not None and str(ident) != "nan" else f"{split}-{i}"
+        out[key] = {"id": ident, "dialogue": dialogue, "summary": refs[0], "summaries": refs}
+    if dropped:
+        counts[f"{split}_dropped_empty"] = dropped
+        log.warning("dataset %s (%s): dropped %d rows with an empty dialogue or summary", name, split, dropped)
+    examples = list(out.values())
+    dupes = [k for k, v in Counter(e["id"] for e in examples).items() if v > 1]
+    for e in examples:
+        if e["id"] in dupes:  # ids must be unique for paired statistics
+            e["id"] = f"{e['id']}#{hash(e['dialogue']) & 0xFFFF:04x}"
+    return examples
+
+
+def _text(value) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    return str(value).strip()
+
+
+# --- the built-in synthetic dataset -------------------------------------------------------------------
+# Multi-turn dialogues whose one-sentence summary follows from their content (who, what, when, where),
+# so that even a tiny model can learn to summarise them and a demo shows learning within minutes.
+
+NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kate", "Leo",
+         "Maya", "Nina", "Omar", "Paula", "Quinn", "Rosa", "Sam", "Tom"]  # fmt: skip
+DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
+TIMES = ["9 am", "10 am", "11 am", "noon", "2 pm", "3 pm", "4 pm", "6 pm", "7 pm", "8 pm"]
+PLACES = ["the library", "the cafe", "the office", "the park", "the station", "the gym", "the museum"]
+ITEMS = ["the report", "the tickets", "a cake", "the laptop", "the keys", "the slides", "some books"]
+FOODS = ["pizza", "pasta", "sushi", "salad", "soup", "curry", "burgers"]
+PROBLEMS = ["the printer is broken", "the internet is down", "the heating does not work", "a window is stuck"]
+
+
+def _meeting(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
+    d1, d2 = r.sample(DAYS, 2)
+    t, p, item = r.choice(TIMES), r.choice(PLACES), r.choice(ITEMS)
+    turns = [f"{a}: Hi {b}, can we meet on {d1}?", f"{b}: Sorry, {d1} is bad for me. How about {d2} at {t}?",
+             f"{a}: {d2} at {t} works. Let's meet at {p}.", f"{b}: Great. I will bring {item}."]  # fmt: skip
+    return turns, f"{a} and {b} will meet on {d2} at {t} at {p}. {b} will bring {item}."
+
+
+def _order(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
+    f1, f2 = r.sample(FOODS, 2)
+    n, t = r.randint(2, 6), r.choice(TIMES)
+    turns = [f"{a}: Hello, I would like to order {f1} for {n} people.", f"{b}: Sorry, we have no {f1} today.",
+             f"{a}: Then {f2}, please. Can you deliver it at {t}?", f"{b}: Yes, {f2} for {n} at {t}."]  # fmt: skip
+    return turns, f"{a} orders {f2} for {n} people from {b}, delivered at {t}, because there is no {f1}."
+
+
+def _repair(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
+    problem, day, t = r.choice(PROBLEMS), r.choice(DAYS), r.choice(TIMES)
+    turns = [f"{a}: {b}, {problem} again.", f"{b}: Oh no. I can send someone to fix it.",
+             f"{a}: When can they come?", f"{b}: On {day} at {t}. Is that fine?", f"{a}: Yes, thank you."]  # fmt: skip
+    return turns, f"{a} tells {b} that {problem}. {b} will send someone on {day} at {t}."
+
+
+def _trip(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
+    p1, p2 = r.sample(PLACES, 2)
+    day, item = r.choice(DAYS), r.choice(ITEMS)
+    turns = [f"{a}: Are we still going to {p1} on {day}?", f"{b}: I think {p2} is better, {p1} is closed.",
+             f"{a}: Fine, {p2} then. Should I take {item}?", f"{b}: Yes please, take {item}."]  # fmt: skip
+    return turns, f"{a} and {b} will go to {p2} on {day} instead of {p1}. {a} will take {item}."
+
+
+SCENARIOS = (_meeting, _order, _repair, _trip)
+
+
+def synthetic_examples(split: str, n: int, seed: int) -> list[dict]:
+    """`n` deterministic dialogues; the same (split, n, seed) gives the same rows everywhere."""
+    r = random.Random(f"ftgrid-synthetic-{split}-{seed}")
+    rows = []
+    for i in range(n):
+        a, b = r.sample(NAMES, 2)
+        turns, summary = SCENARIOS[i % len(SCENARIOS)](r, a, b)
+        rows.append({"id": f"synthetic-{split}-{i:04d}", "dialogue": "\n".join(turns), "summary": summary})
+    return rows
