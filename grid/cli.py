@@ -168,7 +168,8 @@ def summarize(
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
+        sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         sys.exit(2)
@@ -177,10 +178,9 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
-    except Exception as e:  # click usage errors
-        import click
-
-        if isinstance(e, click.ClickException):
+    except Exception as e:
+        # Usage errors of typer's bundled click (unknown verb or option) know how to show themselves.
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(2)
         raise

@@ -45,6 +45,14 @@ class Resources(BaseModel):
     retries: int = Field(0, ge=0, description="Times a failed trial is tried again.")
 
 
+class Override(BaseModel):
+    """Settings applied to every cell that matches `match` (axis → value)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    match: dict[str, Any] = Field(description="Axis values a cell must have, e.g. {method: full}.")
+    settings: dict[str, Any] = Field(description="Settings for those cells, e.g. {learning_rate: 1.0e-4}.")
+
+
 class GridSpec(BaseModel):
     """A grid file."""
 
@@ -56,6 +64,12 @@ class GridSpec(BaseModel):
     templates: dict[str, dict] = Field(default_factory=dict, description="Named prompt templates (add or override).")
     axes: dict[str, Any] = Field(description="Axis name → list of values; the grid is their cross product.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Fixed TrialConfig settings.")
+    exclude: list[dict[str, Any]] = Field(
+        default_factory=list, description="Cells to leave out: each a partial cell, e.g. {template: custom, method: qlora}."
+    )
+    overrides: list[Override] = Field(
+        default_factory=list, description="Settings for the cells that match, e.g. a learning rate per method."
+    )
     resources: Resources = Field(default_factory=Resources)
     search: dict[str, Any] | None = Field(None, description="Optuna search (used by `ftgrid tune`).")
 
@@ -122,6 +136,14 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
         for key in keys:
             if key not in SETTING_FIELDS:
                 problems.append(f"{where}: {section}.{key}: unknown key; allowed: {', '.join(SETTING_FIELDS)}")
+    for i, rule in enumerate(spec.exclude):
+        problems += [f"{where}: exclude[{i}].{k}: not an axis of this grid; axes: {', '.join(axes)}"
+                     for k in rule if k not in axes]  # fmt: skip
+    for i, rule in enumerate(spec.overrides):
+        problems += [f"{where}: overrides[{i}].match.{k}: not an axis of this grid; axes: {', '.join(axes)}"
+                     for k in rule.match if k not in axes]  # fmt: skip
+        problems += [f"{where}: overrides[{i}].settings.{k}: unknown key; allowed: {', '.join(SETTING_FIELDS)}"
+                     for k in rule.settings if k not in SETTING_FIELDS]  # fmt: skip
     for key, values in axes.items():
         if not values:
             problems.append(f"{where}: axes.{key}: empty list")
@@ -145,7 +167,13 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
     ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
     trials: dict[str, TrialConfig] = {}
     for values in itertools.product(*(axes[k] for k in ordered)):
-        cell = {**spec.settings, **dict(zip(ordered, values))}
+        point = dict(zip(ordered, values))
+        if any(all(point.get(k) == v for k, v in rule.items()) for rule in spec.exclude):
+            continue
+        cell = {**spec.settings, **point}
+        for rule in spec.overrides:
+            if all(point.get(k) == v for k, v in rule.match.items()):
+                cell.update(rule.settings)
         cell["model_entry"] = registries["model"][cell["model"]]
         cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
         cell["template_entry"] = registries["template"][cell.get("template", "custom")]

@@ -1,0 +1,138 @@
+"""Progress of a grid or search run: counts of done / running / pending / failed trials and the best score
+so far, one plain line per finished trial (readable in a log file), plus a live status line on a terminal."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.table import Table
+
+
+@dataclass
+class Outcome:
+    """How one trial ended in this invocation: ok (trained now), cached, failed or not run."""
+
+    trial_id: str
+    status: str  # ok | cached | failed | not run
+    score: float | None = None
+    reason: str | None = None
+
+
+def one_line(text: str | None, width: int = 160) -> str:
+    """The last non-empty line of an error message, shortened: what a summary shows."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    line = lines[-1] if lines else "unknown error"
+    return line if len(line) <= width else line[: width - 1] + "…"
+
+
+@dataclass
+class Progress:
+    """Counts trials as they start and end; prints a line per ended trial and keeps a live status on a TTY."""
+
+    total: int
+    metric: str = "rougeL"
+    mode: str = "max"
+    console: Console = field(default_factory=Console)
+    outcomes: dict[str, Outcome] = field(default_factory=dict)
+    running: dict[str, str] = field(default_factory=dict)  # trial id → last progress note (step, loss)
+    best: tuple[float, str] | None = None
+    _status: object = None
+
+    # --- events ---
+    def cached(self, trial_id: str, score: float | None) -> None:
+        self._end(Outcome(trial_id, "cached", score))
+
+    def started(self, trial_id: str) -> None:
+        self.running[trial_id] = "starting"
+        self._refresh()
+
+    def reported(self, trial_id: str, result: dict) -> None:
+        """An intermediate result: a train_log.jsonl line streamed from the trial."""
+        if "status" in result:
+            return
+        parts = [f"step {result['step']}"] if "step" in result else []
+        parts += [f"{key} {result[key]:.4g}" for key in ("loss", "eval_loss") if _is_number(result.get(key))]
+        if parts:
+            self.running[trial_id] = ", ".join(parts)
+            self._refresh()
+
+    def finished(self, trial_id: str, result: dict) -> None:
+        """The trial's final report (or its result.json): status ok/failed, with metrics or an error."""
+        score = (result.get("metrics") or result).get(self.metric)
+        if result.get("status") == "ok":
+            self._end(Outcome(trial_id, "cached" if result.get("cached") else "ok", _number(score)))
+        else:
+            self._end(Outcome(trial_id, "failed", reason=one_line(result.get("error"))))
+
+    def _end(self, outcome: Outcome) -> None:
+        self.running.pop(outcome.trial_id, None)
+        self.outcomes[outcome.trial_id] = outcome
+        if outcome.score is not None:
+            sign = 1 if self.mode == "max" else -1
+            if self.best is None or sign * outcome.score > sign * self.best[0]:
+                self.best = (outcome.score, outcome.trial_id)
+        if outcome.status != "cached":
+            detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
+            mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(outcome.status, outcome.status)
+            self.console.print(f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False)
+        self._refresh()
+
+    # --- views ---
+    def counts(self) -> dict[str, int]:
+        ended = list(self.outcomes.values())
+        done = sum(o.status in ("ok", "cached") for o in ended)
+        failed = sum(o.status == "failed" for o in ended)
+        running = len(self.running)
+        return {"done": done, "running": running, "failed": failed,
+                "pending": max(0, self.total - done - failed - running)}  # fmt: skip
+
+    def line(self) -> str:
+        c = self.counts()
+        text = f"{c['done']}/{self.total} done · {c['running']} running · {c['pending']} pending · {c['failed']} failed"
+        if self.best:
+            text += f" · best {self.metric} {self.best[0]:.2f} ({self.best[1]})"
+        return text
+
+    def live(self):
+        """A context manager showing the status line live on a terminal; nothing extra in a plain log."""
+        from contextlib import nullcontext
+
+        if not self.console.is_terminal:
+            return nullcontext()
+        self._status = self.console.status(self._live_text())
+        return self._status
+
+    def _live_text(self) -> str:
+        notes = "  ".join(f"{tid[:40]}: {note}" for tid, note in list(self.running.items())[:4])
+        return self.line() + (f"\n[dim]{notes}[/]" if notes else "")
+
+    def _refresh(self) -> None:
+        if self._status is not None:
+            self._status.update(self._live_text())
+
+    def summary_table(self) -> Table:
+        table = Table(title="summary", show_lines=False)
+        for name in ("status", "trial", self.metric, "reason"):
+            table.add_column(name, overflow="fold")
+        order = {"failed": 0, "not run": 1, "ok": 2, "cached": 3}
+        for o in sorted(self.outcomes.values(), key=lambda o: (order.get(o.status, 9), o.trial_id)):
+            score = f"{o.score:.2f}" if o.score is not None else ""
+            style = {"failed": "red", "not run": "yellow", "ok": "green"}.get(o.status)
+            table.add_row(o.status, o.trial_id, score, o.reason or "", style=style)
+        return table
+
+    def totals(self) -> dict[str, int]:
+        out = {"ok": 0, "cached": 0, "failed": 0, "not run": 0}
+        for o in self.outcomes.values():
+            out[o.status] = out.get(o.status, 0) + 1
+        return out
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value) -> float | None:
+    return float(value) if _is_number(value) else None

@@ -1,0 +1,59 @@
+"""Test environment: CPU only and offline; models are built into a cache shared by the whole session."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+# Set at import time so that every child process (accelerate launch, Ray workers) inherits them.
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="ftgrid-tests-"))
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
+os.environ["RAY_AUTH_MODE"] = "disabled"
+os.environ.setdefault("FTGRID_CACHE", str(_SESSION_TMP / "cache"))  # export FTGRID_CACHE to reuse built models
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def write_yaml(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+TINY_SETTINGS = """\
+settings:
+  max_steps: 4
+  batch_size: 4
+  learning_rate: 1.0e-3
+  n_train: 32
+  n_eval: 6
+  max_new_tokens: 12
+  max_source_length: 192
+  max_target_length: 48
+  logging_steps: 2
+"""
+
+
+@pytest.fixture
+def tiny_grid(tmp_path):
+    """A grid file of tiny models on synthetic data that trains in seconds; extra YAML is appended."""
+
+    def make(axes: str = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]", extra: str = "") -> Path:
+        return write_yaml(tmp_path / "grid.yaml", f"name: test\naxes:\n  {axes}\n{TINY_SETTINGS}{extra}")
+
+    return make
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

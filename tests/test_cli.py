@@ -1,0 +1,74 @@
+"""Bad input: exit code 2 and a message naming the file, the key and what is allowed, never a traceback."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import TINY_SETTINGS, write_yaml
+
+AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n  lora_rank: [4]"
+
+
+def ftgrid(*args, stdin=None):
+    return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True, input=stdin)
+
+
+def grid_file(tmp_path, axes=AXES, extra="", settings=TINY_SETTINGS):
+    return write_yaml(tmp_path / "g.yaml", f"name: t\naxes:\n  {axes}\n{settings}{extra}")
+
+
+def assert_bad_input(proc, *needles):
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr + proc.stdout
+    for needle in needles:
+        assert needle in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("axes", "extra", "needles"),
+    [
+        (AXES, "  learnin_rate: 0.1\n", ["g.yaml", "settings.learnin_rate", "unknown key", "learning_rate"]),
+        (AXES.replace("tiny-llama", "tiny-lama"), "", ["axes.model[0]", "unknown model 'tiny-lama'", "tiny-llama"]),
+        (AXES.replace("[custom]", "[custom, alpacca]"), "", ["axes.template[1]", "alpaca"]),
+        (AXES.replace("[synthetic]", "[synth]"), "", ["axes.dataset[0]", "synthetic"]),
+        (AXES.replace("[lora]", "[lora, qlora4]"), "", ["axes.method", "qlora"]),
+        (AXES, "  loss: everything\n", ["settings.loss", "full", "summary_only"]),
+    ],
+)
+def test_bad_config_names_the_key(tmp_path, axes, extra, needles):
+    path = grid_file(tmp_path, axes, settings=TINY_SETTINGS + extra)
+    assert_bad_input(ftgrid("trial", path), *needles)
+
+
+def test_several_problems_reported_at_once(tmp_path):
+    path = grid_file(tmp_path, AXES.replace("tiny-llama", "nope"), settings=TINY_SETTINGS + "  batch_sise: 2\n")
+    assert_bad_input(ftgrid("trial", path), "axes.model[0]: unknown model 'nope'", "settings.batch_sise: unknown key")
+
+
+def test_missing_data_file_and_missing_columns(tmp_path):
+    (tmp_path / "d.jsonl").write_text(json.dumps({"text": "a", "abstract": "b"}) + "\n")
+    extra = (f"datasets:\n  gone: {{source: {tmp_path}/missing.jsonl}}\n"
+             f"  odd: {{source: {tmp_path}/d.jsonl, eval_source: {tmp_path}/d.jsonl}}\n")
+    path = grid_file(tmp_path, AXES.replace("[synthetic]", "[gone, odd]"), extra)
+    assert_bad_input(ftgrid("trial", path, "--out", tmp_path / "r"), "file not found", "missing.jsonl")
+    assert_bad_input(ftgrid("trial", path, "--pick", "dataset=odd", "--out", tmp_path / "r"),
+                     "columns found: text, abstract")
+
+
+def test_bad_arguments(tmp_path):
+    path = grid_file(tmp_path)
+    assert_bad_input(ftgrid("trial", path, "--set", "max_steps"), "KEY=VALUE")
+    assert_bad_input(ftgrid("trial", path, "--pick", "colour=red"), "--pick colour")
+    assert_bad_input(ftgrid("trial", tmp_path / "none.yaml"), "file not found")
+    (tmp_path / "bad.yaml").write_text("axes: [unclosed\n")
+    assert_bad_input(ftgrid("trial", tmp_path / "bad.yaml"), "not valid YAML")
+    assert_bad_input(ftgrid("summarize", tmp_path, "hello"), "not a trial folder")
+    assert ftgrid("no-such-verb").returncode == 2
+
+
+def test_every_error_line_names_the_file(tmp_path):
+    path = grid_file(tmp_path, settings=TINY_SETTINGS + "  seed: many\n  warmup_ratio: 2\n")
+    proc = ftgrid("trial", path)
+    assert_bad_input(proc, "settings.seed", "settings.warmup_ratio")

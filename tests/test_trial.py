@@ -1,0 +1,124 @@
+"""One trial end to end on tiny models: files, result keys, scores, learning, failures, 4-bit, seq2seq."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import sacrebleu
+from rouge_score import rouge_scorer
+
+from grid.spec import load_trials
+from runners.trial import execute
+
+RESULT_KEYS = {"trial_id", "status", "error", "config", "metrics", "train", "eval", "versions", "protocol"}
+METRIC_KEYS = {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len", "length_ratio"}
+TRAIN_KEYS = {"steps", "final_loss", "train_tokens_per_s", "peak_memory_mb", "trainable_params", "wall_s"}
+
+
+def run(grid_path, tmp_path, **sets):
+    _, trials = load_trials(grid_path, sets=sets)
+    cfg = trials[0]
+    return execute(cfg, tmp_path / "run" / cfg.trial_id) + (tmp_path / "run" / cfg.trial_id,)
+
+
+@pytest.fixture(scope="module")
+def tiny_trial(tmp_path_factory):
+    """A finished tiny-llama LoRA trial, shared by the tests that only read it."""
+    from conftest import TINY_SETTINGS, write_yaml
+
+    tmp = tmp_path_factory.mktemp("tiny")
+    grid = write_yaml(tmp / "g.yaml", "name: t\naxes:\n  model: [tiny-llama]\n  dataset: [synthetic]\n"
+                      "  template: [custom]\n  method: [lora]\n  lora_rank: [4]\n" + TINY_SETTINGS)
+    code, result, trial_dir = run(grid, tmp)
+    assert code == 0, result.get("error")
+    return result, trial_dir
+
+
+def test_trial_writes_every_file_with_all_result_keys(tiny_trial):
+    result, trial_dir = tiny_trial
+    assert {p.name for p in trial_dir.iterdir()} >= {"trial.json", "result.json", "predictions.jsonl",
+                                                     "train_log.jsonl", "adapter"}
+    assert (trial_dir / "adapter" / "adapter_config.json").exists()
+    assert RESULT_KEYS <= set(result) and result["status"] == "ok"
+    assert METRIC_KEYS <= set(result["metrics"]) and TRAIN_KEYS <= set(result["train"])
+    assert {"n_examples", "gen_tokens_per_s"} <= set(result["eval"])
+    assert result["train"]["steps"] == 4 and 0 < result["train"]["trainable_params"] < result["train"]["total_params"]
+    assert json.loads((trial_dir / "trial.json").read_text()) == result["config"]
+    log = [json.loads(line) for line in (trial_dir / "train_log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [2, 4]
+    assert all({"loss", "lr", "tokens_per_s"} <= set(line) for line in log)
+
+
+def test_scores_equal_a_recomputation_from_predictions(tiny_trial):
+    result, trial_dir = tiny_trial
+    rows = [json.loads(line) for line in (trial_dir / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == result["eval"]["n_examples"] == 6
+    scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
+    for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
+        per = [max(scorer.score(ref, r["prediction"])[key].fmeasure for ref in r["references"]) for r in rows]
+        assert result["metrics"][key] == pytest.approx(100 * sum(per) / len(per), abs=1e-3)
+    bleu = sacrebleu.corpus_bleu([r["prediction"] for r in rows], [[r["references"][0] for r in rows]]).score
+    assert result["metrics"]["bleu"] == pytest.approx(bleu, abs=1e-3)
+
+
+def test_fine_tuned_tiny_model_beats_its_zero_shot_baseline(tiny_grid, tmp_path):
+    grid = tiny_grid()
+    settings = dict(max_steps=150, learning_rate=1e-2, n_train=None, batch_size=8, n_eval=16, max_new_tokens=32)
+    code_ft, tuned, _ = run(grid, tmp_path, **settings)
+    code_zs, zero, _ = run(grid, tmp_path, method="zero_shot", n_eval=16, max_new_tokens=32)
+    assert code_ft == code_zs == 0
+    assert tuned["metrics"]["rougeL"] > zero["metrics"]["rougeL"] + 15, (tuned["metrics"], zero["metrics"])
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_seq2seq_trial(tiny_grid, tmp_path, method):
+    grid = tiny_grid(f"model: [tiny-t5]\n  dataset: [synthetic]\n  template: [t5]\n  method: [{method}]\n  lora_rank: [4]")
+    code, result, trial_dir = run(grid, tmp_path)
+    assert code == 0, result.get("error")
+    assert "target only" in result["train"]["loss_tokens"]
+    if method == "full":
+        assert result["train"]["trainable_params"] == result["train"]["total_params"]
+
+
+def test_qlora_puts_4bit_layers_under_the_adapter(tiny_grid):
+    import bitsandbytes as bnb
+    import torch
+
+    from runners.models import apply_lora, load_model
+
+    _, trials = load_trials(tiny_grid(), sets={"method": "qlora"})
+    model = apply_lora(load_model(trials[0], torch.device("cpu")), trials[0])
+    assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+
+
+@pytest.mark.slow
+def test_qlora_on_real_smollm2_weights(tiny_grid, tmp_path):
+    grid = tiny_grid("model: [smollm2-135m]\n  dataset: [synthetic]\n  template: [chat]\n  method: [qlora]\n  lora_rank: [8]")
+    code, result, trial_dir = run(grid, tmp_path, max_steps=2, n_eval=4, max_new_tokens=24)
+    assert code == 0, result.get("error")
+    assert result["config"]["quant_type"] == "nf4" and result["train"]["steps"] == 2
+    assert all(r["prediction"] for r in map(json.loads, (trial_dir / "predictions.jsonl").read_text().splitlines()))
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
+    code, result, trial_dir = run(tiny_grid(), tmp_path, learning_rate=1e30, method="full", max_steps=6)
+    assert code == 1 and result["status"] == "failed"
+    assert "loss became" in result["error"] and "learning_rate" in result["error"]
+    assert json.loads((trial_dir / "result.json").read_text())["status"] == "failed"
+
+
+def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
+    grid = tiny_grid(extra="models:\n  broken: {source: /nonexistent/model}\n")
+    _, trials = load_trials(grid, picks={"model": "broken"})
+    code, result = execute(trials[0], tmp_path / trials[0].trial_id)
+    assert code == 1 and result["status"] == "failed" and "/nonexistent/model" in result["error"]
+
+
+def test_summarize_uses_the_trained_adapter(tiny_trial):
+    _, trial_dir = tiny_trial
+    proc = subprocess.run([sys.executable, "-m", "grid", "summarize", str(trial_dir), "-"],
+                          input="Anna: Can we meet on Friday?\nBen: Yes, at noon.", capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
