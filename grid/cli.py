@@ -59,11 +59,22 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("ftgrid").setLevel(logging.INFO)
 
 
-def _pick_trial(grid: Path, picks, sets):
+def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
     from grid.spec import load_trials
 
     spec, trials = load_trials(grid, sets=parse_pairs(sets, "--set"), picks=parse_pairs(picks, "--pick"))
+    if smoke:
+        from grid.smoke import smoke_trial
+
+        return spec, smoke_trial(trials[0])
     return spec, trials[0]  # the first value of every axis not picked
+
+
+SmokeOpt = Annotated[bool, typer.Option("--smoke", help="Tiny stand-in models, synthetic data, a few steps.")]
+
+
+def default_run_dir(spec, smoke: bool) -> Path:
+    return Path("runs") / (f"{spec.name}-smoke" if smoke else spec.name)
 
 
 @app.command()
@@ -72,14 +83,15 @@ def trial(
     pick: PickOpt = None,
     set_: SetOpt = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
+    smoke: SmokeOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
     from runners.trial import execute
 
     _setup_logging(verbose)
-    spec, cfg = _pick_trial(grid, pick, set_)
-    run_dir = out_dir or Path("runs") / spec.name
+    spec, cfg = _pick_trial(grid, pick, set_, smoke)
+    run_dir = out_dir or default_run_dir(spec, smoke)
     trial_dir = run_dir / cfg.trial_id
     out.print(f"trial [bold]{cfg.trial_id}[/] → {trial_dir}", highlight=False)
     code, result = execute(cfg, trial_dir)
@@ -115,6 +127,7 @@ def audit(
     set_: SetOpt = None,
     n: Annotated[int, typer.Option("-n", help="Number of training examples to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line and example.")] = False,
+    smoke: SmokeOpt = False,
 ):
     """Show, per example, the prompt and the exact tokens the loss is computed on."""
     from runners.masking import IGNORE
@@ -122,7 +135,7 @@ def audit(
     from runners.trial import build_dataset, select_rows
 
     _setup_logging()
-    _, cfg = _pick_trial(grid, pick, set_)
+    _, cfg = _pick_trial(grid, pick, set_, smoke)
     if cfg.method == "zero_shot":
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
     tokenizer = load_tokenizer(cfg)

@@ -66,18 +66,23 @@ class Progress:
         else:
             self._end(Outcome(trial_id, "failed", reason=one_line(result.get("error"))))
 
-    def _end(self, outcome: Outcome) -> None:
+    def _end(self, outcome: Outcome, quiet: bool = False) -> None:
         self.running.pop(outcome.trial_id, None)
         self.outcomes[outcome.trial_id] = outcome
         if outcome.score is not None:
             sign = 1 if self.mode == "max" else -1
             if self.best is None or sign * outcome.score > sign * self.best[0]:
                 self.best = (outcome.score, outcome.trial_id)
-        if outcome.status != "cached":
+        if outcome.status not in ("cached", "not run") and not quiet:
             detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
             mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(outcome.status, outcome.status)
-            self.console.print(f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False)
+            self.console.print(f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False,
+                               soft_wrap=True)  # one line per trial in a log file, however long
         self._refresh()
+
+    def settle(self, outcome: Outcome) -> None:
+        """Record a trial's final outcome (read back from its result.json) without printing a line."""
+        self._end(outcome, quiet=True)
 
     # --- views ---
     def counts(self) -> dict[str, int]:

@@ -332,23 +332,32 @@ def progress_callback(progress, run_dir: Path):
     from ray import tune
 
     class _Callback(tune.Callback):
+        def __init__(self, progress, run_dir):
+            self.progress, self.run_dir = progress, run_dir
+
+        # Tune pickles its run config into the experiment state; the live view (a console, locks) stays here.
+        def __getstate__(self):
+            return {"progress": None, "run_dir": self.run_dir}
+
         def on_trial_start(self, iteration, trials, trial, **info):
-            progress.started(our_trial_id(trial))
+            if self.progress is not None:
+                self.progress.started(our_trial_id(trial))
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            trial_id = our_trial_id(trial)
+            if self.progress is None:
+                return
             if "status" in result:
-                progress.finished(trial_id, result)
-                write_results_csv(run_dir)
+                self.progress.finished(our_trial_id(trial), result)
+                write_results_csv(self.run_dir)
             else:
-                progress.reported(trial_id, result)
+                self.progress.reported(our_trial_id(trial), result)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             trial_id = our_trial_id(trial)
-            if trial_id in progress.running:
-                progress.finished(trial_id, {"status": "failed", "error": f"Ray trial error: {_ray_error(trial)}"})
+            if self.progress is not None and trial_id in self.progress.running:
+                self.progress.finished(trial_id, {"status": "failed", "error": f"Ray trial error: {_ray_error(trial)}"})
 
-    return _Callback()
+    return _Callback(progress, run_dir)
 
 
 def _ray_error(trial) -> str:
@@ -384,6 +393,7 @@ def tune_trials(trainable_config: dict, run_dir: Path, *, name: str, resources: 
             failure_config=tune.FailureConfig(max_failures=retries),
         ),
     )
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     with progress.live():
         return tuner.fit()
 
@@ -465,7 +475,7 @@ def run_grid(spec, trials: list[TrialConfig], run_dir: Path, *, address: str | N
     todo = []
     for cfg in trials:
         if not force and rundir.is_finished(run_dir / cfg.trial_id):
-            progress.cached(cfg.trial_id, (rundir.read_result(run_dir / cfg.trial_id)["metrics"] or {}).get("rougeL"))
+            progress.cached(cfg.trial_id, (rundir.read_result(run_dir / cfg.trial_id).get("metrics") or {}).get("rougeL"))
         else:
             todo.append(cfg)
     console.print(f"{len(trials)} trials: {len(trials) - len(todo)} cached, {len(todo)} to run → {run_dir}",
@@ -519,12 +529,12 @@ def finish(trials: list[TrialConfig], run_dir: Path, progress, console: Console)
         if known is not None and known.status == "cached":
             continue
         if result is None:
-            progress.outcomes[cfg.trial_id] = Outcome(cfg.trial_id, "not run", reason="interrupted or stopped early")
+            progress.settle(Outcome(cfg.trial_id, "not run", reason="interrupted or stopped early"))
         elif result.get("status") == "ok":
             score = (result.get("metrics") or {}).get(progress.metric)
-            progress.outcomes[cfg.trial_id] = Outcome(cfg.trial_id, "ok", score)
+            progress.settle(Outcome(cfg.trial_id, "ok", score if isinstance(score, (int, float)) else None))
         else:
-            progress.outcomes[cfg.trial_id] = Outcome(cfg.trial_id, "failed", reason=one_line(result.get("error")))
+            progress.settle(Outcome(cfg.trial_id, "failed", reason=one_line(result.get("error"))))
     progress.running.clear()
     write_results_csv(run_dir)
     totals = progress.totals()

@@ -52,6 +52,9 @@ class DatasetEntry(_Frozen):
     eval_source: str | None = Field(
         None, description="Local file with the evaluation examples, when `source` is a local training file."
     )
+    extra_train: list[str] = Field(
+        default_factory=list, description="Local files whose rows are added to the training split (your own examples)."
+    )
     columns: dict[str, str] = Field(
         default_factory=dict,
         description="Our column name → the file's column name, for id, dialogue, summary, summaries.",

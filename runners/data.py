@@ -34,6 +34,8 @@ def load_splits(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict],
     else:
         raw_train = _load_hub(entry, entry.train_split)
         raw_eval = _load_hub(entry, entry.eval_split)
+    for extra in entry.extra_train:
+        raw_train = list(raw_train) + _read_table(Path(extra).expanduser(), name)
     counts: dict = {}
     train = normalise(raw_train, entry, name, "train", counts)
     evaluation = normalise(raw_eval, entry, name, "eval", counts)

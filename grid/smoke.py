@@ -1,0 +1,75 @@
+"""Smoke mode: any grid, end to end in seconds, offline and on CPU.
+
+Every model becomes a tiny random-initialised model of the same architecture class, every hub dataset
+(or local file that is not there) the built-in synthetic data, and training a handful of steps. The
+model, dataset and template names stay as they are, so `--pick` and the tables read the same; the
+trial ids differ (the configs do), and the run folder gets a `-smoke` suffix.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runners.config import TrialConfig
+from runners.data import DATASETS, LOCAL_SUFFIXES
+from runners.models import MODELS
+
+# Substrings of a hub id or local path → the tiny stand-in of that architecture class.
+ARCH_HINTS = {"phi": "tiny-phi", "gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama", "smollm": "tiny-llama",
+              "mistral": "tiny-llama", "qwen": "tiny-llama", "gemma": "tiny-llama"}  # fmt: skip
+MODEL_TYPES = {"phi": "tiny-phi", "gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama"}
+
+SMOKE_SETTINGS = dict(max_steps=2, n_train=16, n_eval=4, max_new_tokens=12, logging_steps=1, grad_accum=1,
+                      eval_batch_size=4)  # fmt: skip
+
+
+def stand_in(cfg: TrialConfig) -> str:
+    """The built-in tiny model that stands in for this trial's model."""
+    entry = cfg.model_entry
+    if entry.kind == "seq2seq":
+        return "tiny-t5"
+    if entry.source.startswith("builtin:tiny-"):
+        return entry.source.removeprefix("builtin:")
+    config = Path(entry.source).expanduser() / "config.json"
+    if config.exists():
+        model_type = json.loads(config.read_text()).get("model_type", "")
+        return MODEL_TYPES.get(model_type, "tiny-llama")
+    source = entry.source.lower()
+    return next((tiny for hint, tiny in ARCH_HINTS.items() if hint in source), "tiny-llama")
+
+
+def smoke_trial(cfg: TrialConfig) -> TrialConfig:
+    import torch
+
+    dataset = cfg.dataset_entry
+    local = dataset.source.startswith((".", "/", "~")) or Path(dataset.source).suffix in LOCAL_SUFFIXES
+    if not (local and Path(dataset.source).expanduser().exists()):
+        dataset = DATASETS["synthetic"]
+    update = dict(cfg.model_dump(exclude={"model_entry", "dataset_entry", "template_entry"}))
+    # The stand-in's own LoRA targets: a real model's module names need not exist in the tiny one.
+    update.update(model_entry=MODELS[stand_in(cfg)], dataset_entry=dataset, template_entry=cfg.template_entry,
+                  target_modules=None)  # fmt: skip
+    if cfg.method != "zero_shot":
+        update.update(SMOKE_SETTINGS, batch_size=min(cfg.batch_size, 4), eval_steps=1 if cfg.eval_steps else None)
+    else:
+        update.update(n_eval=SMOKE_SETTINGS["n_eval"], max_new_tokens=SMOKE_SETTINGS["max_new_tokens"])
+    update["max_source_length"] = min(cfg.max_source_length, 256)
+    update["max_target_length"] = min(cfg.max_target_length, 64)
+    if not torch.cuda.is_available():  # GPU-only settings fall back to their CPU equivalents
+        if cfg.method != "zero_shot":
+            update.update(optimizer="adamw", precision="fp32")
+        if cfg.method in ("qlora", "zero_shot"):
+            update["compute_dtype"] = "auto"
+    update["metrics"] = [m for m in cfg.metrics if m in ("rouge", "bleu")] or ["rouge"]
+    return TrialConfig.model_validate(update)
+
+
+def smoke(trials: list[TrialConfig]) -> list[TrialConfig]:
+    """Smoke versions of `trials`, deduplicated (several models may share one stand-in)."""
+    out: dict[str, TrialConfig] = {}
+    for cfg in trials:
+        small = smoke_trial(cfg)
+        out.setdefault(small.trial_id, small)
+    return list(out.values())
+

@@ -1,0 +1,46 @@
+"""Every shipped config: opens with the command that runs it, expands and validates, and runs in smoke mode."""
+
+from pathlib import Path
+
+import pytest
+
+from grid.smoke import smoke, stand_in
+from grid.spec import load_trials
+from runners.trial import execute
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+def test_configs_exist():
+    assert {p.name for p in CONFIGS} >= {"demo.yaml", "phi2_dialogsum_loss_ablation.yaml", "phi15_tweetsumm.yaml",
+                                         "flan_t5_full_vs_lora.yaml", "llama32_3b_qlora.yaml",
+                                         "phi2_business_scenarios.yaml"}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_opens_with_its_command_and_expands(path):
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# ") and ("ftgrid " in first or "make " in first), first
+    _, trials = load_trials(path)
+    assert trials and len({t.trial_id for t in trials}) == len(trials)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "demo.yaml"], ids=lambda p: p.name)
+def test_config_runs_in_smoke_mode(path, tmp_path):
+    _, trials = load_trials(path)
+    small = smoke(trials)
+    # The zero-shot cell and the first trained cell of each config.
+    picked = [t for t in small if t.method == "zero_shot"][:1] + [t for t in small if t.method != "zero_shot"][:1]
+    for cfg in picked:
+        code, result = execute(cfg, tmp_path / cfg.trial_id)
+        assert code == 0, result.get("error")
+        assert result["metrics"]["rougeL"] >= 0
+
+
+def test_stand_ins_keep_the_architecture_class():
+    _, trials = load_trials(CONFIGS[0].parent / "phi2_dialogsum_loss_ablation.yaml")
+    assert stand_in(trials[0]) == "tiny-phi"
+    _, trials = load_trials(CONFIGS[0].parent / "flan_t5_full_vs_lora.yaml")
+    assert stand_in(trials[0]) == "tiny-t5"
+    _, trials = load_trials(CONFIGS[0].parent / "llama32_3b_qlora.yaml")
+    assert stand_in(trials[0]) == "tiny-llama"
