@@ -103,6 +103,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
     model = load_model(cfg, accelerator.device)
     train_block = {"steps": 0, "final_loss": None, "train_tokens_per_s": None, "wall_s": 0.0}
     if training:
+        model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
         model = apply_lora(model, cfg)
         eval_set = build_dataset(eval_rows, tokenizer, cfg, cfg.loss) if cfg.eval_steps else []
         train_block = train(model, train_set, eval_set, cfg, tokenizer.pad_token_id, accelerator,
@@ -119,6 +120,8 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
     if cfg.model_entry.kind == "seq2seq" and training:
         train_block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
 
+    if cfg.gradient_checkpointing and training:
+        model.gradient_checkpointing_disable()  # generation wants its KV cache back
     model.config.use_cache = True
     with accelerator.split_between_processes(list(range(len(eval_prompts)))) as mine:
         texts, lengths, timing = generate(model, tokenizer, [eval_prompts[i] for i in mine], cfg, accelerator.device)
