@@ -1,0 +1,79 @@
+"""Run folders in, comparison tables, confidence intervals, paired tests, plots and reports out.
+
+Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad input: exit code 2):
+
+    cli_table(run_dirs, rows=None, cols=None, metric="rouge1", fmt="md", compare=None,
+              baseline=None, best=None, where=None, ci=False, conditions=None) -> str
+        `ftgrid table`. One of: the main table (default; `ci=True` adds bootstrap intervals), a
+        pivot (`rows`/`cols`: axis names, or "metric"), paired tests of one axis (`compare="loss"`),
+        the baseline table (`baseline="method=zero_shot"`, optional `conditions=["loss=full", ...]`)
+        or the best trial per level of an axis (`best="template"`). `where="AXIS=VALUE,..."`
+        keeps only the matching trials first. `fmt`: md, csv, latex or json.
+
+    cli_report(run_dirs, out_dir=None, metric="rouge1") -> dict[str, Path]
+        `ftgrid report`. Writes report.md, report.html and figures/*.png (default: into the first
+        run folder) and returns the written paths by name.
+
+`run_dirs` is one path or a list of paths. Modules: `load` (the only file I/O), `tables`, `stats`,
+`qualitative`, `plots` and `report`; only `plots` and `report` import matplotlib, and nothing here
+imports ray, torch or transformers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from analysis.errors import AnalysisError
+
+__all__ = ["AnalysisError", "cli_table", "cli_report"]
+
+
+def cli_table(run_dirs, rows: str | Sequence[str] | None = None, cols: str | Sequence[str] | None = None,
+              metric: str = "rouge1", fmt: str = "md", compare: str | None = None,
+              baseline: str | None = None, best: str | None = None, where: str | None = None,
+              ci: bool = False, conditions: Sequence[str] | None = None) -> str:
+    """The text of one table over the run folder(s); see the module docstring."""
+    from analysis import load, stats, tables
+    from analysis.axes import check_metric, decimals, metric_names, select
+
+    modes = [name for name, given in (("compare", compare), ("baseline", baseline), ("best", best),
+                                      ("rows/cols", rows or cols)) if given]
+    if len(modes) > 1:
+        raise AnalysisError(f"Choose one table at a time, not {' and '.join(modes)}")
+    if fmt not in tables.FORMATS:
+        raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(tables.FORMATS)}")
+    trials = load.load_trials(run_dirs)
+    if trials.empty:
+        raise AnalysisError(f"No finished trials in {run_dirs}")
+    if where:
+        trials = select(trials, where)
+        if trials.empty:
+            raise AnalysisError(f"No trial matches {where!r}")
+    if metric_names(trials):  # all trials failed: the main table still lists them
+        check_metric(trials, metric)
+    note = ""
+    if compare:
+        result = stats.compare(trials, load.load_examples(run_dirs), axis=compare, metrics=metric)
+        if fmt in ("csv", "json"):
+            return tables.format_table(result.drop(columns=["trial_a", "trial_b"]).set_index(
+                [c for c in result.columns if c in ("metric", "a", "b")]), fmt, decimals(metric))
+        table = tables.comparison_table(result)
+    elif baseline:
+        table, note = tables.baseline_table(trials, baseline=baseline, conditions=conditions, metric=metric)
+    elif best:
+        table = tables.best_per_level(trials, best, by=metric)
+    elif rows or cols:
+        table, note = tables.pivot_table(trials, rows or "metric", cols or "metric", metric)
+    else:
+        examples = load.load_examples(run_dirs) if ci else None
+        table = tables.main_table(trials, metric=metric, examples=examples)
+    return tables.format_table(table, fmt, decimals(metric), note)
+
+
+def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = "rouge1") -> dict[str, Path]:
+    """Write the report of the run folder(s); see the module docstring."""
+    from analysis.report import build_report
+
+    return build_report(run_dirs, out_dir, metric)

@@ -1,0 +1,222 @@
+"""Reading run folders into DataFrames, and the few files analysis writes (results.csv, the report).
+
+This is the only module of `analysis` that touches the file system; everything else is pure.
+
+Several run folders can be combined. A trial id is a hash of its whole config, so the same id in two
+run folders is the same experiment run twice: both rows are kept, told apart by the `run_dir`
+column, and every join between trials and examples uses the pair (`run_dir`, `trial_id`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.errors import AnalysisError
+
+log = logging.getLogger(__name__)
+
+RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
+
+# Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
+META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
+# Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
+KNOWN_METRICS = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len", "length_ratio"]
+
+
+def as_run_dirs(run_dirs: RunDirs) -> list[Path]:
+    """One run folder or several, as a list of paths."""
+    if isinstance(run_dirs, (str, os.PathLike)):
+        return [Path(run_dirs)]
+    return [Path(d) for d in run_dirs]
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise AnalysisError(f"{path}: cannot read ({exc})") from exc
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise AnalysisError(f"{path}:{number}: not a JSON line ({exc.msg})") from exc
+    return rows
+
+
+def trial_dirs(run_dir: str | os.PathLike) -> list[Path]:
+    """The finished trial folders of a run folder, sorted by name.
+
+    A run folder is a folder holding `grid.yaml`, `results.csv` or `<trial_id>/result.json`; a
+    trial folder itself (holding `result.json`) is accepted as a run of one trial. Trial folders
+    without `result.json` (still running, or killed) are skipped.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise AnalysisError(f"{run_dir}: no such run folder")
+    if (run_dir / "result.json").is_file():
+        return [run_dir]
+    subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ray/
+    finished = [p for p in subdirs if (p / "result.json").is_file()]
+    unfinished = [p.name for p in subdirs if (p / "trial.json").is_file() and p not in finished]
+    if unfinished:
+        log.info("%s: skipping %d trial(s) without result.json: %s", run_dir, len(unfinished),
+                 ", ".join(unfinished))
+    if not finished and not unfinished and not (run_dir / "grid.yaml").is_file() \
+            and not (run_dir / "results.csv").is_file():
+        raise AnalysisError(
+            f"{run_dir}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
+    return finished
+
+
+def _is_scalar(value) -> bool:
+    return value is None or isinstance(value, (str, int, float, bool))
+
+
+def _trial_row(run_dir: Path, trial_dir: Path, result: Mapping) -> tuple[dict, list[str], list[str]]:
+    """One trials-frame row from a result.json, with the config keys and metric names it holds."""
+    config = result.get("config") or {}
+    if not config and (trial_dir / "trial.json").is_file():
+        config = _read_json(trial_dir / "trial.json")
+    row = {
+        "run_dir": str(run_dir),
+        "trial_id": result.get("trial_id") or trial_dir.name,
+        "status": result.get("status", "ok"),
+        "error": result.get("error"),
+        "protocol": json.dumps(result["protocol"], sort_keys=True) if result.get("protocol") else None,
+    }
+    metrics = {k: v for k, v in (result.get("metrics") or {}).items() if _is_scalar(v)}
+    config_keys = []
+    for key, value in config.items():
+        if not _is_scalar(value):
+            continue  # model_entry, dataset_entry, ... and lists are not axes
+        column = f"config_{key}" if key in row or key in metrics else key
+        row[column] = value
+        config_keys.append(column)
+    # The contract: loss "none" and lora_rank 0 when there is no adapter to train.
+    if "loss" in config and config["loss"] is None:
+        row["loss"] = "none"
+    if "lora_rank" in config and config["lora_rank"] is None:
+        row["lora_rank"] = 0
+    row.update(metrics)
+    for section in ("train", "eval"):
+        for key, value in (result.get(section) or {}).items():
+            if _is_scalar(value):
+                # train.train_tokens_per_s stays train_tokens_per_s, not train_train_tokens_per_s
+                row[key if key.startswith(f"{section}_") else f"{section}_{key}"] = value
+    return row, config_keys, list(metrics)
+
+
+def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
+    """One row per finished trial of the given run folder(s).
+
+    Columns: `run_dir`, `trial_id`, `status`, `error`, `protocol` (canonical JSON), every scalar
+    config key under its own name (`model`, `dataset`, `template`, `loss`, `lora_rank`, `method`,
+    `learning_rate`, ...), the metrics (`rouge1`, ..., `bleu`, `gen_len`, ...), and the `train` and
+    `eval` sections flattened (`train_wall_s`, `eval_n_examples`, `eval_ids_sha256`, ...).
+    `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which.
+    """
+    rows, config_keys, metrics = [], [], []
+    for run_dir in as_run_dirs(run_dirs):
+        for trial_dir in trial_dirs(run_dir):
+            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir / "result.json"))
+            rows.append(row)
+            config_keys += [k for k in keys if k not in config_keys]
+            metrics += [m for m in names if m not in metrics]
+    trials = pd.DataFrame(rows, columns=list(dict.fromkeys(META_COLUMNS + [c for r in rows for c in r])))
+    trials.attrs["config_keys"] = config_keys
+    trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + \
+        [m for m in metrics if m not in KNOWN_METRICS]
+    return trials
+
+
+def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
+    """One row per evaluated example and trial: `run_dir`, `trial_id`, `id`, `dialogue`,
+    `prediction`, `references`, the per-example scores and `bleu_stats` (a list of 10 counts)."""
+    frames = []
+    for run_dir in as_run_dirs(run_dirs):
+        for trial_dir in trial_dirs(run_dir):
+            path = trial_dir / "predictions.jsonl"
+            if not path.is_file():
+                continue  # a failed trial has no predictions
+            frame = pd.DataFrame(_read_jsonl(path))
+            if frame.empty:
+                continue
+            trial_id = _read_json(trial_dir / "result.json").get("trial_id") or trial_dir.name
+            frame.insert(0, "trial_id", trial_id)
+            frame.insert(0, "run_dir", str(run_dir))
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_dir", "trial_id", "id", "prediction", "references"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def load_train_logs(run_dirs: RunDirs) -> pd.DataFrame:
+    """The training logs, long: `run_dir`, `trial_id`, `step`, `loss`, `lr`, ..., `eval_loss`
+    (a line carries either a training loss or an eval loss; the other is NaN)."""
+    frames = []
+    for run_dir in as_run_dirs(run_dirs):
+        for trial_dir in trial_dirs(run_dir):
+            path = trial_dir / "train_log.jsonl"
+            if not path.is_file():
+                continue
+            frame = pd.DataFrame(_read_jsonl(path))
+            if frame.empty:
+                continue
+            trial_id = _read_json(trial_dir / "result.json").get("trial_id") or trial_dir.name
+            frame.insert(0, "trial_id", trial_id)
+            frame.insert(0, "run_dir", str(run_dir))
+            frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=["run_dir", "trial_id", "step", "loss"])
+    return pd.concat(frames, ignore_index=True)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_results_csv(run_dir: str | os.PathLike) -> Path:
+    """Write RUN_DIR/results.csv (one row per finished trial, the columns of `load_trials`)
+    atomically, and return its path. Each call rebuilds the file from the result.json files, so
+    calling it after every trial (even from concurrent trials) leaves a complete, readable file."""
+    run_dir = Path(run_dir)
+    trials = load_trials(run_dir)
+    path = run_dir / "results.csv"
+    _write_atomic(path, trials.to_csv(index=False).encode("utf-8"))
+    return path
+
+
+def write_report(out_dir: str | os.PathLike, files: Mapping[str, str | bytes]) -> dict[str, Path]:
+    """Write each `name -> content` under out_dir (atomically, text as UTF-8); return the paths."""
+    out_dir = Path(out_dir)
+    written = {}
+    for name, content in files.items():
+        path = out_dir / name
+        _write_atomic(path, content.encode("utf-8") if isinstance(content, str) else content)
+        written[name] = path
+    return written

@@ -1,0 +1,459 @@
+"""Comparison tables over a trials frame, and their Markdown, CSV, LaTeX and JSON renderings.
+
+Table functions return DataFrames: the index holds the labels (axis values, metric names), the
+columns the values. `format_table` turns one into text with fixed decimals per metric.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis.axes import (MAIN_METRIC, check_axis, check_metric, decimals, format_level,
+                           levels, metric_names, ok_trials, parse_selector, select, trial_labels,
+                           varying_axes)
+from analysis.errors import AnalysisError
+from analysis.load import KNOWN_METRICS
+from analysis.stats import KEY, confidence_intervals, format_ci
+
+__all__ = ["varying_axes", "main_table", "pivot_table", "baseline_table", "best_per_level",
+           "grid_table", "cost_table", "failed_table", "comparison_table", "format_table", "display_frame", "FORMATS"]
+
+TABLE_METRICS = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len"]
+FORMATS = ["md", "csv", "latex", "json"]
+# Decimals of value columns that are not metrics (whole numbers shown as such).
+COLUMN_DECIMALS = {"n": 0, "trials": 0, "train_steps": 0, "train_trainable_params": 0,
+                   "train_total_params": 0, "train_peak_memory_mb": 0, "train_tokens_per_s": 0,
+                   "eval_n_examples": 0, "eval_gen_tokens_per_s": 1, "train_wall_s": 1,
+                   "eval_wall_s": 1, "train_final_loss": 3, "wall s": 1, "train s": 1, "eval s": 1,
+                   "train tokens/s": 0, "generated tokens/s": 1, "peak memory MB": 0,
+                   "trainable params": 0, "total params": 0}
+PERCENT_COLUMN = "improvement"
+P_COLUMNS = ("p", "p_holm", "p (Holm)")
+THOUSANDS = ("trainable params", "total params")  # 12,345,678 reads at a glance
+
+
+def _table_metrics(trials: pd.DataFrame, metrics: Sequence[str] | None) -> list[str]:
+    if metrics is None:
+        available = metric_names(trials)
+        return [m for m in TABLE_METRICS if m in available] or available
+    return [check_metric(trials, m) for m in metrics]
+
+
+def _label_axes(trials: pd.DataFrame) -> list[str]:
+    axes = varying_axes(trials)
+    if trials["run_dir"].nunique() > 1 and trials.duplicated(axes or ["trial_id"]).any():
+        axes = axes + ["run_dir"]  # the same trial in two run folders: keep both rows apart
+    return axes or ["trial_id"]
+
+
+def main_table(trials: pd.DataFrame, metric: str = MAIN_METRIC, metrics: Sequence[str] | None = None,
+               examples: pd.DataFrame | None = None, ci_style: str = "pm") -> pd.DataFrame:
+    """One row per trial: the varying axes (index), then the metrics, best `metric` first; failed
+    trials follow with their error. With `examples`, each value carries its 95% bootstrap
+    interval (`43.41 ± 1.20`)."""
+    ok = ok_trials(trials)
+    if not ok.empty:
+        check_metric(trials, metric)
+        ok = ok.sort_values(metric, ascending=False, kind="stable")
+    metrics = _table_metrics(trials, metrics)
+    axes = _label_axes(trials)
+    failed = trials[trials["status"] != "ok"]
+    columns = list(dict.fromkeys(axes + KEY + metrics + ["error"]))
+    table = pd.concat([ok, failed])[columns].copy()
+    table["error"] = table["error"].map(_first_line)
+    if examples is not None and not examples.empty:
+        intervals = confidence_intervals(ok, examples, metrics)
+        texts = {(r.run_dir, r.trial_id, r.metric): format_ci(r.value, r.low, r.high, decimals(r.metric), ci_style)
+                 for r in intervals.itertuples(index=False)}
+        for m in metrics:
+            table[m] = [texts.get((run_dir, trial_id, m), value)
+                        for run_dir, trial_id, value in zip(table["run_dir"], table["trial_id"], table[m])]
+    if failed.empty:
+        table = table.drop(columns="error")
+    table = table.drop(columns=[c for c in KEY if c not in axes])
+    return table.set_index(axes)
+
+
+def _first_line(error) -> str | None:
+    if not isinstance(error, str) or not error.strip():
+        return None
+    lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
+    return lines[-1][:200]  # tracebacks end with the exception line
+
+
+def _long(trials: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
+    """Trials melted to one row per trial and metric (`metric`, `value`)."""
+    ids = [c for c in trials.columns if c not in metrics]
+    return trials.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="value")
+
+
+def pivot_table(trials: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[str],
+                metric: str = MAIN_METRIC,
+                metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """`metric` with the levels of `rows` down and of `cols` across, and a note saying which
+    varying axes each cell averages over (empty when none). `metric` may itself be an axis here:
+    `rows="metric", cols="template"` puts the metrics (default: the table metrics) down."""
+    rows = [rows] if isinstance(rows, str) else list(rows)
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    ok = ok_trials(trials)
+    if ok.empty:
+        raise AnalysisError("No finished trials to tabulate")
+    if set(rows) & set(cols) or not rows or not cols:
+        raise AnalysisError(f"Rows {rows} and columns {cols} must be non-empty and distinct")
+    for axis in rows + cols:
+        if axis != "metric":
+            check_axis(trials, axis)
+    if "metric" in rows + cols:
+        long = _long(ok, _table_metrics(trials, metrics))
+    else:
+        long = ok.assign(metric=check_metric(trials, metric), value=ok[metric])
+    _check_same_examples(ok)
+    table = long.pivot_table(index=rows, columns=cols, values="value", aggfunc="mean",
+                             dropna=False, sort=False)
+    counts = long.pivot_table(index=rows, columns=cols, values="value", aggfunc="count", sort=False)
+    table = _sort_levels(table, ok)
+    table = table.dropna(how="all").dropna(axis=1, how="all")
+    if cols == ["metric"]:
+        table.columns = [str(c) for c in table.columns]  # metric names: their own decimals apply
+    elif len(cols) == 1:
+        table.columns = [f"{cols[0]}={format_level(c)}" for c in table.columns]
+    else:
+        table.columns = [", ".join(f"{a}={format_level(v)}" for a, v in zip(cols, c)) for c in table.columns]
+    averaged = [a for a in varying_axes(ok) if a not in rows + cols]
+    note = ""
+    per_cell = counts.to_numpy()
+    per_cell = per_cell[per_cell > 0].astype(int)
+    if averaged and per_cell.size and per_cell.max() > 1:
+        spread = f"{per_cell.min()}" if per_cell.min() == per_cell.max() else f"{per_cell.min()}-{per_cell.max()}"
+        note = f"Each cell is the mean of {spread} trials, over: {', '.join(averaged)}."
+    return table, note
+
+
+def _sort_levels(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """Rows and columns in level order (metrics in table order), not first-seen order."""
+    def order(index: pd.Index) -> pd.Index:
+        if isinstance(index, pd.MultiIndex):
+            return index
+        name = index.name
+        if name == "metric":
+            ranked = TABLE_METRICS + [m for m in index if m not in TABLE_METRICS]
+            return pd.Index(sorted(index, key=ranked.index), name=name)
+        if name in trials.columns:
+            known = levels(trials, name)
+            return pd.Index(sorted(index, key=lambda v: known.index(v) if v in known else len(known)),
+                            name=name)
+        return index
+    return table.reindex(index=order(table.index), columns=order(table.columns))
+
+
+def _check_same_examples(trials: pd.DataFrame) -> None:
+    """Refuse to put side by side trials of one dataset scored on different examples or protocols."""
+    if "protocol" in trials.columns and trials["protocol"].dropna().nunique() > 1:
+        raise AnalysisError("These trials were scored with different protocols: "
+                            + " vs ".join(trials["protocol"].dropna().unique()))
+    if "eval_ids_sha256" not in trials.columns:
+        return
+    by = "dataset" if "dataset" in trials.columns else None
+    groups = trials.groupby(by, dropna=False) if by else [(None, trials)]
+    for dataset, group in groups:
+        shas = group["eval_ids_sha256"].dropna().unique()
+        if len(shas) > 1:
+            where = f" of dataset {dataset!r}" if by else ""
+            raise AnalysisError(f"Trials{where} were evaluated on different examples "
+                                f"(eval_ids_sha256: {', '.join(str(s)[:12] for s in shas)}): "
+                                "their scores cannot be averaged or compared")
+
+
+def _condition_label(selector: Mapping) -> str:
+    return ", ".join(f"{k}={format_level(v)}" for k, v in selector.items())
+
+
+def baseline_table(trials: pd.DataFrame, baseline: str | Mapping | None = "method=zero_shot",
+                   conditions: Sequence[str | Mapping] | None = None, metric: str = MAIN_METRIC,
+                   metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
+    """Metrics down, conditions across (baseline first), then the relative improvement of the best
+    condition (by `metric`) over the baseline, e.g. `+80%`.
+
+    `baseline` and `conditions` are selectors (`"loss=full"`, `"method=zero_shot,template=alpaca"`).
+    Without `conditions`, every other finished trial is a condition, named by the axes that vary
+    among them; the baseline is narrowed to the conditions' value of any axis they all share (so
+    a zero-shot run per template compares with the fine-tuned template). A condition matching
+    several trials shows their mean. Returns the table and a note (empty unless the baseline
+    averages several trials)."""
+    ok = ok_trials(trials)
+    metrics = _table_metrics(trials, metrics)
+    check_metric(trials, metric)
+    base = select(ok, baseline)
+    if base.empty:
+        raise AnalysisError(f"No finished trial matches the baseline {baseline!r}")
+    rest = ok.drop(index=base.index)
+    if conditions is None:
+        if rest.empty:
+            raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
+        axes = varying_axes(rest)
+        groups = [(_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,)))), g)
+                  for key, g in rest.groupby(axes, sort=True, dropna=False)] if axes \
+            else [(trial_labels(rest).iloc[0], rest)]
+        narrowed = parse_selector(baseline)
+        for axis in varying_axes(base):
+            shared = rest[axis].unique()
+            if len(shared) == 1 and (base[axis] == shared[0]).any():
+                base = base[base[axis] == shared[0]]
+                narrowed[axis] = shared[0]
+        baseline = narrowed
+    else:
+        groups = []
+        for selector in conditions:
+            chosen = select(rest, selector)
+            if chosen.empty:
+                raise AnalysisError(f"No finished trial (other than the baseline) matches {selector!r}")
+            groups.append((_condition_label(parse_selector(selector)), chosen))
+    _check_same_examples(pd.concat([base] + [g for _, g in groups]))
+    base_label = _condition_label(parse_selector(baseline)) or "all"
+    base_axes = varying_axes(base) if len(base) > 1 else []
+    table = pd.DataFrame({f"baseline ({base_label})": base[metrics].mean()})
+    for label, group in groups:
+        table[label] = group[metrics].mean()
+    best = max(groups, key=lambda g: g[1][metric].mean())
+    ratio = (table[best[0]] - table.iloc[:, 0]) / table.iloc[:, 0].replace(0, np.nan)
+    table[f"{PERCENT_COLUMN} ({best[0]} vs baseline)"] = ratio.map(_percent)
+    table.index.name = "metric"
+    note = f"The baseline averages {len(base)} trials over: {', '.join(base_axes)}." if base_axes else ""
+    return table, note
+
+
+def _percent(ratio: float) -> str:
+    if ratio is None or not math.isfinite(ratio):
+        return "n/a"
+    return f"{ratio * 100:+.0f}%"
+
+
+def best_per_level(trials: pd.DataFrame, axis: str, by: str = MAIN_METRIC,
+                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """For each level of `axis`, its best finished trial by `by`: the other varying axes' values
+    (the winning configuration) and its metrics."""
+    check_axis(trials, axis)
+    check_metric(trials, by)
+    metrics = _table_metrics(trials, metrics)
+    ok = ok_trials(trials).dropna(subset=[by])
+    if ok.empty:
+        raise AnalysisError("No finished trials to rank")
+    best = ok.loc[ok.groupby(axis, dropna=False)[by].idxmax()]
+    others = [a for a in varying_axes(ok) if a != axis]
+    best = best.sort_values(by, ascending=False, kind="stable")
+    return best[[axis] + others + metrics].set_index(axis)
+
+
+def grid_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """One row per varying axis: its levels and how many trials (finished or failed) each has."""
+    rows = []
+    for axis in varying_axes(trials):
+        counts = [f"{format_level(level)} ({int((trials[axis] == level).sum())})" for level in levels(trials, axis)]
+        rows.append({"axis": axis, "levels": len(counts), "trials per level": ", ".join(counts)})
+    return pd.DataFrame(rows, columns=["axis", "levels", "trials per level"]).set_index("axis")
+
+
+COST_COLUMNS = {"train_wall_s": "train s", "eval_wall_s": "eval s", "train_tokens_per_s": "train tokens/s",
+                "eval_gen_tokens_per_s": "generated tokens/s", "train_peak_memory_mb": "peak memory MB",
+                "train_trainable_params": "trainable params"}
+
+
+def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """What each trial cost: wall time (total, train, eval; seconds), throughput (tokens/s), peak
+    memory (MB) and trainable parameters."""
+    present = [c for c in COST_COLUMNS if c in trials.columns]
+    axes = _label_axes(trials)
+    table = trials[axes + present].sort_values(axes, kind="stable").rename(columns=COST_COLUMNS)
+    walls = [COST_COLUMNS[c] for c in ("train_wall_s", "eval_wall_s") if c in present]
+    if walls:
+        table.insert(len(axes), "wall s", table[walls].sum(axis=1, min_count=1))
+    return table.set_index(axes)
+
+
+def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """The failed trials and the last line of their error."""
+    failed = trials[trials["status"] != "ok"]
+    return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}
+                        ).set_index("trial_id")
+
+
+def comparison_table(result: pd.DataFrame) -> pd.DataFrame:
+    """A `stats.compare` result for reading: the fixed axes, metric and the two levels as labels;
+    both values, the difference B - A with its 95% interval, raw and Holm-corrected p."""
+    labels = [c for c in result.columns if c not in
+              {"n", "value_a", "value_b", "delta", "low", "high", "p", "p_holm", "significant",
+               "trial_a", "trial_b"}]
+    table = result[labels].copy()
+    table["n"] = result["n"]
+    table["A"] = [_fixed(v, m) for v, m in zip(result["value_a"], result["metric"])]
+    table["B"] = [_fixed(v, m) for v, m in zip(result["value_b"], result["metric"])]
+    table["B - A [95% CI]"] = [
+        f"{d:+.{decimals(m)}f} [{lo:+.{decimals(m)}f}, {hi:+.{decimals(m)}f}]"
+        for d, lo, hi, m in zip(result["delta"], result["low"], result["high"], result["metric"])]
+    table["p"] = result["p"]
+    table["p (Holm)"] = result["p_holm"]
+    table["significant"] = result["significant"]
+    return table.set_index(labels)
+
+
+def _fixed(value: float, metric: str) -> str:
+    return f"{value:.{decimals(metric)}f}"
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+def _value_decimals(column: str, row_metric: str | None, default: int) -> int:
+    if column in KNOWN_METRICS:
+        return decimals(column)
+    if column in COLUMN_DECIMALS:
+        return COLUMN_DECIMALS[column]
+    if row_metric:
+        return decimals(row_metric)  # metrics down the rows: baseline and comparison tables
+    return default
+
+
+def _format_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _number_text(value, column: str, row_metric: str | None, default: int) -> str:
+    if column in P_COLUMNS:
+        return _format_p(float(value))
+    if column in THOUSANDS:
+        return f"{float(value):,.0f}"
+    is_metric = column in KNOWN_METRICS or row_metric is not None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and not is_metric:
+        return str(int(value))
+    return f"{float(value):.{_value_decimals(column, row_metric, default)}f}"
+
+
+def _is_missing(value) -> bool:
+    if value is None:
+        return True
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
+
+
+def _row_metric(row: Mapping) -> str | None:
+    metric = row.get("metric")
+    return metric if isinstance(metric, str) else None
+
+
+def display_frame(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """The table as text cells: index levels become leading label columns (axis values as
+    written), values get fixed decimals per metric; empty for missing."""
+    labels = [n for n in table.index.names if n is not None]
+    flat = table.reset_index() if labels else table.reset_index(drop=True)
+    texts = {}
+    for column in flat.columns:
+        cells = []
+        for _, row in flat.iterrows():
+            value = row[column]
+            if _is_missing(value):
+                cells.append("")
+            elif isinstance(value, (bool, np.bool_)):
+                cells.append("yes" if value else "no")
+            elif column in labels or not isinstance(value, (int, float, np.number)):
+                cells.append(format_level(value))
+            else:
+                cells.append(_number_text(value, column, _row_metric(row), decimals))
+        texts[str(column)] = cells
+    return pd.DataFrame(texts, columns=[str(c) for c in flat.columns])
+
+
+def rounded_frame(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
+    """The table flattened like `display_frame`, values kept as numbers rounded the same way."""
+    labels = [n for n in table.index.names if n is not None]
+    flat = table.reset_index() if labels else table.reset_index(drop=True)
+    flat.columns = [str(c) for c in flat.columns]
+    out = flat.astype(object)
+    for column in flat.columns:
+        if column in labels or column in P_COLUMNS:
+            continue
+        for i, row in flat.iterrows():
+            value = row[column]
+            if isinstance(value, (float, np.floating)) and not _is_missing(value):
+                out.at[i, column] = round(float(value), _value_decimals(column, _row_metric(row), decimals))
+    return out
+
+
+def _escape_md(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
+
+
+def _markdown(cells: pd.DataFrame, numeric: list[bool]) -> str:
+    header = [_escape_md(c) for c in cells.columns]
+    body = [[_escape_md(v) for v in row] for row in cells.itertuples(index=False)]
+    widths = [max([len(h)] + [len(r[i]) for r in body] + [3]) for i, h in enumerate(header)]
+
+    def line(values):
+        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w)
+                                 for v, w, num in zip(values, widths, numeric)) + " |"
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
+                             for w, num in zip(widths, numeric)) + " |"
+    return "\n".join([line(header), rule] + [line(r) for r in body])
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "<": r"\textless{}", ">": r"\textgreater{}"}
+
+
+def _escape_latex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text.replace("\n", " "))
+
+
+def _latex(cells: pd.DataFrame, numeric: list[bool], note: str) -> str:
+    spec = "".join("r" if num else "l" for num in numeric)
+    lines = [f"% {note}"] if note else []
+    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
+              " & ".join(_escape_latex(c) for c in cells.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_escape_latex(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    return "\n".join(lines)
+
+
+def numeric_columns(table: pd.DataFrame, cells: pd.DataFrame) -> list[bool]:
+    labels = {n for n in table.index.names if n is not None}
+    result = []
+    for column in cells.columns:
+        values = [v for v in cells[column] if v]
+        numeric = column not in labels and bool(values) and all(
+            v.lstrip("+-<").replace(",", "").replace(".", "", 1).replace("%", "").split(" ")[0].isdigit()
+            for v in values)
+        result.append(numeric)
+    return result
+
+
+def format_table(table: pd.DataFrame, fmt: str = "md", decimals: int = 2, note: str = "") -> str:
+    """Render a table: `md` (aligned Markdown, the note in italics below), `csv`, `latex`
+    (booktabs tabular, the note as a comment) or `json` (a list of records)."""
+    if fmt not in FORMATS:
+        raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(FORMATS)}")
+    if fmt in ("csv", "json"):
+        frame = rounded_frame(table, decimals)
+        if fmt == "csv":
+            return frame.to_csv(index=False)
+        records = [{k: _json_value(v) for k, v in row.items()} for row in frame.to_dict(orient="records")]
+        return json.dumps(records, indent=2, ensure_ascii=False)
+    cells = display_frame(table, decimals)
+    numeric = numeric_columns(table, cells)
+    if fmt == "latex":
+        return _latex(cells, numeric, note)
+    text = _markdown(cells, numeric)
+    return f"{text}\n\n*{note}*" if note else text
+
+
+def _json_value(value):
+    if _is_missing(value):
+        return None
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
