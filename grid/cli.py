@@ -178,6 +178,95 @@ def summarize(
     print(run_summarize(trial_dir, [dialogue])[0])
 
 
+@app.command()
+def run(
+    grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trial table and exit.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Rerun trials that already finished.")] = False,
+    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=1)] = None,
+    retries: Annotated[Optional[int], typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
+    set_: SetOpt = None,
+    smoke: SmokeOpt = False,
+):
+    """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
+    from grid.schedule import run_grid
+    from grid.spec import load_trials
+
+    _setup_logging()
+    spec, trials = load_trials(grid, sets=parse_pairs(set_, "--set"))
+    if smoke:
+        from grid.smoke import smoke as smoke_all
+
+        trials = smoke_all(trials)
+    run_dir = out_dir or default_run_dir(spec, smoke)
+    code = run_grid(spec, trials, run_dir, address=address, max_concurrent=max_concurrent, force=force,
+                    retries=retries, dry_run=dry_run, console=out)  # fmt: skip
+    raise typer.Exit(code)
+
+
+@app.command()
+def tune(
+    search: Annotated[Path, typer.Argument(help="Search YAML file (a grid file with a `search:` block).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<name>).")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
+):
+    """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
+    from grid.spec import load_spec
+    from grid.tune import run_search
+
+    _setup_logging()
+    spec = load_spec(search)
+    code = run_search(spec, search, out_dir or default_run_dir(spec, False), address=address, resume=resume,
+                      console=out)  # fmt: skip
+    raise typer.Exit(code)
+
+
+@app.command()
+def table(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s); several are combined.")],
+    rows: Annotated[Optional[list[str]], typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")] = None,
+    cols: Annotated[Optional[list[str]], typer.Option("--cols", help="Axis (or 'metric') for the columns.")] = None,
+    metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = "rouge1",
+    compare: Annotated[Optional[str], typer.Option(help="Paired tests between the levels of this axis.")] = None,
+    baseline: Annotated[Optional[str], typer.Option(help="Baseline trials, e.g. method=zero_shot.")] = None,
+    condition: Annotated[Optional[list[str]], typer.Option("--condition", help="A column of the baseline table, e.g. loss=full.")] = None,
+    best: Annotated[Optional[str], typer.Option(help="The best trial for each level of this axis.")] = None,
+    where: Annotated[Optional[str], typer.Option(help="Keep trials matching AXIS=VALUE[,AXIS=VALUE].")] = None,
+    ci: Annotated[bool, typer.Option("--ci", help="95% bootstrap intervals in the main table.")] = False,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
+):
+    """Comparison tables of one or more run folders."""
+    from analysis import AnalysisError, cli_table
+
+    try:
+        text = cli_table([str(p) for p in run_dirs], rows=rows, cols=cols, metric=metric, fmt=fmt, compare=compare,
+                         baseline=baseline, best=best, where=where, ci=ci, conditions=condition)  # fmt: skip
+    except AnalysisError as e:
+        raise BadInput(str(e)) from e
+    print(text)
+
+
+@app.command()
+def report(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s).")],
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the first run folder).")] = None,
+    metric: Annotated[str, typer.Option(help="Main metric.")] = "rouge1",
+):
+    """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""
+    from analysis import AnalysisError, cli_report
+
+    try:
+        paths = cli_report([str(p) for p in run_dirs], out_dir=out_dir, metric=metric)
+    except AnalysisError as e:
+        raise BadInput(str(e)) from e
+    for name, path in paths.items():
+        if name in ("report.md", "report.html", "md", "html"):
+            out.print(f"{name}: {path}", highlight=False)
+
+
 def main() -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
