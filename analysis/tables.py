@@ -83,7 +83,8 @@ def _first_line(error) -> str | None:
     if not isinstance(error, str) or not error.strip():
         return None
     lines = [line.strip() for line in error.strip().splitlines() if line.strip()]
-    return lines[-1][:200]  # tracebacks end with the exception line
+    line = lines[-1]  # tracebacks end with the exception line
+    return line if len(line) <= 100 else line[:99] + "…"
 
 
 def _long(trials: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
