@@ -55,19 +55,34 @@ def _grid_section(trials: pd.DataFrame) -> list[Block]:
 
 
 def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
+    """One baseline table per model × dataset that has both a zero-shot and a fine-tuned trial: a
+    fine-tuned model is compared with its own zero-shot baseline, never with another model's."""
     ok = ok_trials(trials)
     if "method" not in ok.columns or not (ok["method"] == "zero_shot").any() or (ok["method"] != "zero_shot").all():
         return []
-    try:
-        table, note = tables.baseline_table(trials, metric=metric)
-    except AnalysisError as exc:
-        return [f"Not shown: {exc}"]
-    if table.shape[1] > MAX_BASELINE_COLUMNS:  # many conditions read better down the page
-        return ["Each row is the mean of its trials; the last row is the relative change of the "
-                f"best condition (by {metric}) over the zero-shot baseline.",
-                TableBlock(table.T.rename_axis("condition"), note)]
-    return ["Each column is the mean of its trials; the last column is the relative change of the "
-            f"best condition (by {metric}) over the zero-shot baseline.", TableBlock(table, note)]
+    keys = [k for k in ("model", "dataset") if k in ok.columns and ok[k].nunique() > 1]
+    parts = [(dict(zip(keys, key if isinstance(key, tuple) else (key,))), part)
+             for key, part in ok.groupby(keys, sort=False)] if keys else [({}, ok)]
+    blocks: list[Block] = []
+    for where, part in parts:
+        if not ((part["method"] == "zero_shot").any() and (part["method"] != "zero_shot").any()):
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in where.items())
+        if label:
+            blocks.append(f"### {label}")
+        try:
+            table, note = tables.baseline_table(part, metric=metric)
+        except AnalysisError as exc:
+            blocks.append(f"Not shown: {exc}")
+            continue
+        if table.shape[1] > MAX_BASELINE_COLUMNS:  # many conditions read better down the page
+            blocks.append(TableBlock(table.T.rename_axis("condition"), note))
+        else:
+            blocks.append(TableBlock(table, note))
+    if not blocks:
+        return []
+    return [f"The mean of each condition's trials and the relative change of the best condition (by {metric}) "
+            "over the zero-shot baseline of the same model and dataset.", *blocks]
 
 
 def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) -> list[Block]:
