@@ -28,7 +28,7 @@ def load_splits(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict],
     """(train rows, eval rows, counts of dropped/folded rows) for a dataset entry."""
     if entry.source == "builtin:synthetic":
         raw_train = synthetic_examples("train", entry.synthetic_size, seed=0)
-        raw_eval = synthetic_examples("test", max(entry.synthetic_size // 6, 10), seed=1)
+        raw_eval = synthetic_examples(entry.eval_split, max(entry.synthetic_size // 6, 10), seed=1)
     elif _is_local(entry.source):
         raw_train, raw_eval = _load_local(entry, name)
     else:

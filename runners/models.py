@@ -86,7 +86,16 @@ def _build_once(target: Path, build) -> None:
             return
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
         try:
-            build(tmp)
+            import random
+
+            import torch
+
+            # Building seeds and draws random numbers: keep that out of the calling trial's seeded stream,
+            # so a trial gives the same result whether or not it had to build its model first.
+            state = random.getstate()
+            with torch.random.fork_rng(devices=[]):
+                build(tmp)
+            random.setstate(state)
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)
