@@ -27,8 +27,9 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(BIN)/ftgrid run configs/demo.yaml --out runs/demo
-	$(BIN)/ftgrid table runs/demo
-	@echo "report: runs/demo/report.html"
+	$(BIN)/ftgrid report runs/demo
+	$(BIN)/ftgrid table runs/demo --baseline method=zero_shot --where model=smollm2-135m
+	$(BIN)/ftgrid table runs/demo --ci
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

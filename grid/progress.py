@@ -15,7 +15,7 @@ class Outcome:
     """How one trial ended in this invocation: ok (trained now), cached, failed or not run."""
 
     trial_id: str
-    status: str  # ok | cached | failed | not run
+    status: str  # ok | cached | failed | stopped (early, by a scheduler) | not run
     score: float | None = None
     reason: str | None = None
 
@@ -66,6 +66,11 @@ class Progress:
         else:
             self._end(Outcome(trial_id, "failed", reason=one_line(result.get("error"))))
 
+    def stopped(self, trial_id: str) -> None:
+        """Ended without a final report: a scheduler (ASHA) stopped it early."""
+        note = self.running.get(trial_id, "")
+        self._end(Outcome(trial_id, "stopped", reason="stopped early" + (f" at {note}" if note else "")))
+
     def _end(self, outcome: Outcome, quiet: bool = False) -> None:
         self.running.pop(outcome.trial_id, None)
         self.outcomes[outcome.trial_id] = outcome
@@ -75,7 +80,8 @@ class Progress:
                 self.best = (outcome.score, outcome.trial_id)
         if outcome.status not in ("cached", "not run") and not quiet:
             detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
-            mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]"}.get(outcome.status, outcome.status)
+            mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "stopped": "[yellow]stopped[/]"}.get(
+                outcome.status, outcome.status)
             self.console.print(f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False,
                                soft_wrap=True)  # one line per trial in a log file, however long
         self._refresh()
@@ -87,7 +93,7 @@ class Progress:
     # --- views ---
     def counts(self) -> dict[str, int]:
         ended = list(self.outcomes.values())
-        done = sum(o.status in ("ok", "cached") for o in ended)
+        done = sum(o.status in ("ok", "cached", "stopped") for o in ended)
         failed = sum(o.status == "failed" for o in ended)
         running = len(self.running)
         return {"done": done, "running": running, "failed": failed,
@@ -95,7 +101,8 @@ class Progress:
 
     def line(self) -> str:
         c = self.counts()
-        text = f"{c['done']}/{self.total} done · {c['running']} running · {c['pending']} pending · {c['failed']} failed"
+        text = (f"{c['done']}/{self.total} done · {c['running']} running · {c['pending']} pending"
+                f" · {c['failed']} failed")  # fmt: skip
         if self.best:
             text += f" · best {self.metric} {self.best[0]:.2f} ({self.best[1]})"
         return text
@@ -121,15 +128,15 @@ class Progress:
         table = Table(title="summary", show_lines=False)
         for name in ("status", "trial", self.metric, "reason"):
             table.add_column(name, overflow="fold")
-        order = {"failed": 0, "not run": 1, "ok": 2, "cached": 3}
+        order = {"failed": 0, "not run": 1, "stopped": 2, "ok": 3, "cached": 4}
         for o in sorted(self.outcomes.values(), key=lambda o: (order.get(o.status, 9), o.trial_id)):
             score = f"{o.score:.2f}" if o.score is not None else ""
-            style = {"failed": "red", "not run": "yellow", "ok": "green"}.get(o.status)
+            style = {"failed": "red", "not run": "yellow", "stopped": "yellow", "ok": "green"}.get(o.status)
             table.add_row(o.status, o.trial_id, score, o.reason or "", style=style)
         return table
 
     def totals(self) -> dict[str, int]:
-        out = {"ok": 0, "cached": 0, "failed": 0, "not run": 0}
+        out = {"ok": 0, "cached": 0, "stopped": 0, "failed": 0, "not run": 0}
         for o in self.outcomes.values():
             out[o.status] = out.get(o.status, 0) + 1
         return out

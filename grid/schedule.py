@@ -189,7 +189,9 @@ def _kill_group(child: subprocess.Popen) -> None:
 def _run_inline(cfg: TrialConfig, trial_dir: Path, tail: LogTail, on_log, poll_s: float) -> int:
     from runners.trial import execute
 
-    handler = logging.FileHandler(trial_dir / TRIAL_LOG)
+    with (trial_dir / TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
+        out.write(f"$ inline runners.trial.execute in process {os.getpid()}\n")
+    handler = logging.FileHandler(trial_dir / TRIAL_LOG)  # records the loggers let through (warnings, errors)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     box: dict = {}
@@ -279,14 +281,14 @@ def ray_trial(config: dict) -> None:
     cfg, launch = trial_config(config), config["launch"]
     result, cached = run_cell(cfg, Path(launch["run_dir"]), launcher=launch["launcher"], gpus=launch["gpus"],
                               cpus=launch["cpus"], retries=launch["retries"], force=launch["force"],
-                              on_log=lambda row: tune.report({**row, "trial_id": cfg.trial_id}))  # fmt: skip
+                              on_log=tune.report)  # fmt: skip
     tune.report(final_report(result, cached))
 
 
 def final_report(result: dict, cached: bool) -> dict:
     """What Tune sees at the end of a trial: status, the metrics and the final training numbers."""
-    report = {"trial_id": result.get("trial_id"), "status": result.get("status"), "cached": cached,
-              "error": result.get("error")}  # fmt: skip
+    # no "trial_id" key: Tune fills it with its own id
+    report = {"status": result.get("status"), "cached": cached, "error": result.get("error")}
     report.update({k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))})
     train = result.get("train") or {}
     if train.get("steps") is not None:
@@ -320,10 +322,11 @@ def check_resources(gpus: float, cpus: float) -> str | None:
     import ray
 
     have = ray.cluster_resources()
-    if gpus > have.get("GPU", 0):
-        return f"each trial asks for {gpus} GPU(s) (resources.gpus_per_trial) but the Ray cluster has {have.get('GPU', 0)}"
-    if cpus > have.get("CPU", 0):
-        return f"each trial asks for {cpus} CPU(s) (resources.cpus_per_trial) but the Ray cluster has {have.get('CPU', 0)}"
+    if gpus > 1 and gpus != int(gpus):
+        return f"resources.gpus_per_trial: {gpus}: above 1 it must be a whole number (one process per GPU)"
+    for name, key, asked in (("GPU", "gpus_per_trial", gpus), ("CPU", "cpus_per_trial", cpus)):
+        if asked > have.get(name, 0):
+            return f"resources.{key}: each trial asks for {asked} {name}(s) but the Ray cluster has {have.get(name, 0)}"
     return None
 
 
@@ -352,6 +355,11 @@ def progress_callback(progress, run_dir: Path):
             else:
                 self.progress.reported(our_trial_id(trial), result)
 
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            trial_id = our_trial_id(trial)
+            if self.progress is not None and trial_id in self.progress.running:  # no final report came
+                self.progress.stopped(trial_id)
+
         def on_trial_error(self, iteration, trials, trial, **info):
             trial_id = our_trial_id(trial)
             if self.progress is not None and trial_id in self.progress.running:
@@ -375,13 +383,17 @@ def tune_trials(trainable_config: dict, run_dir: Path, *, name: str, resources: 
     """Run a Tuner over `trainable_config` (a param space) and return its ResultGrid; the caller owns Ray."""
     from ray import tune
 
+    # A worker process kept for the next trial saves its start and imports (seconds each on a small machine);
+    # not when a scheduler may stop trials early, as a stopped inline trial's thread could still be running.
+    reuse = "scheduler" not in (tune_config_extra or {})
+
     def dirname(trial) -> str:
         return f"{our_trial_id(trial)}-{trial.trial_id}"  # Ray's id too: two equal samples are two Ray trials
 
     tuner = tune.Tuner(
         tune.with_resources(ray_trial, resources),
         param_space=trainable_config,
-        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent,
+        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent, reuse_actors=reuse,
                                     trial_name_creator=our_trial_id, trial_dirname_creator=dirname,
                                     **(tune_config_extra or {})),  # fmt: skip
         run_config=tune.RunConfig(
@@ -394,6 +406,8 @@ def tune_trials(trainable_config: dict, run_dir: Path, *, name: str, resources: 
         ),
     )
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
+    # train_log lines stream in before a trial has its final metric (rougeL) or its first eval_loss
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with progress.live():
         return tuner.fit()
 
@@ -411,6 +425,8 @@ def write_results_csv(run_dir: Path) -> None:
 
 def record_ray_errors(results, run_dir: Path) -> None:
     """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one."""
+    from grid.progress import one_line
+
     for res in results:
         if res.error is None:
             continue
@@ -421,16 +437,10 @@ def record_ray_errors(results, run_dir: Path) -> None:
         trial_dir = Path(run_dir) / cfg.trial_id
         if rundir.read_result(trial_dir) is None:
             rundir.write_json(trial_dir / rundir.RESULT_JSON, {
-                "trial_id": cfg.trial_id, "status": "failed", "error": f"Ray trial error: {one_line_error(res.error)}",
+                "trial_id": cfg.trial_id, "status": "failed", "error": f"Ray trial error: {one_line(str(res.error))}",
                 "config": cfg.model_dump(mode="json"),
                 "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             })  # fmt: skip
-
-
-def one_line_error(error: BaseException | str) -> str:
-    from grid.progress import one_line
-
-    return one_line(str(error))
 
 
 # --- ftgrid run --------------------------------------------------------------------------------------------
@@ -447,9 +457,9 @@ def trial_table(trials: list[TrialConfig]) -> Table:
     return table
 
 
-def write_grid_yaml(spec, run_dir: Path, extra: dict | None = None) -> None:
-    data = {**spec.model_dump(mode="json"), **(extra or {})}
-    rundir.write_text_atomic(Path(run_dir) / GRID_YAML, yaml.safe_dump(data, sort_keys=False))
+def write_grid_yaml(spec, run_dir: Path) -> None:
+    """RUN_DIR/grid.yaml: the resolved spec (with any --set applied) that produced this run."""
+    rundir.write_text_atomic(Path(run_dir) / GRID_YAML, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
 def run_grid(spec, trials: list[TrialConfig], run_dir: Path, *, address: str | None = None,
@@ -475,7 +485,8 @@ def run_grid(spec, trials: list[TrialConfig], run_dir: Path, *, address: str | N
     todo = []
     for cfg in trials:
         if not force and rundir.is_finished(run_dir / cfg.trial_id):
-            progress.cached(cfg.trial_id, (rundir.read_result(run_dir / cfg.trial_id).get("metrics") or {}).get("rougeL"))
+            metrics = rundir.read_result(run_dir / cfg.trial_id).get("metrics") or {}
+            progress.cached(cfg.trial_id, metrics.get(progress.metric))
         else:
             todo.append(cfg)
     console.print(f"{len(trials)} trials: {len(trials) - len(todo)} cached, {len(todo)} to run → {run_dir}",
@@ -498,7 +509,7 @@ def _grid_search(values: list):
 
 
 def run_on_ray(param_space_or_fn, run_dir: Path, *, address, name, resources, max_concurrent, retries, progress,
-               tune_config_extra: dict | None = None, num_samples: int = 1) -> None:  # fmt: skip
+               tune_config_extra=None, num_samples: int = 1) -> None:  # fmt: skip
     """Start (or join) Ray, run the Tuner, and always shut Ray down — on errors and Ctrl-C too."""
     import ray
 
@@ -509,7 +520,10 @@ def run_on_ray(param_space_or_fn, run_dir: Path, *, address, name, resources, ma
         problem = check_resources(resources.gpus_per_trial, resources.cpus_per_trial)
         if problem:
             raise ConfigError(problem)
+        # callables are built once Ray is up (search domains and searchers are Ray objects)
         space = param_space_or_fn() if callable(param_space_or_fn) else param_space_or_fn
+        if callable(tune_config_extra):
+            tune_config_extra = tune_config_extra()
         ray_resources = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
         results = tune_trials(space, run_dir, name=name, resources=ray_resources, max_concurrent=max_concurrent,
                               retries=retries, progress=progress, tune_config_extra=tune_config_extra,
@@ -519,17 +533,18 @@ def run_on_ray(param_space_or_fn, run_dir: Path, *, address, name, resources, ma
         ray.shutdown()
 
 
-def finish(trials: list[TrialConfig], run_dir: Path, progress, console: Console) -> int:
+def finish(trials: list[TrialConfig], run_dir: Path, progress, console: Console,
+           again: str = "run the same command again to finish the trials that did not run") -> int:
     """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code."""
     from grid.progress import Outcome, one_line
 
     for cfg in trials:
         known = progress.outcomes.get(cfg.trial_id)
         result = rundir.read_result(run_dir / cfg.trial_id)
-        if known is not None and known.status == "cached":
+        if known is not None and (known.status == "cached" or (known.status == "stopped" and result is None)):
             continue
         if result is None:
-            progress.settle(Outcome(cfg.trial_id, "not run", reason="interrupted or stopped early"))
+            progress.settle(Outcome(cfg.trial_id, "not run", reason="interrupted before it finished"))
         elif result.get("status") == "ok":
             score = (result.get("metrics") or {}).get(progress.metric)
             progress.settle(Outcome(cfg.trial_id, "ok", score if isinstance(score, (int, float)) else None))
@@ -538,12 +553,12 @@ def finish(trials: list[TrialConfig], run_dir: Path, progress, console: Console)
     progress.running.clear()
     write_results_csv(run_dir)
     totals = progress.totals()
-    if totals["failed"] or totals["not run"]:
+    if totals["failed"] or totals["not run"] or totals["stopped"]:
         console.print(progress.summary_table())
     line = " · ".join(f"{v} {k}" for k, v in totals.items() if v or k in ("ok", "failed"))
     if progress.best:
         line += f" · best {progress.metric} {progress.best[0]:.2f} ({progress.best[1]})"
     console.print(f"[bold]done[/]: {line} → {run_dir}", highlight=False)
     if totals["not run"]:
-        console.print("run the same command again to finish the trials that did not run", highlight=False)
+        console.print(again, highlight=False)
     return 1 if totals["failed"] or totals["not run"] else 0

@@ -21,8 +21,12 @@ def test_configs_exist():
 def test_config_opens_with_its_command_and_expands(path):
     first = path.read_text().splitlines()[0]
     assert first.startswith("# ") and ("ftgrid " in first or "make " in first), first
-    _, trials = load_trials(path)
+    spec, trials = load_trials(path)
     assert trials and len({t.trial_id for t in trials}) == len(trials)
+    if spec.search:
+        from grid.tune import parse_search
+
+        assert parse_search(spec, path).space
 
 
 @pytest.mark.parametrize("path", [p for p in CONFIGS if p.name != "demo.yaml"], ids=lambda p: p.name)

@@ -1,0 +1,229 @@
+"""grid.schedule: a grid on real Ray Tune (CPU, tiny models): one folder per cell, caching, failure isolation,
+resume after a killed driver, launchers that agree, and no Ray process left behind."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from rich.console import Console
+
+from grid.schedule import LogTail, launch_trial, run_grid
+from grid.spec import load_trials
+from runners import rundir
+from runners.config import ConfigError
+
+GRID_AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n  loss: [summary_only, full]\n  lora_rank: [2, 4]\n  method: [lora]"  # fmt: skip
+BROKEN = "models:\n  broken: {source: /nonexistent}\n"
+
+
+def ray_processes(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] in ("raylet", "gcs_server") and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def processes_mentioning(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until_gone(find, timeout: float = 20) -> list:
+    deadline = time.monotonic() + timeout
+    while (left := find()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    """Ray's temp dir for this test (short: it holds Unix sockets); afterwards no raylet/gcs_server of it is left."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    yield path
+    import ray
+
+    ray.shutdown()  # a no-op unless a failing test left it up
+    left = wait_until_gone(lambda: ray_processes(path))
+    for proc in left:
+        proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+    assert not left, f"Ray processes left behind: {[p.name() for p in left]}"
+
+
+def quiet() -> Console:
+    return Console(file=open(os.devnull, "w"), width=200)
+
+
+def results(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/result.json")}
+
+
+def mtimes(run_dir: Path) -> dict[str, int]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in run_dir.glob("*/result.json")}
+
+
+# --- no Ray ------------------------------------------------------------------------------------------------
+def test_dry_run_prints_the_trials_without_ray(tiny_grid, tmp_path):
+    path = tiny_grid(GRID_AXES)
+    spec, trials = load_trials(path)
+    console = Console(record=True, width=250)
+    assert run_grid(spec, trials, tmp_path / "run", dry_run=True, console=console) == 0
+    text = console.export_text()
+    assert "8 trials" in text
+    assert all(cfg.trial_id in text for cfg in trials)
+    assert "template" in text and "lora_rank" in text and "alpaca" in text
+    assert not (tmp_path / "run").exists()
+
+
+def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_path):
+    _, trials = load_trials(tiny_grid())
+    cfg = trials[0]
+    # Warm the model cache first: building a built-in model on first use draws from the global RNG after the
+    # trial's set_seed, so a cold-cache run differs from every later one whatever the launcher.
+    launch_trial(cfg, tmp_path / "warm" / cfg.trial_id, launcher="inline")
+    outcomes = {}
+    for launcher in ("accelerate", "inline"):
+        logged = []
+        trial_dir = tmp_path / launcher / cfg.trial_id
+        code, result = launch_trial(cfg, trial_dir, launcher=launcher, on_log=logged.append)
+        assert code == 0 and result["status"] == "ok", result.get("error")
+        assert [row["step"] for row in logged] == [2, 4]  # train_log lines streamed as they appear
+        assert (trial_dir / "trial.log").stat().st_size > 0
+        assert json.loads((trial_dir / "trial.json").read_text()) == cfg.model_dump(mode="json")
+        outcomes[launcher] = result
+    assert outcomes["accelerate"]["metrics"] == outcomes["inline"]["metrics"]
+    assert outcomes["accelerate"]["train"]["final_loss"] == pytest.approx(outcomes["inline"]["train"]["final_loss"])
+
+
+def test_a_child_that_dies_without_a_result_gets_a_failed_one_from_its_log(tiny_grid, tmp_path, monkeypatch):
+    import grid.schedule as schedule
+
+    _, trials = load_trials(tiny_grid())
+    script = "import sys; print('loading…'); print('CUDA out of memory. Tried to allocate 2 GiB'); sys.exit(3)"
+    monkeypatch.setattr(schedule, "launch_command", lambda *a: [sys.executable, "-c", script])
+    code, result = launch_trial(trials[0], tmp_path / "t", launcher="accelerate")
+    assert code == 3
+    assert result["status"] == "failed"
+    assert "exited with code 3" in result["error"] and "CUDA out of memory" in result["error"]
+    assert rundir.read_result(tmp_path / "t") == result
+
+
+def test_log_tail_reads_complete_lines_only(tmp_path):
+    path = tmp_path / "train_log.jsonl"
+    tail = LogTail(path)
+    assert tail.read() == []
+    path.write_text('{"step": 1}\n{"step": 2')
+    assert tail.read() == [{"step": 1}]
+    with path.open("a") as handle:
+        handle.write("}\n")
+    assert tail.read() == [{"step": 2}]
+    path.write_text('{"step": 9}\n')  # truncated and rewritten by a new attempt
+    assert tail.read() == [{"step": 9}]
+
+
+# --- real Ray ----------------------------------------------------------------------------------------------
+def test_a_grid_asking_for_missing_gpus_is_bad_input_and_ray_is_shut_down(tiny_grid, tmp_path, ray_tmp):
+    spec, trials = load_trials(tiny_grid(extra="resources:\n  gpus_per_trial: 1\n"))
+    with pytest.raises(ConfigError, match="gpus_per_trial"):
+        run_grid(spec, trials, tmp_path / "run", console=quiet())
+    assert not wait_until_gone(lambda: ray_processes(ray_tmp))
+
+
+@pytest.mark.slow
+def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_path, ray_tmp):
+    run_dir = tmp_path / "run"
+    spec, trials = load_trials(tiny_grid(GRID_AXES, extra="resources:\n  launcher: inline\n"))
+    assert len(trials) == 8
+
+    assert run_grid(spec, trials, run_dir, max_concurrent=2, console=quiet()) == 0
+    done = results(run_dir)
+    assert sorted(done) == sorted(cfg.trial_id for cfg in trials)  # one folder per cell, named by our ids
+    assert all(r["status"] == "ok" for r in done.values())
+    assert (run_dir / "grid.yaml").is_file()
+    import pandas as pd
+
+    table = pd.read_csv(run_dir / "results.csv")
+    assert len(table) == 8 and set(table["status"]) == {"ok"}
+    assert not [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in done]
+
+    # the same command again: nothing trains, nothing is rewritten, Ray is not even started
+    before = mtimes(run_dir)
+    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    assert run_grid(spec, trials, run_dir, console=console) == 0
+    assert "8 cached" in console.export_text()
+    assert mtimes(run_dir) == before
+
+    # a cell whose model cannot load fails alone; the cell it shares with the grid above is a cache hit
+    axes = "model: [tiny-llama, broken]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [2]\n  method: [lora]"  # fmt: skip
+    spec2, trials2 = load_trials(tiny_grid(axes, extra=BROKEN))
+    assert trials2[0].trial_id in done
+    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    assert run_grid(spec2, trials2, run_dir, retries=1, console=console) == 1
+    failed = rundir.read_result(run_dir / trials2[1].trial_id)
+    assert failed["status"] == "failed" and failed["attempts"] == 2 and "nonexistent" in failed["error"]
+    assert mtimes(run_dir)[trials2[0].trial_id] == before[trials2[0].trial_id]
+    summary = console.export_text()
+    assert "1 cached" in summary and "1 failed" in summary and trials2[1].trial_id in summary
+
+
+def _driver(grid: Path, run_dir: Path) -> list[str]:
+    """`python -m grid run`, or the same call through the Python API while the CLI verb is not wired."""
+    from grid import cli
+
+    if any(getattr(c, "name", None) == "run" or getattr(c.callback, "__name__", "") == "run"
+           for c in cli.app.registered_commands):  # fmt: skip
+        return [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run_dir)]
+    code = ("import sys; from pathlib import Path; from grid.spec import load_trials; from grid.schedule import run_grid; "
+            f"spec, trials = load_trials(Path({str(grid)!r})); sys.exit(run_grid(spec, trials, Path({str(run_dir)!r})))")  # fmt: skip
+    return [sys.executable, "-c", code]
+
+
+@pytest.mark.slow
+def test_a_killed_driver_resumes_where_it_stopped(tiny_grid, tmp_path, ray_tmp):
+    axes = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [2, 4, 8]\n  method: [lora]"  # fmt: skip
+    grid = tiny_grid(axes, extra="  seed: 7\n")
+    spec, trials = load_trials(grid)
+    run_dir = tmp_path / "run"
+    with open(tmp_path / "driver.log", "w") as log:
+        driver = subprocess.Popen(_driver(grid, run_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not any(r["status"] == "ok" for r in results(run_dir).values()):
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    finished = {k: (r["finished_at"], mtimes(run_dir)[k]) for k, r in results(run_dir).items() if r["status"] == "ok"}
+    assert 1 <= len(finished) < len(trials)
+    # Ray goes down with its driver, and no trainer trains on as an orphan (the watchdog kills its group)
+    assert not wait_until_gone(lambda: ray_processes(ray_tmp))
+    assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)))
+
+    assert run_grid(spec, trials, run_dir, console=quiet()) == 0
+    done = results(run_dir)
+    assert sorted(done) == sorted(cfg.trial_id for cfg in trials)
+    assert all(r["status"] == "ok" for r in done.values())
+    for trial_id, (finished_at, mtime) in finished.items():  # untouched, not rerun
+        assert (done[trial_id]["finished_at"], mtimes(run_dir)[trial_id]) == (finished_at, mtime)
+        assert (run_dir / trial_id / "trial.log").read_text().count("$ ") == 1  # launched exactly once

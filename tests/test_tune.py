@@ -1,0 +1,125 @@
+"""grid.tune: the search block is validated with YAML paths; an Optuna search on real Ray Tune writes a best.yaml
+that loads as a grid, and --resume feeds the finished samples back to Optuna and runs only what is missing."""
+
+import os
+import shutil
+import tempfile
+import time
+
+import psutil
+import pytest
+from rich.console import Console
+
+from grid.spec import load_spec, load_trials
+from grid.tune import base_trial, finished_samples, parse_search, run_search
+from runners.config import ConfigError
+
+ONE_CELL = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  method: [lora]"
+SEARCH = """\
+resources:
+  launcher: inline
+search:
+  metric: rougeL
+  num_samples: {n}
+  seed: 3
+  n_eval: 4
+  space:
+    learning_rate: {{loguniform: [1.0e-4, 1.0e-2]}}
+    lora_rank: {{choice: [2, 4]}}
+"""
+
+
+def leftover_ray(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] in ("raylet", "gcs_server") and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    yield path
+    import ray
+
+    ray.shutdown()
+    deadline = time.monotonic() + 20
+    while (left := leftover_ray(path)) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for proc in left:
+        proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+    assert not left, "Ray processes left behind"
+
+
+def quiet() -> Console:
+    return Console(file=open(os.devnull, "w"), width=200)
+
+
+@pytest.mark.parametrize(
+    ("block", "message"),
+    [
+        ("search:\n  space: {learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}\n  samples: 3\n", "search.samples: unknown key"),
+        ("search:\n  space: {learning_rat: {uniform: [0, 1]}}\n", "search.space.learning_rat: unknown setting"),
+        ("search:\n  space: {learning_rate: {loguniform: [0, 1]}}\n", "search.space.learning_rate: loguniform needs low > 0"),
+        ("search:\n  space: {learning_rate: {uniform: [0, 1], choice: [1]}}\n", "exactly one of"),
+        ("search:\n  space: {template: {choice: [custom, alpaca]}}\n", "search.space.template: template is fixed in axes"),
+        ("search:\n  metric: rogueL\n  space: {lora_rank: {choice: [2]}}\n", "unknown metric 'rogueL'"),
+        ("search:\n  space: {lora_rank: {choice: [2]}}\n  early_stopping: {grace_period: 2}\n", "needs settings.eval_steps"),
+        ("", "search: missing"),
+    ],
+)
+def test_a_bad_search_block_names_its_yaml_path(tiny_grid, block, message):
+    path = tiny_grid(ONE_CELL, extra=block)
+    with pytest.raises(ConfigError, match=message) as info:
+        parse_search(load_spec(path), path)
+    assert str(path) in str(info.value)
+
+
+def test_a_search_runs_on_one_cell_and_on_the_validation_split(tiny_grid):
+    path = tiny_grid(ONE_CELL.replace("[custom]", "[custom, alpaca]"), extra=SEARCH.format(n=2))
+    with pytest.raises(ConfigError, match="axes.template: a search runs on one cell"):
+        parse_search(load_spec(path), path)
+    path = tiny_grid(ONE_CELL, extra=SEARCH.format(n=2))
+    spec = load_spec(path)
+    cfg = base_trial(spec, parse_search(spec, path), path)
+    assert cfg.dataset_entry.eval_split == "validation" and cfg.n_eval == 4
+
+
+@pytest.mark.slow
+def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ray_tmp):
+    run_dir = tmp_path / "run"
+    path = tiny_grid(ONE_CELL, extra=SEARCH.format(n=4))
+    spec = load_spec(path)
+    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    assert run_search(spec, path, run_dir, console=console) == 0
+    search = parse_search(spec, path)
+    samples = finished_samples(run_dir, base_trial(spec, search, path), search)
+    assert 1 <= len(samples) <= 4  # equal samples share one trial folder
+    for point, _, result in samples:
+        assert 1e-4 <= point["learning_rate"] <= 1e-2 and point["lora_rank"] in (2, 4)
+        assert result["eval"]["split"] == "validation" and result["eval"]["n_examples"] == 4
+
+    best_path = run_dir / "best.yaml"
+    assert best_path.read_text().startswith("# ftgrid run best.yaml")
+    best_spec, best_trials = load_trials(best_path)
+    assert len(best_trials) == 1 and best_spec.search is None
+    best = max(samples, key=lambda s: s[1])
+    assert best_trials[0].learning_rate == best[0]["learning_rate"]
+    assert best_trials[0].lora_rank == best[0]["lora_rank"]
+    assert best_trials[0].n_eval == 6  # the final run evaluates as the grid says, not as the search did
+    assert "best" in console.export_text()
+
+    # --resume: the finished samples go to Optuna as evaluated points; only the missing ones run
+    before = {p.name for p in run_dir.iterdir() if (p / "result.json").is_file()}
+    more = spec.model_copy(update={"search": {**spec.search, "num_samples": len(samples) + 1}})
+    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    assert run_search(more, path, run_dir, resume=True, console=console) == 0
+    assert f"{len(samples)} finished, 1 to run" in console.export_text()
+    after = {p.name for p in run_dir.iterdir() if (p / "result.json").is_file()}
+    assert before <= after and len(after) <= len(before) + 1
