@@ -121,7 +121,9 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
         train_block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
 
     if cfg.gradient_checkpointing and training:
-        model.gradient_checkpointing_disable()  # generation wants its KV cache back
+        # Generation wants its KV cache back (transformers 5 renamed the method and deprecated the old name).
+        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+        disable()
     model.config.use_cache = True
     with accelerator.split_between_processes(list(range(len(eval_prompts)))) as mine:
         texts, lengths, timing = generate(model, tokenizer, [eval_prompts[i] for i in mine], cfg, accelerator.device)
