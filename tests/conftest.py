@@ -1,10 +1,14 @@
 """Test environment: CPU only and offline; models are built into a cache shared by the whole session."""
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 
+import psutil
 import pytest
+from rich.console import Console
 
 # Set at import time so that every child process (accelerate launch, Ray workers) inherits them.
 _SESSION_TMP = Path(tempfile.mkdtemp(prefix="ftgrid-tests-"))
@@ -57,3 +61,43 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def ray_processes(marker: str) -> list[psutil.Process]:
+    """raylet / gcs_server processes whose command line mentions `marker` (a test's own Ray temp dir)."""
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline"]):
+        try:
+            if proc.info["name"] in ("raylet", "gcs_server") and marker in " ".join(proc.info["cmdline"] or []):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def wait_until_gone(find, timeout: float = 20) -> list:
+    deadline = time.monotonic() + timeout
+    while (left := find()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return left
+
+
+@pytest.fixture
+def ray_tmp(monkeypatch):
+    """Ray's temp dir for this test (short: it holds Unix sockets); afterwards no raylet/gcs_server of it is left."""
+    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    monkeypatch.setenv("RAY_TMPDIR", path)
+    yield path
+    import ray
+
+    ray.shutdown()  # a no-op unless a failing test left it up
+    left = wait_until_gone(lambda: ray_processes(path))
+    for proc in left:
+        proc.kill()
+    shutil.rmtree(path, ignore_errors=True)
+    assert not left, f"Ray processes left behind: {[p.name() for p in left]}"
+
+
+def quiet() -> Console:
+    """A console that prints nowhere (the progress lines of a run)."""
+    return Console(file=open(os.devnull, "w"), width=200)

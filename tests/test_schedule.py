@@ -3,11 +3,9 @@ resume after a killed driver, launchers that agree, and no Ray process left behi
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -15,6 +13,7 @@ import psutil
 import pytest
 from rich.console import Console
 
+from conftest import quiet, ray_processes, wait_until_gone
 from grid.schedule import LogTail, launch_trial, run_grid
 from grid.spec import load_trials
 from runners import rundir
@@ -22,17 +21,6 @@ from runners.config import ConfigError
 
 GRID_AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n  loss: [summary_only, full]\n  lora_rank: [2, 4]\n  method: [lora]"  # fmt: skip
 BROKEN = "models:\n  broken: {source: /nonexistent}\n"
-
-
-def ray_processes(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if proc.info["name"] in ("raylet", "gcs_server") and marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def processes_mentioning(marker: str) -> list[psutil.Process]:
@@ -44,33 +32,6 @@ def processes_mentioning(marker: str) -> list[psutil.Process]:
         except psutil.Error:
             continue
     return found
-
-
-def wait_until_gone(find, timeout: float = 20) -> list:
-    deadline = time.monotonic() + timeout
-    while (left := find()) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    return left
-
-
-@pytest.fixture
-def ray_tmp(monkeypatch):
-    """Ray's temp dir for this test (short: it holds Unix sockets); afterwards no raylet/gcs_server of it is left."""
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", path)
-    yield path
-    import ray
-
-    ray.shutdown()  # a no-op unless a failing test left it up
-    left = wait_until_gone(lambda: ray_processes(path))
-    for proc in left:
-        proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-    assert not left, f"Ray processes left behind: {[p.name() for p in left]}"
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=200)
 
 
 def results(run_dir: Path) -> dict[str, dict]:

@@ -2,11 +2,7 @@
 that loads as a grid, and --resume feeds the finished samples back to Optuna and runs only what is missing."""
 
 import os
-import shutil
-import tempfile
-import time
 
-import psutil
 import pytest
 from rich.console import Console
 
@@ -27,38 +23,6 @@ search:
     learning_rate: {{loguniform: [1.0e-4, 1.0e-2]}}
     lora_rank: {{choice: [2, 4]}}
 """
-
-
-def leftover_ray(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["name", "cmdline"]):
-        try:
-            if proc.info["name"] in ("raylet", "gcs_server") and marker in " ".join(proc.info["cmdline"] or []):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
-@pytest.fixture
-def ray_tmp(monkeypatch):
-    path = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", path)
-    yield path
-    import ray
-
-    ray.shutdown()
-    deadline = time.monotonic() + 20
-    while (left := leftover_ray(path)) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    for proc in left:
-        proc.kill()
-    shutil.rmtree(path, ignore_errors=True)
-    assert not left, "Ray processes left behind"
-
-
-def quiet() -> Console:
-    return Console(file=open(os.devnull, "w"), width=200)
 
 
 @pytest.mark.parametrize(
