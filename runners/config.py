@@ -202,9 +202,7 @@ TRAINING_FIELDS = (
 LORA_FIELDS = ("lora_alpha", "lora_dropout", "target_modules")
 QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")
 METRIC_GROUPS = ("rouge", "bleu", "meteor", "bertscore")
-FIXED_SETTINGS = tuple(
-    name for name in TrialConfig.model_fields if name not in (*AXES, "model_entry", "dataset_entry", "template_entry")
-)
+
 
 
 def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:

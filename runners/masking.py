@@ -7,7 +7,7 @@ instruction tail nor the summary; padding is added by the collator and is never 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -25,7 +25,6 @@ class Encoded:
     dialogue_truncated: bool = False
     summary_truncated: bool = False
     decoder_only: bool = True
-    extra: dict = field(default_factory=dict)
 
 
 def encode_prompt(tokenizer, template: TemplateEntry, dialogue: str, max_len: int) -> tuple[list[int], bool]:

@@ -98,7 +98,7 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
     log_file = log_path.open("w") if accelerator.is_main_process else None
     step, epoch, micro = 0, 0, 0
     window_loss, window_batches, window_tokens = 0.0, 0, 0
-    useful_tokens, final_loss = 0, None
+    useful_tokens, final_loss, eval_s = 0, None, 0.0
     started = window_start = time.perf_counter()
     try:
         while step < steps:
@@ -135,8 +135,10 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
                     _write_line(log_file, line)
                     window_loss, window_batches, window_tokens, window_start = 0.0, 0, 0, now
                 if cfg.eval_steps and eval_examples and (step % cfg.eval_steps == 0 or step == steps):
+                    eval_start = time.perf_counter()
                     _write_line(log_file, {"step": step, "eval_loss": round(eval_loss(model, eval_examples, cfg, pad_id, accelerator), 5)})  # fmt: skip
                     window_start = time.perf_counter()  # eval time is not training time
+                    eval_s += window_start - eval_start
                 if step >= steps:
                     break
             epoch += 1
@@ -144,9 +146,11 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
         if log_file:
             log_file.close()
     wall = time.perf_counter() - started
+    train_s = wall - eval_s
     return {"steps": step, "epochs": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
             "final_loss": final_loss, "train_tokens": useful_tokens,
-            "train_tokens_per_s": round(useful_tokens / wall, 1), "wall_s": round(wall, 2)}  # fmt: skip
+            "train_tokens_per_s": round(useful_tokens / train_s, 1), "eval_loss_s": round(eval_s, 2),
+            "wall_s": round(wall, 2)}  # fmt: skip
 
 
 def _write_line(handle, line: dict) -> None:
