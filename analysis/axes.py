@@ -69,7 +69,15 @@ def varying_axes(trials: pd.DataFrame) -> list[str]:
     keys = config_keys(trials)
     ordered = [a for a in CORE_AXES if a in keys] + sorted(k for k in keys if k not in CORE_AXES)
     # None (a null in trial.json) and NaN (a key another trial lacks) are the same: not set
-    return [a for a in ordered if trials[a].map(lambda v: "" if _missing(v) else repr(v)).nunique() > 1]
+    shown = trials[ordered].apply(lambda col: col.map(lambda v: "" if _missing(v) else repr(v)))
+    varying = [a for a in ordered if shown[a].nunique() > 1]
+    core = [a for a in varying if a in CORE_AXES]
+    if not core:
+        return varying
+    # A setting that follows from the core axes (a learning rate per model set by an override, a zero-shot
+    # trial's unused batch size) tells nothing the core axes do not: it is not shown as an axis of its own.
+    grouped = shown.groupby(core)
+    return core + [a for a in varying if a not in CORE_AXES and (grouped[a].nunique() > 1).any()]
 
 
 def check_axis(trials: pd.DataFrame, axis: str) -> str:

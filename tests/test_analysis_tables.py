@@ -157,3 +157,13 @@ def test_cost_table_reports_wall_time_throughput_memory_and_parameters(loss_by_r
     assert row["train tokens/s"] == 850.0 and row["peak memory MB"] == 812.0
     assert row["trainable params"] == 12345 * 16
     assert "197,520" in format_table(table, "md") and "197520" in format_table(table, "csv")
+
+
+def test_settings_that_follow_from_the_axes_are_not_shown_as_axes(tmp_path):
+    """A learning rate set per model (an override) is not an axis; one that varies within a model is."""
+    for model, lr in (("tiny-llama", 1e-2), ("smollm2-135m", 1e-3)):
+        for loss in ("full", "summary_only"):
+            write_trial(tmp_path, base_config(model=model, loss=loss, learning_rate=lr), rouge1=constant(40))
+    assert varying_axes(load_trials(tmp_path)) == ["model", "loss"]
+    write_trial(tmp_path, base_config(model="tiny-llama", loss="full", learning_rate=3e-3), rouge1=constant(41))
+    assert varying_axes(load_trials(tmp_path)) == ["model", "loss", "learning_rate"]
