@@ -7,10 +7,12 @@ optimiser steps with the loss, learning rate and useful (non-pad) tokens per sec
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from runners.config import TrialConfig
-from runners.masking import Encoded, collate
+from runners.masking import IGNORE, Encoded, collate
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +76,29 @@ def make_scheduler(optimizer, cfg: TrialConfig, steps: int):
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
+def projects_only_labelled(model) -> bool:
+    """Whether this decoder-only model takes a boolean `logits_to_keep` mask (transformers 5's
+    `slice_logits_to_keep`), so the loss can skip the vocabulary projection where no label is taken."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if getattr(base.config, "is_encoder_decoder", False):
+        return False
+    module = sys.modules.get(type(base).__module__)
+    return "logits_to_keep" in inspect.signature(type(base).forward).parameters and hasattr(
+        module, "slice_logits_to_keep"
+    )
+
+
+def labelled_loss(model, batch: dict) -> torch.Tensor:
+    """The causal LM loss (mean cross-entropy over labelled next tokens, as the model computes it), with
+    logits only at the positions that predict a label. The vocabulary projection and its softmax are the
+    largest tensors of a step (49k × positions for SmolLM2): with `summary_only` most positions are prompt."""
+    targets = batch["labels"][:, 1:]
+    keep = targets != IGNORE
+    mask = torch.nn.functional.pad(keep, (0, 1), value=False)  # position t predicts token t + 1
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=mask).logits
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 @torch.no_grad()
 def eval_loss(model, examples: list[Encoded], cfg: TrialConfig, pad_id: int, accelerator) -> float:
     model.eval()
@@ -91,6 +116,7 @@ def eval_loss(model, examples: list[Encoded], cfg: TrialConfig, pad_id: int, acc
 def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, accelerator, log_path: Path) -> dict:
     """Fine-tune `model` in place; returns the `train` block of result.json."""
     steps = total_steps(cfg, len(train_examples), accelerator.num_processes)
+    compute_loss = labelled_loss if projects_only_labelled(model) else (lambda m, batch: m(**batch).loss)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -105,7 +131,7 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
             loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=epoch))
             for batch in loader:
                 with accelerator.accumulate(model):
-                    loss = model(**batch).loss
+                    loss = compute_loss(model, batch)
                     if not torch.isfinite(loss):
                         raise TrainingError(
                             f"loss became {loss.item()} at step {step + 1}: lower learning_rate "

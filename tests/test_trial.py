@@ -124,3 +124,35 @@ def test_summarize_uses_the_trained_adapter(tiny_trial):
                           input="Anna: Can we meet on Friday?\nBen: Yes, at noon.", capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+@pytest.mark.parametrize("model", ["tiny-llama", "tiny-phi", "tiny-gpt2"])
+@pytest.mark.parametrize("loss", ["summary_only", "full"])
+def test_labelled_loss_equals_the_models_own_loss_and_gradients(model, loss):
+    """The training loss projects onto the vocabulary only where a label is taken: same value, same gradients."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from runners.masking import collate, encode_example
+    from runners.models import MODELS, resolve_source
+    from runners.templates import TEMPLATES
+    from runners.train import labelled_loss, projects_only_labelled
+
+    path = resolve_source(MODELS[model])
+    tok = AutoTokenizer.from_pretrained(path)
+    net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    rows = [("A: hi, can we meet at noon?\nB: yes, at the cafe.", "They meet at noon at the cafe."),
+            ("A: the printer is broken\nB: I will fix it on Monday.", "B fixes the printer on Monday.")]
+    batch = collate([encode_example(tok, TEMPLATES["custom"], d, s, loss=loss, kind="causal",
+                                    max_source_length=128, max_target_length=32) for d, s in rows],
+                    tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    assert projects_only_labelled(net)
+    reference = net(**batch).loss
+    reference.backward()
+    expected = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    ours = labelled_loss(net, batch)
+    ours.backward()
+    assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
+    for p, g in zip(net.parameters(), expected):
+        assert torch.allclose(p.grad, g, atol=1e-6)
