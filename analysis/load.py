@@ -146,15 +146,14 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     return trials
 
 
-def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
-    """One row per evaluated example and trial: `run_dir`, `trial_id`, `id`, `dialogue`,
-    `prediction`, `references`, the per-example scores and `bleu_stats` (a list of 10 counts)."""
+def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> pd.DataFrame:
+    """The JSON lines of file `name` of every trial folder, long, with `run_dir` and `trial_id` first."""
     frames = []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            path = trial_dir / "predictions.jsonl"
+            path = trial_dir / name
             if not path.is_file():
-                continue  # a failed trial has no predictions
+                continue  # e.g. a failed trial has no predictions
             frame = pd.DataFrame(_read_jsonl(path))
             if frame.empty:
                 continue
@@ -163,29 +162,20 @@ def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
             frame.insert(0, "run_dir", str(run_dir))
             frames.append(frame)
     if not frames:
-        return pd.DataFrame(columns=["run_dir", "trial_id", "id", "prediction", "references"])
+        return pd.DataFrame(columns=empty_columns)
     return pd.concat(frames, ignore_index=True)
+
+
+def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
+    """One row per evaluated example and trial: `run_dir`, `trial_id`, `id`, `dialogue`,
+    `prediction`, `references`, the per-example scores and `bleu_stats` (a list of 10 counts)."""
+    return _per_trial_lines(run_dirs, "predictions.jsonl", ["run_dir", "trial_id", "id", "prediction", "references"])
 
 
 def load_train_logs(run_dirs: RunDirs) -> pd.DataFrame:
     """The training logs, long: `run_dir`, `trial_id`, `step`, `loss`, `lr`, ..., `eval_loss`
     (a line carries either a training loss or an eval loss; the other is NaN)."""
-    frames = []
-    for run_dir in as_run_dirs(run_dirs):
-        for trial_dir in trial_dirs(run_dir):
-            path = trial_dir / "train_log.jsonl"
-            if not path.is_file():
-                continue
-            frame = pd.DataFrame(_read_jsonl(path))
-            if frame.empty:
-                continue
-            trial_id = _read_json(trial_dir / "result.json").get("trial_id") or trial_dir.name
-            frame.insert(0, "trial_id", trial_id)
-            frame.insert(0, "run_dir", str(run_dir))
-            frames.append(frame)
-    if not frames:
-        return pd.DataFrame(columns=["run_dir", "trial_id", "step", "loss"])
-    return pd.concat(frames, ignore_index=True)
+    return _per_trial_lines(run_dirs, "train_log.jsonl", ["run_dir", "trial_id", "step", "loss"])
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
