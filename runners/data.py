@@ -3,6 +3,7 @@ rows of `id, dialogue, summary, summaries`."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import re
@@ -150,7 +151,8 @@ def normalise(rows: list[dict], entry: DatasetEntry, name: str, split: str, coun
     dupes = [k for k, v in Counter(e["id"] for e in examples).items() if v > 1]
     for e in examples:
         if e["id"] in dupes:  # ids must be unique for paired statistics
-            e["id"] = f"{e['id']}#{hash(e['dialogue']) & 0xFFFF:04x}"
+            # a content hash (not Python's per-process hash()): the same rows get the same ids in every trial
+            e["id"] = f"{e['id']}#{hashlib.sha256(e['dialogue'].encode()).hexdigest()[:6]}"
     return examples
 
 

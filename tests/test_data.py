@@ -77,3 +77,19 @@ def test_real_dialogsum_with_several_references():
     train, evaluation, _ = load_splits(entry, "dialogsum")
     assert len(evaluation) == 500 and all(len(r["summaries"]) == 3 for r in evaluation)
     assert len(train) > 12000
+
+
+def test_repeated_ids_get_stable_distinct_ids(tmp_path):
+    import subprocess
+    import sys
+
+    rows = [{"id": "x", "dialogue": "A: one", "summary": "s1"}, {"id": "x", "dialogue": "A: two", "summary": "s2"}]
+    write_jsonl(tmp_path / "train.jsonl", rows)
+    write_jsonl(tmp_path / "test.jsonl", rows)
+    code = (f"from runners.config import DatasetEntry; from runners.data import load_splits; "
+            f"print([r['id'] for r in load_splits(DatasetEntry(source={str(tmp_path)!r}), 'x')[1]])")
+    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+            for _ in range(2)}  # separate processes: Python's own hash() would differ between them
+    assert len(runs) == 1
+    ids = eval(runs.pop())
+    assert len(set(ids)) == 2 and all(i.startswith("x#") for i in ids)
