@@ -96,10 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-batch-size", type=int, default=16, help="ftgrid's dialogues per generate call")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (the runners alternate)")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    parser.add_argument("--data", default=str(machine.DEFAULT_DATA), help="DialogSum folder (train/test.jsonl)")
-    parser.add_argument("--quick", action="store_true", help="tiny run to check the script works")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (load average < 1.2)")
-    parser.add_argument("--out", help="results file (default: benchmarks/results/bench_eval.json)")
+    machine.common_arguments(parser, "bench_eval", "tiny run to check the script works", workers=False)
     args = parser.parse_args(argv)
     machine.setup_logging()
     from runners.models import MODELS, resolve_source

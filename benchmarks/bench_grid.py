@@ -115,16 +115,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reps", type=int, default=3, help="repetitions (sequential and grid alternate)")
     parser.add_argument("--slots", type=int, default=2, help="trials Ray runs at once (cores / cpus_per_trial)")
-    parser.add_argument("--data", default=str(machine.DEFAULT_DATA), help="DialogSum folder (train/test.jsonl)")
-    parser.add_argument("--quick", action="store_true", help="2 trials, 1 repetition")
+    machine.common_arguments(parser, "bench_grid", "2 trials, 1 repetition")
     parser.add_argument("--steps", type=int, default=10, help="training steps per trial (500: about a minute each)")
     parser.add_argument("--kinds", default="sequential,ftgrid_run,ftgrid_run_inline",
                         help="which runs to time, comma-separated")
-    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (load average < 1.2)")
-    parser.add_argument("--out", help="results file (default: benchmarks/results/bench_grid.json)")
-    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     machine.setup_logging()
     if args.worker:

@@ -139,5 +139,19 @@ def print_table(title: str, columns: list[str], rows: list[list]) -> None:
     Console(width=160).print(table)
 
 
+def common_arguments(parser, name: str, quick_help: str, *, workers: bool = True) -> None:
+    """The options every benchmark takes: data, --quick, --no-wait, --out, and its hidden worker options."""
+    import argparse
+
+    parser.add_argument("--data", default=str(DEFAULT_DATA), help="DialogSum folder (train/test.jsonl)")
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--no-wait", action="store_true", help="do not wait for a quiet machine (load average < 1.2)")
+    parser.add_argument("--out", help=f"results file (default: benchmarks/results/{name}.json)")
+    if workers:
+        parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+        parser.add_argument("--worker-out", type=Path, help=argparse.SUPPRESS)
+        parser.add_argument("--json", type=Path, help=argparse.SUPPRESS)
+
+
 def setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S")
