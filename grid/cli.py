@@ -100,24 +100,15 @@ def trial(
     if code:
         err.print(f"[bold red]trial failed:[/] {result['error']}\n{result.get('traceback', '')}", highlight=False)
         raise typer.Exit(1)
-    _write_run_summary(run_dir, spec)
+    from grid.schedule import write_grid_yaml, write_results_csv  # the same run-folder summary as `ftgrid run`
+
+    write_grid_yaml(spec, run_dir)
+    write_results_csv(run_dir)
     metrics = result["metrics"]
     shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     out.print(f"[green]ok[/] {shown}\ntrain: {result['train']['steps']} steps, loss {result['train']['final_loss']}, "
               f"{result['train']['wall_s']} s · eval: {result['eval']['n_examples']} examples, {result['eval']['wall_s']} s",
               highlight=False)  # fmt: skip
-
-
-def _write_run_summary(run_dir: Path, spec) -> None:
-    """RUN_DIR/grid.yaml (resolved spec) and RUN_DIR/results.csv (one row per finished trial)."""
-    from runners.rundir import write_text_atomic
-
-    write_text_atomic(run_dir / "grid.yaml", yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
-    try:
-        from analysis.load import write_results_csv
-    except ImportError:  # analysis not installed: results.csv is a convenience, result.json is the record
-        return
-    write_results_csv(run_dir)
 
 
 @app.command()
