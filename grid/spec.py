@@ -100,7 +100,10 @@ def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
                 axes[key] = [value]
             else:
                 settings[key] = value
-        spec = spec.model_copy(update={"settings": settings, "axes": axes})
+        # A value given on the command line holds for every cell: it beats the file's overrides too.
+        overrides = [o.model_copy(update={"settings": {k: v for k, v in o.settings.items() if k not in sets}})
+                     for o in spec.overrides]  # fmt: skip
+        spec = spec.model_copy(update={"settings": settings, "axes": axes, "overrides": overrides})
     return spec
 
 

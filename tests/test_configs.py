@@ -48,3 +48,9 @@ def test_stand_ins_keep_the_architecture_class():
     assert stand_in(trials[0]) == "tiny-t5"
     _, trials = load_trials(CONFIGS[0].parent / "llama32_3b_qlora.yaml")
     assert stand_in(trials[0]) == "tiny-llama"
+
+
+def test_set_on_the_command_line_beats_the_files_overrides():
+    _, trials = load_trials(CONFIGS[0].parent / "demo.yaml", sets={"max_steps": 3})
+    assert {t.max_steps for t in trials if t.method != "zero_shot"} == {3}
+    assert {t.learning_rate for t in trials if t.model == "tiny-llama" and t.method != "zero_shot"} == {1e-2}
