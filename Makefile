@@ -1,5 +1,6 @@
 # make demo — set up .venv and run the demo grid end to end
 # make test — set up .venv and run the test suite (CPU, offline)
+# make lint — ruff: lint and format check (settings in pyproject.toml)
 PYTHON ?= python3
 VENV ?= .venv
 # The torch build: torch==2.13.0 is the CPU build; on a GPU machine pass e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
@@ -11,7 +12,7 @@ PYTEST_ARGS ?=
 export RAY_AUTH_MODE ?= disabled
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: venv demo test clean
+.PHONY: venv demo test lint format clean
 
 venv: $(STAMP)
 
@@ -33,6 +34,14 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -30,16 +30,28 @@ from analysis.errors import AnalysisError
 __all__ = ["AnalysisError", "cli_table", "cli_report"]
 
 
-def cli_table(run_dirs, rows: str | Sequence[str] | None = None, cols: str | Sequence[str] | None = None,
-              metric: str = "rouge1", fmt: str = "md", compare: str | None = None,
-              baseline: str | None = None, best: str | None = None, where: str | None = None,
-              ci: bool = False, conditions: Sequence[str] | None = None) -> str:
+def cli_table(
+    run_dirs,
+    rows: str | Sequence[str] | None = None,
+    cols: str | Sequence[str] | None = None,
+    metric: str = "rouge1",
+    fmt: str = "md",
+    compare: str | None = None,
+    baseline: str | None = None,
+    best: str | None = None,
+    where: str | None = None,
+    ci: bool = False,
+    conditions: Sequence[str] | None = None,
+) -> str:
     """The text of one table over the run folder(s); see the module docstring."""
     from analysis import load, stats, tables
     from analysis.axes import check_metric, decimals, metric_names, select
 
-    modes = [name for name, given in (("compare", compare), ("baseline", baseline), ("best", best),
-                                      ("rows/cols", rows or cols)) if given]
+    modes = [
+        name
+        for name, given in (("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols))
+        if given
+    ]
     if len(modes) > 1:
         raise AnalysisError(f"Choose one table at a time, not {' and '.join(modes)}")
     if fmt not in tables.FORMATS:
@@ -57,8 +69,13 @@ def cli_table(run_dirs, rows: str | Sequence[str] | None = None, cols: str | Seq
     if compare:
         result = stats.compare(trials, load.load_examples(run_dirs), axis=compare, metrics=metric)
         if fmt in ("csv", "json"):
-            return tables.format_table(result.drop(columns=["trial_a", "trial_b"]).set_index(
-                [c for c in result.columns if c in ("metric", "a", "b")]), fmt, decimals(metric))
+            return tables.format_table(
+                result.drop(columns=["trial_a", "trial_b"]).set_index(
+                    [c for c in result.columns if c in ("metric", "a", "b")]
+                ),
+                fmt,
+                decimals(metric),
+            )
         table = tables.comparison_table(result)
     elif baseline:
         table, note = tables.baseline_table(trials, baseline=baseline, conditions=conditions, metric=metric)

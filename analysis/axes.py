@@ -41,8 +41,11 @@ def config_keys(trials: pd.DataFrame) -> list[str]:
     keys = trials.attrs.get("config_keys")
     if keys is None:
         metrics = set(metric_names(trials))
-        keys = [c for c in trials.columns if c not in META_COLUMNS and c not in metrics
-                and not c.startswith(("train_", "eval_"))]
+        keys = [
+            c
+            for c in trials.columns
+            if c not in META_COLUMNS and c not in metrics and not c.startswith(("train_", "eval_"))
+        ]
     return [k for k in keys if k in trials.columns and k not in NOT_AXES]
 
 

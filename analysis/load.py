@@ -76,12 +76,14 @@ def trial_dirs(run_dir: str | os.PathLike) -> list[Path]:
     finished = [p for p in subdirs if (p / "result.json").is_file()]
     unfinished = [p.name for p in subdirs if (p / "trial.json").is_file() and p not in finished]
     if unfinished:
-        log.info("%s: skipping %d trial(s) without result.json: %s", run_dir, len(unfinished),
-                 ", ".join(unfinished))
-    if not finished and not unfinished and not (run_dir / "grid.yaml").is_file() \
-            and not (run_dir / "results.csv").is_file():
-        raise AnalysisError(
-            f"{run_dir}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
+        log.info("%s: skipping %d trial(s) without result.json: %s", run_dir, len(unfinished), ", ".join(unfinished))
+    if (
+        not finished
+        and not unfinished
+        and not (run_dir / "grid.yaml").is_file()
+        and not (run_dir / "results.csv").is_file()
+    ):
+        raise AnalysisError(f"{run_dir}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
     return finished
 
 
@@ -141,8 +143,9 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
             metrics += [m for m in names if m not in metrics]
     trials = pd.DataFrame(rows, columns=list(dict.fromkeys(META_COLUMNS + [c for r in rows for c in r])))
     trials.attrs["config_keys"] = config_keys
-    trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + \
-        [m for m in metrics if m not in KNOWN_METRICS]
+    trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + [
+        m for m in metrics if m not in KNOWN_METRICS
+    ]
     return trials
 
 

@@ -8,15 +8,23 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: figures only ever become PNG bytes
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
-from analysis.axes import (MAIN_METRIC, check_axis, check_metric, format_level, levels,  # noqa: E402
-                           ok_trials, trial_labels, varying_axes)
-from analysis.errors import AnalysisError  # noqa: E402
-from analysis.stats import KEY, confidence_intervals  # noqa: E402
+from analysis.axes import (
+    MAIN_METRIC,
+    check_axis,
+    check_metric,
+    format_level,
+    levels,
+    ok_trials,
+    trial_labels,
+    varying_axes,
+)
+from analysis.errors import AnalysisError
+from analysis.stats import KEY, confidence_intervals
 
 SMOOTHING_WINDOW = 6  # group_by_length makes the loss zigzag; a rolling mean of 6 logs shows the trend
 
@@ -36,8 +44,13 @@ def _style(ax: Axes) -> None:
     ax.spines[["top", "right"]].set_visible(False)
 
 
-def plot_learning_curves(train_logs: pd.DataFrame, trials: pd.DataFrame, color_by: str | None = None,
-                         window: int = SMOOTHING_WINDOW, y: str = "loss") -> Figure:
+def plot_learning_curves(
+    train_logs: pd.DataFrame,
+    trials: pd.DataFrame,
+    color_by: str | None = None,
+    window: int = SMOOTHING_WINDOW,
+    y: str = "loss",
+) -> Figure:
     """Training loss against step, one line per trial: raw (faint) and a rolling mean over
     `window` logs, coloured by the levels of `color_by` (default: the first varying axis);
     eval losses, when logged, as dashed markers."""
@@ -63,8 +76,7 @@ def plot_learning_curves(train_logs: pd.DataFrame, trials: pd.DataFrame, color_b
         ax.plot(log["step"], log[y], color=color, alpha=0.2, linewidth=1)
         smooth = log[y].rolling(window, min_periods=1).mean()
         legend = f"{color_by}={format_level(level)}" if color_by else labels.get(key, key[1])
-        ax.plot(log["step"], smooth, color=color, linewidth=2,
-                label=legend if legend not in seen else None)
+        ax.plot(log["step"], smooth, color=color, linewidth=2, label=legend if legend not in seen else None)
         seen.add(legend)
         if "eval_loss" in train_logs.columns:
             ev = train_logs[(train_logs["run_dir"] == key[0]) & (train_logs["trial_id"] == key[1])]
@@ -104,8 +116,9 @@ def _errorbar(ax, x, frame: pd.DataFrame, metric: str, **style) -> None:
     ax.errorbar(x, values, yerr=err, fmt="o", capsize=3, markersize=6, **style)
 
 
-def plot_metric_by_level(trials: pd.DataFrame, examples: pd.DataFrame | None, axis: str,
-                         metric: str = MAIN_METRIC, hue: str | None = None) -> Figure:
+def plot_metric_by_level(
+    trials: pd.DataFrame, examples: pd.DataFrame | None, axis: str, metric: str = MAIN_METRIC, hue: str | None = None
+) -> Figure:
     """`metric` of every finished trial at each level of `axis`, with its 95% bootstrap interval;
     trials sharing a level are spread sideways and coloured by `hue` (default: their other
     varying axes)."""
@@ -141,8 +154,7 @@ def plot_metric_by_level(trials: pd.DataFrame, examples: pd.DataFrame | None, ax
     return fig
 
 
-def plot_metric_vs_rank(trials: pd.DataFrame, examples: pd.DataFrame | None,
-                        metric: str = MAIN_METRIC) -> Figure:
+def plot_metric_vs_rank(trials: pd.DataFrame, examples: pd.DataFrame | None, metric: str = MAIN_METRIC) -> Figure:
     """`metric` against LoRA rank (log scale), one line per combination of the other varying axes;
     zero-shot trials (rank 0) as dashed horizontal lines."""
     check_axis(trials, "lora_rank")
@@ -162,8 +174,14 @@ def plot_metric_vs_rank(trials: pd.DataFrame, examples: pd.DataFrame | None,
         _errorbar(ax, part["lora_rank"], part, metric, color=palette[group], label=group if others else None)
     for _, row in data[data["lora_rank"].fillna(0) <= 0].iterrows():
         ax.axhline(row[metric], color="0.5", linestyle="--", linewidth=1)
-        ax.annotate(f"rank 0 ({row.get('method', 'zero_shot')}): {row[metric]:.1f}", (0.01, row[metric]),
-                    xycoords=("axes fraction", "data"), fontsize=7, color="0.35", va="bottom")
+        ax.annotate(
+            f"rank 0 ({row.get('method', 'zero_shot')}): {row[metric]:.1f}",
+            (0.01, row[metric]),
+            xycoords=("axes fraction", "data"),
+            fontsize=7,
+            color="0.35",
+            va="bottom",
+        )
     ranks = levels(adapters, "lora_rank")
     ax.set_xscale("log", base=2)
     ax.set_xticks(ranks, [format_level(r) for r in ranks])

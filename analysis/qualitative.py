@@ -34,10 +34,17 @@ def _default_conditions(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     return pd.concat([chosen, ranked.drop(index=chosen.index).head(MAX_CONDITIONS - len(chosen))])
 
 
-def qualitative_table(trials: pd.DataFrame, examples: pd.DataFrame, k: int = 3, seed: int = 0,
-                      ids: Sequence[str] | None = None, conditions: pd.DataFrame | None = None,
-                      max_dialogue_chars: int = 400, max_summary_chars: int = 200,
-                      metric: str = MAIN_METRIC) -> pd.DataFrame:
+def qualitative_table(
+    trials: pd.DataFrame,
+    examples: pd.DataFrame,
+    k: int = 3,
+    seed: int = 0,
+    ids: Sequence[str] | None = None,
+    conditions: pd.DataFrame | None = None,
+    max_dialogue_chars: int = 400,
+    max_summary_chars: int = 200,
+    metric: str = MAIN_METRIC,
+) -> pd.DataFrame:
     """K dialogues (drawn with `seed` among the ids every condition evaluated, or the given `ids`)
     with the first reference and each condition's prediction, one row per dialogue, indexed by id.
 
@@ -48,8 +55,7 @@ def qualitative_table(trials: pd.DataFrame, examples: pd.DataFrame, k: int = 3, 
     if chosen.empty:
         raise AnalysisError("No finished trials to show predictions of")
     keys = list(chosen[KEY].itertuples(index=False, name=None))
-    by_trial = {key: group.set_index("id") for key, group in examples.groupby(KEY, sort=False)
-                if key in set(keys)}
+    by_trial = {key: group.set_index("id") for key, group in examples.groupby(KEY, sort=False) if key in set(keys)}
     missing = [trial_id for run_dir, trial_id in keys if (run_dir, trial_id) not in by_trial]
     if missing:
         raise AnalysisError(f"No predictions for trial(s): {', '.join(missing)}")
@@ -73,11 +79,14 @@ def qualitative_table(trials: pd.DataFrame, examples: pd.DataFrame, k: int = 3, 
     for example_id in ids:
         references = first.at[example_id, "references"] if "references" in first.columns else None
         reference = references[0] if isinstance(references, list) and references else references
-        row = {"id": example_id,
-               "dialogue": truncate(first.at[example_id, "dialogue"], max_dialogue_chars)
-               if "dialogue" in first.columns else "",
-               "reference": truncate(reference, max_summary_chars)}
-        for key, label in zip(keys, labels):
+        row = {
+            "id": example_id,
+            "dialogue": truncate(first.at[example_id, "dialogue"], max_dialogue_chars)
+            if "dialogue" in first.columns
+            else "",
+            "reference": truncate(reference, max_summary_chars),
+        }
+        for key, label in zip(keys, labels, strict=True):
             row[label] = truncate(by_trial[key].at[example_id, "prediction"], max_summary_chars)
         rows.append(row)
     return pd.DataFrame(rows).set_index("id")

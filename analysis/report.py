@@ -61,8 +61,14 @@ def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
     if "method" not in ok.columns or not (ok["method"] == "zero_shot").any() or (ok["method"] != "zero_shot").all():
         return []
     keys = [k for k in ("model", "dataset") if k in ok.columns and ok[k].nunique() > 1]
-    parts = [(dict(zip(keys, key if isinstance(key, tuple) else (key,))), part)
-             for key, part in ok.groupby(keys, sort=False)] if keys else [({}, ok)]
+    parts = (
+        [
+            (dict(zip(keys, key if isinstance(key, tuple) else (key,), strict=True)), part)
+            for key, part in ok.groupby(keys, sort=False)
+        ]
+        if keys
+        else [({}, ok)]
+    )
     blocks: list[Block] = []
     for where, part in parts:
         if not ((part["method"] == "zero_shot").any() and (part["method"] != "zero_shot").any()):
@@ -81,8 +87,11 @@ def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
             blocks.append(TableBlock(table, note))
     if not blocks:
         return []
-    return [f"The mean of each condition's trials and the relative change of the best condition (by {metric}) "
-            "over the zero-shot baseline of the same model and dataset.", *blocks]
+    return [
+        f"The mean of each condition's trials and the relative change of the best condition (by {metric}) "
+        "over the zero-shot baseline of the same model and dataset.",
+        *blocks,
+    ]
 
 
 def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) -> list[Block]:
@@ -102,11 +111,13 @@ def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) ->
             else:
                 blocks += [f"### {axis}", f"Not compared: {exc}"]
             continue
-        blocks += [f"### {axis}",
-                   f"Each row pairs two trials that differ only in `{axis}` (A, B), scored on the same "
-                   f"{int(result['n'].iloc[0])} examples: B − A with its 95% paired bootstrap interval, "
-                   "and the p-value of a paired permutation test, Holm-corrected over the rows of this table.",
-                   TableBlock(tables.comparison_table(result))]
+        blocks += [
+            f"### {axis}",
+            f"Each row pairs two trials that differ only in `{axis}` (A, B), scored on the same "
+            f"{int(result['n'].iloc[0])} examples: B − A with its 95% paired bootstrap interval, "
+            "and the p-value of a paired permutation test, Holm-corrected over the rows of this table.",
+            TableBlock(tables.comparison_table(result)),
+        ]
     if without_pairs:
         blocks.append("No two trials differ in only one of: " + ", ".join(without_pairs) + ".")
     if not blocks:
@@ -114,13 +125,11 @@ def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) ->
     return blocks
 
 
-def _plots_section(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame,
-                   metric: str) -> list[Block]:
+def _plots_section(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame, metric: str) -> list[Block]:
     blocks: list[Block] = []
     attempts = []
     if not train_logs.empty and "loss" in train_logs.columns:
-        attempts.append(("learning_curves", "Learning curves",
-                         lambda: plots.plot_learning_curves(train_logs, trials)))
+        attempts.append(("learning_curves", "Learning curves", lambda: plots.plot_learning_curves(train_logs, trials)))
     ok = ok_trials(trials)
     for axis in varying_axes(ok):
         try:
@@ -128,12 +137,25 @@ def _plots_section(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.
                 continue  # e.g. method, which only ever changes together with loss and rank
         except AnalysisError:
             pass
-        attempts.append((f"{metric}_by_{axis}", f"{metric} by {axis}",
-                         lambda axis=axis: plots.plot_metric_by_level(trials, examples, axis, metric)))
-    if "lora_rank" in ok.columns and (ok["lora_rank"].fillna(0) > 0).sum() >= 2 \
-            and ok.loc[ok["lora_rank"] > 0, "lora_rank"].nunique() >= 2:
-        attempts.append((f"{metric}_vs_lora_rank", f"{metric} against LoRA rank",
-                         lambda: plots.plot_metric_vs_rank(trials, examples, metric)))
+        attempts.append(
+            (
+                f"{metric}_by_{axis}",
+                f"{metric} by {axis}",
+                lambda axis=axis: plots.plot_metric_by_level(trials, examples, axis, metric),
+            )
+        )
+    if (
+        "lora_rank" in ok.columns
+        and (ok["lora_rank"].fillna(0) > 0).sum() >= 2
+        and ok.loc[ok["lora_rank"] > 0, "lora_rank"].nunique() >= 2
+    ):
+        attempts.append(
+            (
+                f"{metric}_vs_lora_rank",
+                f"{metric} against LoRA rank",
+                lambda: plots.plot_metric_vs_rank(trials, examples, metric),
+            )
+        )
     for name, title, draw in attempts:
         try:
             figure = draw()
@@ -144,20 +166,28 @@ def _plots_section(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.
     return blocks or ["Nothing to plot."]
 
 
-def report_sections(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame,
-                    metric: str = MAIN_METRIC) -> list[tuple[str, list[Block]]]:
+def report_sections(
+    trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame, metric: str = MAIN_METRIC
+) -> list[tuple[str, list[Block]]]:
     """The report's sections in order: (heading, blocks of text, tables and figures)."""
     if trials.empty:
         raise AnalysisError("No finished trials in these run folders: nothing to report")
     ok = ok_trials(trials)
     sections = [("Grid", _grid_section(trials))]
     if not ok.empty:
-        sections.append(("Results", [
-            f"One row per trial, best {metric} first. ROUGE and BLEU on 0–100; ± is half the width "
-            "of the 95% bootstrap interval over examples (1000 resamples; BLEU recomputed as corpus "
-            "BLEU on each resample).",
-            TableBlock(tables.main_table(trials, metric=metric,
-                                         examples=examples if not examples.empty else None))]))
+        sections.append(
+            (
+                "Results",
+                [
+                    f"One row per trial, best {metric} first. ROUGE and BLEU on 0–100; ± is half the width "
+                    "of the 95% bootstrap interval over examples (1000 resamples; BLEU recomputed as corpus "
+                    "BLEU on each resample).",
+                    TableBlock(
+                        tables.main_table(trials, metric=metric, examples=examples if not examples.empty else None)
+                    ),
+                ],
+            )
+        )
         baseline = _baseline_section(trials, metric)
         if baseline:
             sections.append(("Against the zero-shot baseline", baseline))
@@ -165,22 +195,37 @@ def report_sections(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd
             sections.append(("Paired tests", _tests_section(trials, examples, metric)))
             try:
                 sample = qualitative.qualitative_table(trials, examples, metric=metric)
-                sections.append(("Examples", ["The same dialogues, chosen at random (seed 0), with the "
-                                              "first reference and each trial's prediction.",
-                                              TableBlock(sample, wide_text=True)]))
+                sections.append(
+                    (
+                        "Examples",
+                        [
+                            "The same dialogues, chosen at random (seed 0), with the "
+                            "first reference and each trial's prediction.",
+                            TableBlock(sample, wide_text=True),
+                        ],
+                    )
+                )
             except AnalysisError as exc:
                 sections.append(("Examples", [f"Not shown: {exc}"]))
         sections.append(("Plots", _plots_section(trials, examples, train_logs, metric)))
     failed = trials[trials["status"] != "ok"]
     if not failed.empty:
         sections.append(("Failed trials", [TableBlock(tables.failed_table(trials))]))
-    sections.append(("Cost", ["Wall time in seconds (training plus evaluation), training throughput "
-                              "in tokens/s, peak accelerator memory in MB.",
-                              TableBlock(tables.cost_table(trials))]))
+    sections.append(
+        (
+            "Cost",
+            [
+                "Wall time in seconds (training plus evaluation), training throughput "
+                "in tokens/s, peak accelerator memory in MB.",
+                TableBlock(tables.cost_table(trials)),
+            ],
+        )
+    )
     return sections
 
 
 # --- Markdown ---------------------------------------------------------------------------------------
+
 
 def _markdown(title: str, intro: str, sections) -> str:
     parts = [f"# {title}", intro]
@@ -241,15 +286,22 @@ def _html_table(block: TableBlock) -> str:
     cells = tables.display_frame(block.frame)
     numeric = tables.numeric_columns(block.frame, cells)
     css = ' class="text"' if block.wide_text else ""
-    head = "".join(f'<th{" class=num" if num else ""}>{html.escape(c)}</th>'
-                   for c, num in zip(cells.columns, numeric))
+    head = "".join(
+        f"<th{' class=num' if num else ''}>{html.escape(c)}</th>" for c, num in zip(cells.columns, numeric, strict=True)
+    )
     rows = []
     for row in cells.itertuples(index=False):
-        rows.append("<tr>" + "".join(
-            f'<td{" class=num" if num else ""}>{html.escape(v).replace(chr(10), "<br>")}</td>'
-            for v, num in zip(row, numeric)) + "</tr>")
-    table = (f'<div class="scroll"><table{css}><thead><tr>{head}</tr></thead>'
-             f'<tbody>{"".join(rows)}</tbody></table></div>')
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td{' class=num' if num else ''}>{html.escape(v).replace(chr(10), '<br>')}</td>"
+                for v, num in zip(row, numeric, strict=True)
+            )
+            + "</tr>"
+        )
+    table = (
+        f'<div class="scroll"><table{css}><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div>'
+    )
     if block.note:
         table += f'<p class="note">{_inline(block.note)}</p>'
     return table
@@ -269,26 +321,37 @@ def _html(title: str, intro: str, sections) -> str:
                 body.append(_html_table(block))
             elif isinstance(block, FigureBlock):
                 data = base64.b64encode(block.png).decode("ascii")
-                body.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.title)}">'
-                            f"<figcaption>{html.escape(block.title)}</figcaption></figure>")
+                body.append(
+                    f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.title)}">'
+                    f"<figcaption>{html.escape(block.title)}</figcaption></figure>"
+                )
             elif block.startswith("### "):
                 body.append(f"<h3>{html.escape(block[4:])}</h3>")
             else:
                 body.append(f"<p>{_inline(block)}</p>")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
-            f"<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{html.escape(title)}</title>\n<style>{CSS}</style>\n</head>\n"
+        f"<body>\n<main>\n" + "\n".join(body) + "\n</main>\n</body>\n</html>\n"
+    )
 
 
-def render_report(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame,
-                  run_dirs: Sequence[str] = (), metric: str = MAIN_METRIC) -> dict[str, str | bytes]:
+def render_report(
+    trials: pd.DataFrame,
+    examples: pd.DataFrame,
+    train_logs: pd.DataFrame,
+    run_dirs: Sequence[str] = (),
+    metric: str = MAIN_METRIC,
+) -> dict[str, str | bytes]:
     """The report's files: `report.md`, `report.html` and `figures/<name>.png` (name -> content)."""
     sections = report_sections(trials, examples, train_logs, metric)
     title = "ftgrid report"
     intro = "Run folder(s): " + ", ".join(f"`{d}`" for d in run_dirs) if run_dirs else ""
-    files: dict[str, str | bytes] = {"report.md": _markdown(title, intro, sections),
-                                     "report.html": _html(title, intro, sections)}
+    files: dict[str, str | bytes] = {
+        "report.md": _markdown(title, intro, sections),
+        "report.html": _html(title, intro, sections),
+    }
     for _, blocks in sections:
         for block in blocks:
             if isinstance(block, FigureBlock):
@@ -296,14 +359,14 @@ def render_report(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.D
     return files
 
 
-def build_report(run_dirs, out_dir: str | os.PathLike | None = None,
-                 metric: str = MAIN_METRIC) -> dict[str, Path]:
+def build_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = MAIN_METRIC) -> dict[str, Path]:
     """Load the run folder(s), write report.md, report.html and figures/ into out_dir (default:
     the first run folder) and return the written paths by name."""
     run_dirs = load.as_run_dirs(run_dirs)
     trials = load.load_trials(run_dirs)
-    files = render_report(trials, load.load_examples(run_dirs), load.load_train_logs(run_dirs),
-                          [str(d) for d in run_dirs], metric)
+    files = render_report(
+        trials, load.load_examples(run_dirs), load.load_train_logs(run_dirs), [str(d) for d in run_dirs], metric
+    )
     return load.write_report(out_dir if out_dir is not None else run_dirs[0], files)
 
 
@@ -315,8 +378,13 @@ def find_chromium() -> str | None:
     return None
 
 
-def screenshot_report(html_path: str | os.PathLike, png_path: str | os.PathLike,
-                      width: int = 1280, height: int = 2400, timeout_s: float = 60) -> Path:
+def screenshot_report(
+    html_path: str | os.PathLike,
+    png_path: str | os.PathLike,
+    width: int = 1280,
+    height: int = 2400,
+    timeout_s: float = 60,
+) -> Path:
     """Render an HTML file with headless Chromium into a PNG (optional: needs `chromium`)."""
     browser = find_chromium()
     if browser is None:
@@ -324,11 +392,22 @@ def screenshot_report(html_path: str | os.PathLike, png_path: str | os.PathLike,
     png_path = Path(png_path).resolve()
     png_path.unlink(missing_ok=True)  # so that a stale screenshot is never taken for a new one
     with tempfile.TemporaryDirectory() as profile:
-        command = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
-                   "--no-first-run", "--disable-background-networking", "--disable-component-update",
-                   "--disable-sync", "--hide-scrollbars", f"--user-data-dir={profile}",
-                   f"--screenshot={png_path}", f"--window-size={width},{height}",
-                   Path(html_path).resolve().as_uri()]
+        command = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--screenshot={png_path}",
+            f"--window-size={width},{height}",
+            Path(html_path).resolve().as_uri(),
+        ]
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
     if not png_path.is_file():
         raise AnalysisError(f"Chromium wrote no screenshot (exit {done.returncode}): {done.stderr.strip()[-300:]}")

@@ -34,8 +34,11 @@ def _scores(examples: pd.DataFrame, metric: str) -> np.ndarray:
             raise AnalysisError(f"bleu_stats must hold 10 counts per example, got shape {stats.shape}")
         return stats
     if metric not in examples.columns:
-        available = [c for c in examples.columns if c not in {"run_dir", "trial_id", "id"}
-                     and pd.api.types.is_numeric_dtype(examples[c])]
+        available = [
+            c
+            for c in examples.columns
+            if c not in {"run_dir", "trial_id", "id"} and pd.api.types.is_numeric_dtype(examples[c])
+        ]
         raise AnalysisError(f"Unknown metric {metric!r}. Available: {', '.join(available + ['bleu'])}")
     return examples[metric].to_numpy(dtype=float)
 
@@ -48,11 +51,12 @@ def corpus_bleu(totals: np.ndarray) -> np.ndarray:
     sys_len, ref_len = counts[..., 0], counts[..., 1]
     correct, total = counts[..., 2:6], counts[..., 6:10]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        brevity = np.where(sys_len >= ref_len, 1.0,
-                           np.where(sys_len > 0, np.exp(1 - ref_len / np.maximum(sys_len, 1)), 0.0))
+        brevity = np.where(
+            sys_len >= ref_len, 1.0, np.where(sys_len > 0, np.exp(1 - ref_len / np.maximum(sys_len, 1)), 0.0)
+        )
         reached = np.cumprod(total > 0, axis=-1).astype(bool)  # sacrebleu stops at the first empty order
         halvings = np.cumsum((correct == 0) & reached, axis=-1)  # mteval smoothing: 1/2, 1/4, ... per miss
-        precision = np.where(correct > 0, 100.0 * correct / total, 100.0 / (2.0 ** halvings * total))
+        precision = np.where(correct > 0, 100.0 * correct / total, 100.0 / (2.0**halvings * total))
         precision = np.where(reached, precision, 0.0)
         log_precision = np.where(precision > 0, np.log(np.where(precision > 0, precision, 1.0)), -9999999999.0)
         score = brevity * np.exp(log_precision.sum(axis=-1) / 4)
@@ -109,8 +113,13 @@ def _values(metric: str, totals: np.ndarray, where: slice, n: int) -> np.ndarray
     return _aggregate(metric, columns if metric == "bleu" else columns[..., 0], n)
 
 
-def bootstrap_cis(examples: pd.DataFrame, metrics: Sequence[str], level: float = 0.95,
-                  n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict[str, tuple[float, float, float]]:
+def bootstrap_cis(
+    examples: pd.DataFrame,
+    metrics: Sequence[str],
+    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> dict[str, tuple[float, float, float]]:
     """metric -> (value, low, high): each metric and its percentile bootstrap interval over the
     examples, every metric computed on the same resamples."""
     n = len(examples)
@@ -128,8 +137,9 @@ def bootstrap_cis(examples: pd.DataFrame, metrics: Sequence[str], level: float =
     return result
 
 
-def bootstrap_ci(examples: pd.DataFrame, metric: str, level: float = 0.95,
-                 n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float, float]:
+def bootstrap_ci(
+    examples: pd.DataFrame, metric: str, level: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = SEED
+) -> tuple[float, float, float]:
     """(value, low, high): the metric and its percentile bootstrap interval over examples."""
     return bootstrap_cis(examples, [metric], level, n_resamples, seed)[metric]
 
@@ -147,9 +157,14 @@ def format_ci(value: float, low: float, high: float, decimals: int = 2, style: s
     return f"{value:.{decimals}f} ± {(high - low) / 2:.{decimals}f}"
 
 
-def confidence_intervals(trials: pd.DataFrame, examples: pd.DataFrame, metrics: Sequence[str],
-                         level: float = 0.95, n_resamples: int = N_RESAMPLES,
-                         seed: int = SEED) -> pd.DataFrame:
+def confidence_intervals(
+    trials: pd.DataFrame,
+    examples: pd.DataFrame,
+    metrics: Sequence[str],
+    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """Long frame, one row per ok trial with predictions and metric: run_dir, trial_id, metric,
     value, low, high, n."""
     rows = []
@@ -160,8 +175,17 @@ def confidence_intervals(trials: pd.DataFrame, examples: pd.DataFrame, metrics: 
             continue
         present = [m for m in metrics if m in chosen.columns or (m == "bleu" and BLEU_STATS in chosen.columns)]
         for metric, (value, low, high) in bootstrap_cis(chosen, present, level, n_resamples, seed).items():
-            rows.append({"run_dir": run_dir, "trial_id": trial_id, "metric": metric, "value": value,
-                         "low": low, "high": high, "n": len(chosen)})
+            rows.append(
+                {
+                    "run_dir": run_dir,
+                    "trial_id": trial_id,
+                    "metric": metric,
+                    "value": value,
+                    "low": low,
+                    "high": high,
+                    "n": len(chosen),
+                }
+            )
     return pd.DataFrame(rows, columns=["run_dir", "trial_id", "metric", "value", "low", "high", "n"])
 
 
@@ -172,12 +196,16 @@ def comparability_problem(a: pd.Series, b: pd.Series, ids_a: Sequence, ids_b: Se
         return f"{name_a} and {name_b} were scored with different protocols ({a['protocol']} vs {b['protocol']})"
     sha_a, sha_b = a.get("eval_ids_sha256"), b.get("eval_ids_sha256")
     if _present(sha_a) and _present(sha_b) and sha_a != sha_b:
-        return (f"{name_a} and {name_b} were evaluated on different examples "
-                f"(eval_ids_sha256 {str(sha_a)[:12]} vs {str(sha_b)[:12]})")
+        return (
+            f"{name_a} and {name_b} were evaluated on different examples "
+            f"(eval_ids_sha256 {str(sha_a)[:12]} vs {str(sha_b)[:12]})"
+        )
     only_a, only_b = set(ids_a) - set(ids_b), set(ids_b) - set(ids_a)
     if only_a or only_b:
-        return (f"{name_a} and {name_b} were evaluated on different example ids "
-                f"({len(only_a)} only in the first, {len(only_b)} only in the second)")
+        return (
+            f"{name_a} and {name_b} were evaluated on different example ids "
+            f"({len(only_a)} only in the first, {len(only_b)} only in the second)"
+        )
     return None
 
 
@@ -185,8 +213,14 @@ def _present(value) -> bool:
     return value is not None and not (isinstance(value, float) and value != value)
 
 
-def paired_tests(examples_a: pd.DataFrame, examples_b: pd.DataFrame, metrics: Sequence[str],
-                 level: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict[str, dict]:
+def paired_tests(
+    examples_a: pd.DataFrame,
+    examples_b: pd.DataFrame,
+    metrics: Sequence[str],
+    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> dict[str, dict]:
     """metric -> `paired_test` result, every metric on the same resamples and permutations."""
     if set(examples_a["id"]) != set(examples_b["id"]) or examples_a["id"].duplicated().any():
         raise AnalysisError("A paired test needs the same examples, each once, in both trials")
@@ -196,7 +230,7 @@ def paired_tests(examples_a: pd.DataFrame, examples_b: pd.DataFrame, metrics: Se
     n = len(a)
     sum_a, sum_b = a.sum(axis=0), b.sum(axis=0)
     boot = _resample_weights(n, n_resamples, seed) @ np.hstack([a, b])
-    boot_a, boot_b = boot[:, : a.shape[1]], boot[:, a.shape[1]:]
+    boot_a, boot_b = boot[:, : a.shape[1]], boot[:, a.shape[1] :]
     moved = _swap_masks(n, n_resamples, seed) @ (b - a)
     results = {}
     for metric in metrics:
@@ -207,13 +241,26 @@ def paired_tests(examples_a: pd.DataFrame, examples_b: pd.DataFrame, metrics: Se
         low, high = np.quantile(effect, [(1 - level) / 2, (1 + level) / 2])
         permuted = _values(metric, sum_b - moved, cols, n) - _values(metric, sum_a + moved, cols, n)
         extreme = np.count_nonzero(np.abs(permuted) >= abs(delta) - 1e-9)
-        results[metric] = {"n": n, "value_a": value_a, "value_b": value_b, "delta": delta,
-                           "low": float(low), "high": float(high), "p": (extreme + 1) / (n_resamples + 1)}
+        results[metric] = {
+            "n": n,
+            "value_a": value_a,
+            "value_b": value_b,
+            "delta": delta,
+            "low": float(low),
+            "high": float(high),
+            "p": (extreme + 1) / (n_resamples + 1),
+        }
     return results
 
 
-def paired_test(examples_a: pd.DataFrame, examples_b: pd.DataFrame, metric: str,
-                level: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> dict:
+def paired_test(
+    examples_a: pd.DataFrame,
+    examples_b: pd.DataFrame,
+    metric: str,
+    level: float = 0.95,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> dict:
     """Effect of B over A on the same examples (matched by id): delta = value(B) - value(A), its
     paired bootstrap interval (`low`, `high`), and a two-sided paired permutation p-value (each
     example's pair of outputs swapped at random; for BLEU the swap moves the example's n-gram
@@ -252,17 +299,25 @@ def comparable_pairs(trials: pd.DataFrame, axis: str, pair_levels: Sequence | No
                 raise AnalysisError(
                     f"Trials {at[level]['trial_id']} ({at[level]['run_dir']}) and {row['trial_id']} "
                     f"({row['run_dir']}) share every axis value: pass one run folder, or give them "
-                    "an axis (e.g. seed) that tells them apart")
+                    "an axis (e.g. seed) that tells them apart"
+                )
             at[level] = row
         present = [lv for lv in order if lv in at]
         for first, second in combinations(present, 2):
-            pairs.append((dict(zip(others, cell)), at[first], at[second]))
+            pairs.append((dict(zip(others, cell, strict=True)), at[first], at[second]))
     return pairs
 
 
-def compare(trials: pd.DataFrame, examples: pd.DataFrame, axis: str = "loss",
-            metrics: str | Sequence[str] = "rouge1", pair_levels: Sequence | None = None,
-            alpha: float = 0.05, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> pd.DataFrame:
+def compare(
+    trials: pd.DataFrame,
+    examples: pd.DataFrame,
+    axis: str = "loss",
+    metrics: str | Sequence[str] = "rouge1",
+    pair_levels: Sequence | None = None,
+    alpha: float = 0.05,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = SEED,
+) -> pd.DataFrame:
     """Paired tests of every two levels of `axis`, holding every other axis fixed, in every cell.
 
     One row per cell, pair of levels and metric: the fixed axes, `metric`, `a` and `b` (levels),
@@ -282,18 +337,46 @@ def compare(trials: pd.DataFrame, examples: pd.DataFrame, axis: str = "loss",
         ex_a, ex_b = (grouped.get((t["run_dir"], t["trial_id"])) for t in (a, b))
         for trial, frame in ((a, ex_a), (b, ex_b)):
             if frame is None:
-                raise AnalysisError(f"{trial['run_dir']}/{trial['trial_id']}: no per-example scores "
-                                    "(predictions.jsonl missing or empty)")
+                raise AnalysisError(
+                    f"{trial['run_dir']}/{trial['trial_id']}: no per-example scores "
+                    "(predictions.jsonl missing or empty)"
+                )
         problem = comparability_problem(a, b, ex_a["id"].tolist(), ex_b["id"].tolist())
         if problem:
             raise AnalysisError(f"Cannot compare {axis}={a[axis]} with {axis}={b[axis]}: {problem}")
         tested = paired_tests(ex_a, ex_b, metrics, n_resamples=n_resamples, seed=seed)
         for metric in metrics:
-            rows.append({**cell, "metric": metric, "a": a[axis], "b": b[axis], **tested[metric],
-                         "trial_a": a["trial_id"], "trial_b": b["trial_id"]})
+            rows.append(
+                {
+                    **cell,
+                    "metric": metric,
+                    "a": a[axis],
+                    "b": b[axis],
+                    **tested[metric],
+                    "trial_a": a["trial_id"],
+                    "trial_b": b["trial_id"],
+                }
+            )
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p"])
     table["significant"] = table["p_holm"] < alpha
     front = [c for c in table.columns if c in pairs[0][0]]
-    return table[front + ["metric", "a", "b", "n", "value_a", "value_b", "delta", "low", "high", "p",
-                          "p_holm", "significant", "trial_a", "trial_b"]]
+    return table[
+        front
+        + [
+            "metric",
+            "a",
+            "b",
+            "n",
+            "value_a",
+            "value_b",
+            "delta",
+            "low",
+            "high",
+            "p",
+            "p_holm",
+            "significant",
+            "trial_a",
+            "trial_b",
+        ]
+    ]

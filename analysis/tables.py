@@ -13,25 +13,64 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from analysis.axes import (MAIN_METRIC, check_axis, check_metric, decimals, format_level,
-                           levels, metric_names, ok_trials, parse_selector, select, trial_labels,
-                           varying_axes)
+from analysis.axes import (
+    MAIN_METRIC,
+    check_axis,
+    check_metric,
+    decimals,
+    format_level,
+    levels,
+    metric_names,
+    ok_trials,
+    parse_selector,
+    select,
+    trial_labels,
+    varying_axes,
+)
 from analysis.errors import AnalysisError
 from analysis.load import KNOWN_METRICS
 from analysis.stats import KEY, confidence_intervals, format_ci
 
-__all__ = ["varying_axes", "main_table", "pivot_table", "baseline_table", "best_per_level",
-           "grid_table", "cost_table", "failed_table", "comparison_table", "format_table", "display_frame", "FORMATS"]
+__all__ = [
+    "varying_axes",
+    "main_table",
+    "pivot_table",
+    "baseline_table",
+    "best_per_level",
+    "grid_table",
+    "cost_table",
+    "failed_table",
+    "comparison_table",
+    "format_table",
+    "display_frame",
+    "FORMATS",
+]
 
 TABLE_METRICS = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len"]
 FORMATS = ["md", "csv", "latex", "json"]
 # Decimals of value columns that are not metrics (whole numbers shown as such).
-COLUMN_DECIMALS = {"n": 0, "trials": 0, "train_steps": 0, "train_trainable_params": 0,
-                   "train_total_params": 0, "train_peak_memory_mb": 0, "train_tokens_per_s": 0,
-                   "eval_n_examples": 0, "eval_gen_tokens_per_s": 1, "train_wall_s": 1,
-                   "eval_wall_s": 1, "train_final_loss": 3, "wall s": 1, "train s": 1, "eval s": 1,
-                   "train tokens/s": 0, "generated tokens/s": 1, "peak memory MB": 0,
-                   "trainable params": 0, "total params": 0}
+COLUMN_DECIMALS = {
+    "n": 0,
+    "trials": 0,
+    "train_steps": 0,
+    "train_trainable_params": 0,
+    "train_total_params": 0,
+    "train_peak_memory_mb": 0,
+    "train_tokens_per_s": 0,
+    "eval_n_examples": 0,
+    "eval_gen_tokens_per_s": 1,
+    "train_wall_s": 1,
+    "eval_wall_s": 1,
+    "train_final_loss": 3,
+    "wall s": 1,
+    "train s": 1,
+    "eval s": 1,
+    "train tokens/s": 0,
+    "generated tokens/s": 1,
+    "peak memory MB": 0,
+    "trainable params": 0,
+    "total params": 0,
+}
 PERCENT_COLUMN = "improvement"
 P_COLUMNS = ("p", "p_holm", "p (Holm)")
 THOUSANDS = ("trainable params", "total params")  # 12,345,678 reads at a glance
@@ -51,8 +90,13 @@ def _label_axes(trials: pd.DataFrame) -> list[str]:
     return axes or ["trial_id"]
 
 
-def main_table(trials: pd.DataFrame, metric: str = MAIN_METRIC, metrics: Sequence[str] | None = None,
-               examples: pd.DataFrame | None = None, ci_style: str = "pm") -> pd.DataFrame:
+def main_table(
+    trials: pd.DataFrame,
+    metric: str = MAIN_METRIC,
+    metrics: Sequence[str] | None = None,
+    examples: pd.DataFrame | None = None,
+    ci_style: str = "pm",
+) -> pd.DataFrame:
     """One row per trial: the varying axes (index), then the metrics, best `metric` first; failed
     trials follow with their error. With `examples`, each value carries its 95% bootstrap
     interval (`43.41 ± 1.20`)."""
@@ -68,11 +112,15 @@ def main_table(trials: pd.DataFrame, metric: str = MAIN_METRIC, metrics: Sequenc
     table["error"] = table["error"].map(_first_line)
     if examples is not None and not examples.empty:
         intervals = confidence_intervals(ok, examples, metrics)
-        texts = {(r.run_dir, r.trial_id, r.metric): format_ci(r.value, r.low, r.high, decimals(r.metric), ci_style)
-                 for r in intervals.itertuples(index=False)}
+        texts = {
+            (r.run_dir, r.trial_id, r.metric): format_ci(r.value, r.low, r.high, decimals(r.metric), ci_style)
+            for r in intervals.itertuples(index=False)
+        }
         for m in metrics:
-            table[m] = [texts.get((run_dir, trial_id, m), value)
-                        for run_dir, trial_id, value in zip(table["run_dir"], table["trial_id"], table[m])]
+            table[m] = [
+                texts.get((run_dir, trial_id, m), value)
+                for run_dir, trial_id, value in zip(table["run_dir"], table["trial_id"], table[m], strict=True)
+            ]
     if failed.empty:
         table = table.drop(columns="error")
     table = table.drop(columns=[c for c in KEY if c not in axes])
@@ -93,9 +141,13 @@ def _long(trials: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
     return trials.melt(id_vars=ids, value_vars=list(metrics), var_name="metric", value_name="value")
 
 
-def pivot_table(trials: pd.DataFrame, rows: str | Sequence[str], cols: str | Sequence[str],
-                metric: str = MAIN_METRIC,
-                metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
+def pivot_table(
+    trials: pd.DataFrame,
+    rows: str | Sequence[str],
+    cols: str | Sequence[str],
+    metric: str = MAIN_METRIC,
+    metrics: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, str]:
     """`metric` with the levels of `rows` down and of `cols` across, and a note saying which
     varying axes each cell averages over (empty when none). `metric` may itself be an axis here:
     `rows="metric", cols="template"` puts the metrics (default: the table metrics) down."""
@@ -114,8 +166,7 @@ def pivot_table(trials: pd.DataFrame, rows: str | Sequence[str], cols: str | Seq
     else:
         long = ok.assign(metric=check_metric(trials, metric), value=ok[metric])
     _check_same_examples(ok)
-    table = long.pivot_table(index=rows, columns=cols, values="value", aggfunc="mean",
-                             dropna=False, sort=False)
+    table = long.pivot_table(index=rows, columns=cols, values="value", aggfunc="mean", dropna=False, sort=False)
     counts = long.pivot_table(index=rows, columns=cols, values="value", aggfunc="count", sort=False)
     table = _sort_levels(table, ok)
     table = table.dropna(how="all").dropna(axis=1, how="all")
@@ -124,7 +175,9 @@ def pivot_table(trials: pd.DataFrame, rows: str | Sequence[str], cols: str | Seq
     elif len(cols) == 1:
         table.columns = [f"{cols[0]}={format_level(c)}" for c in table.columns]
     else:
-        table.columns = [", ".join(f"{a}={format_level(v)}" for a, v in zip(cols, c)) for c in table.columns]
+        table.columns = [
+            ", ".join(f"{a}={format_level(v)}" for a, v in zip(cols, c, strict=True)) for c in table.columns
+        ]
     averaged = [a for a in varying_axes(ok) if a not in rows + cols]
     note = ""
     per_cell = counts.to_numpy()
@@ -137,6 +190,7 @@ def pivot_table(trials: pd.DataFrame, rows: str | Sequence[str], cols: str | Seq
 
 def _sort_levels(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """Rows and columns in level order (metrics in table order), not first-seen order."""
+
     def order(index: pd.Index) -> pd.Index:
         if isinstance(index, pd.MultiIndex):
             return index
@@ -146,17 +200,18 @@ def _sort_levels(table: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
             return pd.Index(sorted(index, key=ranked.index), name=name)
         if name in trials.columns:
             known = levels(trials, name)
-            return pd.Index(sorted(index, key=lambda v: known.index(v) if v in known else len(known)),
-                            name=name)
+            return pd.Index(sorted(index, key=lambda v: known.index(v) if v in known else len(known)), name=name)
         return index
+
     return table.reindex(index=order(table.index), columns=order(table.columns))
 
 
 def _check_same_examples(trials: pd.DataFrame) -> None:
     """Refuse to put side by side trials of one dataset scored on different examples or protocols."""
     if "protocol" in trials.columns and trials["protocol"].dropna().nunique() > 1:
-        raise AnalysisError("These trials were scored with different protocols: "
-                            + " vs ".join(trials["protocol"].dropna().unique()))
+        raise AnalysisError(
+            "These trials were scored with different protocols: " + " vs ".join(trials["protocol"].dropna().unique())
+        )
     if "eval_ids_sha256" not in trials.columns:
         return
     by = "dataset" if "dataset" in trials.columns else None
@@ -165,18 +220,24 @@ def _check_same_examples(trials: pd.DataFrame) -> None:
         shas = group["eval_ids_sha256"].dropna().unique()
         if len(shas) > 1:
             where = f" of dataset {dataset!r}" if by else ""
-            raise AnalysisError(f"Trials{where} were evaluated on different examples "
-                                f"(eval_ids_sha256: {', '.join(str(s)[:12] for s in shas)}): "
-                                "their scores cannot be averaged or compared")
+            raise AnalysisError(
+                f"Trials{where} were evaluated on different examples "
+                f"(eval_ids_sha256: {', '.join(str(s)[:12] for s in shas)}): "
+                "their scores cannot be averaged or compared"
+            )
 
 
 def _condition_label(selector: Mapping) -> str:
     return ", ".join(f"{k}={format_level(v)}" for k, v in selector.items())
 
 
-def baseline_table(trials: pd.DataFrame, baseline: str | Mapping | None = "method=zero_shot",
-                   conditions: Sequence[str | Mapping] | None = None, metric: str = MAIN_METRIC,
-                   metrics: Sequence[str] | None = None) -> tuple[pd.DataFrame, str]:
+def baseline_table(
+    trials: pd.DataFrame,
+    baseline: str | Mapping | None = "method=zero_shot",
+    conditions: Sequence[str | Mapping] | None = None,
+    metric: str = MAIN_METRIC,
+    metrics: Sequence[str] | None = None,
+) -> tuple[pd.DataFrame, str]:
     """Metrics down, conditions across (baseline first), then the relative improvement of the best
     condition (by `metric`) over the baseline, e.g. `+80%`.
 
@@ -197,9 +258,14 @@ def baseline_table(trials: pd.DataFrame, baseline: str | Mapping | None = "metho
         if rest.empty:
             raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
         axes = varying_axes(rest)
-        groups = [(_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,)))), g)
-                  for key, g in rest.groupby(axes, sort=True, dropna=False)] if axes \
+        groups = (
+            [
+                (_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))), g)
+                for key, g in rest.groupby(axes, sort=True, dropna=False)
+            ]
+            if axes
             else [(trial_labels(rest).iloc[0], rest)]
+        )
         narrowed = parse_selector(baseline)
         for axis in varying_axes(base):
             shared = rest[axis].unique()
@@ -234,8 +300,9 @@ def _percent(ratio: float) -> str:
     return f"{ratio * 100:+.0f}%"
 
 
-def best_per_level(trials: pd.DataFrame, axis: str, by: str = MAIN_METRIC,
-                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
+def best_per_level(
+    trials: pd.DataFrame, axis: str, by: str = MAIN_METRIC, metrics: Sequence[str] | None = None
+) -> pd.DataFrame:
     """For each level of `axis`, its best finished trial by `by`: the other varying axes' values
     (the winning configuration) and its metrics."""
     check_axis(trials, axis)
@@ -259,9 +326,14 @@ def grid_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["axis", "levels", "trials per level"]).set_index("axis")
 
 
-COST_COLUMNS = {"train_wall_s": "train s", "eval_wall_s": "eval s", "train_tokens_per_s": "train tokens/s",
-                "eval_gen_tokens_per_s": "generated tokens/s", "train_peak_memory_mb": "peak memory MB",
-                "train_trainable_params": "trainable params"}
+COST_COLUMNS = {
+    "train_wall_s": "train s",
+    "eval_wall_s": "eval s",
+    "train_tokens_per_s": "train tokens/s",
+    "eval_gen_tokens_per_s": "generated tokens/s",
+    "train_peak_memory_mb": "peak memory MB",
+    "train_trainable_params": "trainable params",
+}
 
 
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -279,23 +351,28 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
     """The failed trials and the last line of their error."""
     failed = trials[trials["status"] != "ok"]
-    return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}
-                        ).set_index("trial_id")
+    return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}).set_index(
+        "trial_id"
+    )
 
 
 def comparison_table(result: pd.DataFrame) -> pd.DataFrame:
     """A `stats.compare` result for reading: the fixed axes, metric and the two levels as labels;
     both values, the difference B - A with its 95% interval, raw and Holm-corrected p."""
-    labels = [c for c in result.columns if c not in
-              {"n", "value_a", "value_b", "delta", "low", "high", "p", "p_holm", "significant",
-               "trial_a", "trial_b"}]
+    labels = [
+        c
+        for c in result.columns
+        if c
+        not in {"n", "value_a", "value_b", "delta", "low", "high", "p", "p_holm", "significant", "trial_a", "trial_b"}
+    ]
     table = result[labels].copy()
     table["n"] = result["n"]
-    table["A"] = [_fixed(v, m) for v, m in zip(result["value_a"], result["metric"])]
-    table["B"] = [_fixed(v, m) for v, m in zip(result["value_b"], result["metric"])]
+    table["A"] = [_fixed(v, m) for v, m in zip(result["value_a"], result["metric"], strict=True)]
+    table["B"] = [_fixed(v, m) for v, m in zip(result["value_b"], result["metric"], strict=True)]
     table["B - A [95% CI]"] = [
         f"{d:+.{decimals(m)}f} [{lo:+.{decimals(m)}f}, {hi:+.{decimals(m)}f}]"
-        for d, lo, hi, m in zip(result["delta"], result["low"], result["high"], result["metric"])]
+        for d, lo, hi, m in zip(result["delta"], result["low"], result["high"], result["metric"], strict=True)
+    ]
     table["p"] = result["p"]
     table["p (Holm)"] = result["p_holm"]
     table["significant"] = result["significant"]
@@ -307,6 +384,7 @@ def _fixed(value: float, metric: str) -> str:
 
 
 # --- rendering -------------------------------------------------------------------------------------
+
 
 def _value_decimals(column: str, row_metric: str | None, default: int) -> int:
     if column in KNOWN_METRICS:
@@ -395,16 +473,35 @@ def _markdown(cells: pd.DataFrame, numeric: list[bool]) -> str:
     widths = [max([len(h)] + [len(r[i]) for r in body] + [3]) for i, h in enumerate(header)]
 
     def line(values):
-        return "| " + " | ".join(v.rjust(w) if num else v.ljust(w)
-                                 for v, w, num in zip(values, widths, numeric)) + " |"
-    rule = "| " + " | ".join(("-" * (w - 1) + ":") if num else "-" * w
-                             for w, num in zip(widths, numeric)) + " |"
+        return (
+            "| "
+            + " | ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True))
+            + " |"
+        )
+
+    rule = (
+        "| "
+        + " | ".join(("-" * (w - 1) + ":") if num else "-" * w for w, num in zip(widths, numeric, strict=True))
+        + " |"
+    )
     return "\n".join([line(header), rule] + [line(r) for r in body])
 
 
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
-                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "<": r"\textless{}", ">": r"\textgreater{}"}
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "±": r"$\pm$",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+}
 
 
 def _escape_latex(text: str) -> str:
@@ -414,8 +511,12 @@ def _escape_latex(text: str) -> str:
 def _latex(cells: pd.DataFrame, numeric: list[bool], note: str) -> str:
     spec = "".join("r" if num else "l" for num in numeric)
     lines = [f"% {note}"] if note else []
-    lines += [rf"\begin{{tabular}}{{{spec}}}", r"\toprule",
-              " & ".join(_escape_latex(c) for c in cells.columns) + r" \\", r"\midrule"]
+    lines += [
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(_escape_latex(c) for c in cells.columns) + r" \\",
+        r"\midrule",
+    ]
     lines += [" & ".join(_escape_latex(v) for v in row) + r" \\" for row in cells.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
@@ -426,9 +527,14 @@ def numeric_columns(table: pd.DataFrame, cells: pd.DataFrame) -> list[bool]:
     result = []
     for column in cells.columns:
         values = [v for v in cells[column] if v]
-        numeric = column not in labels and bool(values) and all(
-            v.lstrip("+-<").replace(",", "").replace(".", "", 1).replace("%", "").split(" ")[0].isdigit()
-            for v in values)
+        numeric = (
+            column not in labels
+            and bool(values)
+            and all(
+                v.lstrip("+-<").replace(",", "").replace(".", "", 1).replace("%", "").split(" ")[0].isdigit()
+                for v in values
+            )
+        )
         result.append(numeric)
     return result
 

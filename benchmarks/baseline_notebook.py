@@ -47,10 +47,16 @@ def load_model(model_path: str, method: str, device: str):
         tokenizer.pad_token = tokenizer.eos_token
     compute = torch.bfloat16 if device == "cuda" else torch.float32
     if method == "qlora":
-        bnb = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                 bnb_4bit_compute_dtype=compute, bnb_4bit_quant_storage=compute)  # fmt: skip
-        model = AutoModelForCausalLM.from_pretrained(model_path, quantization_config=bnb, dtype=compute,
-                                                     device_map={"": device})  # fmt: skip
+        bnb = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=compute,
+            bnb_4bit_quant_storage=compute,
+        )
+        model = AutoModelForCausalLM.from_pretrained(
+            model_path, quantization_config=bnb, dtype=compute, device_map={"": device}
+        )
     else:
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
     return model, tokenizer
@@ -77,8 +83,14 @@ def train(args) -> dict:
 
     if args.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
-    lora = LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=args.dropout, target_modules="all-linear",
-                      bias="none", task_type="CAUSAL_LM")  # fmt: skip
+    lora = LoraConfig(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules="all-linear",
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(model, lora)
     training_args = TrainingArguments(
         output_dir=args.output_dir,
@@ -99,9 +111,13 @@ def train(args) -> dict:
         disable_tqdm=True,
         seed=args.seed,
     )
-    trainer = Trainer(model=model, args=training_args, train_dataset=dataset,
-                      data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
-                      processing_class=tokenizer)  # fmt: skip
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=dataset,
+        data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False),
+        processing_class=tokenizer,
+    )
     if args.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     started = time.perf_counter()
@@ -133,9 +149,16 @@ def generate_one_at_a_time(model, tokenizer, prompts: list[str], max_new_tokens:
     with torch.no_grad():
         for prompt in prompts:
             inputs = tokenizer(prompt, return_tensors="pt").to(model.device)
-            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
-                                 temperature=None, top_p=None, top_k=None)  # fmt: skip
+            out = model.generate(
+                **inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+            )
             outputs.append(out[0, inputs["input_ids"].shape[1] :].tolist())
     return outputs, time.perf_counter() - started
 
@@ -144,11 +167,17 @@ def evaluate(args) -> dict:
     rows = read_jsonl(Path(args.data) / "test.jsonl", args.n)
     model, tokenizer = load_model(args.model, args.method, args.device)
     model.eval()
-    ids, wall = generate_one_at_a_time(model, tokenizer, [PROMPT.format(dialogue=r["dialogue"]) for r in rows],
-                                       args.max_new_tokens)  # fmt: skip
+    ids, wall = generate_one_at_a_time(
+        model, tokenizer, [PROMPT.format(dialogue=r["dialogue"]) for r in rows], args.max_new_tokens
+    )
     texts = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
-    return {"runner": "baseline", "n": len(rows), "wall_s": round(wall, 3),
-            "summaries_per_s": round(len(rows) / wall, 3), "predictions": texts}  # fmt: skip
+    return {
+        "runner": "baseline",
+        "n": len(rows),
+        "wall_s": round(wall, 3),
+        "summaries_per_s": round(len(rows) / wall, 3),
+        "predictions": texts,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,11 +35,18 @@ def bench_model(name: str, path: str | None, args) -> dict:
 
     n = per_model(args.n, name, DEFAULT_N.get(name, 200))
     cfg = TrialConfig(
-        model=name, dataset="dialogsum_local", template="alpaca", method="zero_shot",
+        model=name,
+        dataset="dialogsum_local",
+        template="alpaca",
+        method="zero_shot",
         model_entry=MODELS[name] if name in MODELS else ModelEntry(source=path),
-        dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"), template_entry=TEMPLATES["alpaca"],
-        n_eval=n, max_new_tokens=args.max_new_tokens, eval_batch_size=args.eval_batch_size, max_source_length=512,
-    )  # fmt: skip
+        dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"),
+        template_entry=TEMPLATES["alpaca"],
+        n_eval=n,
+        max_new_tokens=args.max_new_tokens,
+        eval_batch_size=args.eval_batch_size,
+        max_source_length=512,
+    )
     device = torch.device(args.device)
     tokenizer = load_tokenizer(cfg)
     model = load_model(cfg, device)  # zero_shot: fp32 on CPU, bf16/fp16 on GPU
@@ -65,8 +72,14 @@ def bench_model(name: str, path: str | None, args) -> dict:
                 ids, wall = generate_one_at_a_time(model, tokenizer, texts, args.max_new_tokens)
                 preds = [tokenizer.decode(i, skip_special_tokens=True).strip() for i in ids]
             outputs[runner] = preds
-            runs[runner].append({"rep": rep, "wall_s": round(wall, 3), "summaries_per_s": round(len(rows) / wall, 4),
-                                 "load_avg": [load_start, machine.load1()]})  # fmt: skip
+            runs[runner].append(
+                {
+                    "rep": rep,
+                    "wall_s": round(wall, 3),
+                    "summaries_per_s": round(len(rows) / wall, 4),
+                    "load_avg": [load_start, machine.load1()],
+                }
+            )
             log.info("%s | %s | rep %d: %.3f summaries/s (%.1f s)", name, runner, rep, len(rows) / wall, wall)
     differences = [
         {"id": r["id"], "same_prompt": same, "batched": a, "one_at_a_time": b}
@@ -83,7 +96,7 @@ def bench_model(name: str, path: str | None, args) -> dict:
         "speedup": round(med["batched"] / med["one_at_a_time"], 3),
         "identical_outputs": len(rows) - len(differences),
         "differences": differences,
-        "examples": [{"id": r["id"], "prediction": p} for r, p in zip(rows[:3], outputs["batched"][:3])],
+        "examples": [{"id": r["id"], "prediction": p} for r, p in zip(rows[:3], outputs["batched"][:3], strict=True)],
     }
 
 
@@ -107,12 +120,25 @@ def main(argv: list[str] | None = None) -> int:
         args.reps, args.n, args.max_new_tokens = 1, args.n or "4", 16
     quiet = None if args.quick or args.no_wait else machine.wait_for_quiet()
     payload = machine.header("bench_eval", args, quiet)
-    payload["settings"].update(n={m: per_model(args.n, m, DEFAULT_N.get(m, 200)) for m in models}, decoding="greedy",
-                               template="alpaca", precision="fp32 on CPU (ftgrid zero_shot default)")  # fmt: skip
+    payload["settings"].update(
+        n={m: per_model(args.n, m, DEFAULT_N.get(m, 200)) for m in models},
+        decoding="greedy",
+        template="alpaca",
+        precision="fp32 on CPU (ftgrid zero_shot default)",
+    )
     payload["models"] = {m: bench_model(m, paths[m], args) for m in models}
     payload["load_avg_end"] = machine.load1()
-    table = [[m, r["n"], r["median_summaries_per_s"]["one_at_a_time"], r["median_summaries_per_s"]["batched"],
-              r["speedup"], f"{r['identical_outputs']}/{r['n']}"] for m, r in payload["models"].items()]  # fmt: skip
+    table = [
+        [
+            m,
+            r["n"],
+            r["median_summaries_per_s"]["one_at_a_time"],
+            r["median_summaries_per_s"]["batched"],
+            r["speedup"],
+            f"{r['identical_outputs']}/{r['n']}",
+        ]
+        for m, r in payload["models"].items()
+    ]
     cols = ["model", "dialogues", "one at a time /s", f"batched ({args.eval_batch_size}) /s", "speedup", "identical"]
     machine.print_table("Evaluation throughput (summaries/s, medians)", cols, table)
     path = machine.write_results(machine.results_path("bench_eval", args.quick, args.out), payload)

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import DEFAULT_DATA, PYTHON, header, median, print_table, results_path, run_json, write_results  # noqa: E402
+from machine import DEFAULT_DATA, PYTHON, header, median, print_table, results_path, run_json, write_results
 
 GRID = """\
 name: loss_projection
@@ -49,8 +49,16 @@ def worker(args) -> None:
     if code:
         raise SystemExit(result.get("error"))
     t = result["train"]
-    Path(args.json).write_text(json.dumps({"tokens_per_s": t["train_tokens_per_s"], "wall_s": t["wall_s"],
-                                           "peak_rss_mb": t["peak_memory_mb"], "final_loss": t["final_loss"]}))
+    Path(args.json).write_text(
+        json.dumps(
+            {
+                "tokens_per_s": t["train_tokens_per_s"],
+                "wall_s": t["wall_s"],
+                "peak_rss_mb": t["peak_memory_mb"],
+                "final_loss": t["final_loss"],
+            }
+        )
+    )
 
 
 def main() -> int:
@@ -76,18 +84,40 @@ def main() -> int:
         for rep in range(args.reps):
             order = ["labelled", "all-positions"] if rep % 2 == 0 else ["all-positions", "labelled"]
             for mode in order:
-                cmd = [PYTHON, __file__, "--worker", mode, "--loss", loss, "--model", args.model,
-                       "--data", args.data, "--steps", str(args.steps)]  # fmt: skip
+                cmd = [
+                    PYTHON,
+                    __file__,
+                    "--worker",
+                    mode,
+                    "--loss",
+                    loss,
+                    "--model",
+                    args.model,
+                    "--data",
+                    args.data,
+                    "--steps",
+                    str(args.steps),
+                ]
                 runs.setdefault(f"{loss}/{mode}", []).append(run_json(cmd))
         base = median([r["tokens_per_s"] for r in runs[f"{loss}/all-positions"]])
         for mode in ("all-positions", "labelled"):
             done = runs[f"{loss}/{mode}"]
             tps = median([r["tokens_per_s"] for r in done])
-            rows.append([f"{loss}, {mode}", tps, round(tps / base, 2), median([r["peak_rss_mb"] for r in done]),
-                         done[0]["final_loss"]])  # fmt: skip
+            rows.append(
+                [
+                    f"{loss}, {mode}",
+                    tps,
+                    round(tps / base, 2),
+                    median([r["peak_rss_mb"] for r in done]),
+                    done[0]["final_loss"],
+                ]
+            )
     payload.update(settings=vars(args) | {"batch_size": 4}, runs=runs, table=rows)
-    print_table(f"{args.model}: loss over labelled positions vs all positions",
-                ["loss, logits", "tokens/s (median)", "× all positions", "peak RSS MiB", "final loss"], rows)
+    print_table(
+        f"{args.model}: loss over labelled positions vs all positions",
+        ["loss, logits", "tokens/s (median)", "× all positions", "peak RSS MiB", "final loss"],
+        rows,
+    )
     print(write_results(results_path("bench_loss_projection", args.quick, args.out), payload))
     return 0
 

@@ -27,39 +27,61 @@ def trial_config(model: str, method: str, args):
     from runners.templates import TEMPLATES
 
     return TrialConfig(
-        model=model, dataset="dialogsum_local", template="alpaca", loss="full", method=method,
-        lora_rank=16 if method != "full" else 0, model_entry=MODELS[model],
-        dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"), template_entry=TEMPLATES["alpaca"],
-        learning_rate=2e-4 if method != "full" else 2e-5, max_steps=args.steps, batch_size=args.batch_size,
-        max_source_length=384, max_target_length=128, n_train=args.steps * args.batch_size, n_eval=1,
-        max_new_tokens=1, logging_steps=args.steps, seed=42,
-    )  # fmt: skip
+        model=model,
+        dataset="dialogsum_local",
+        template="alpaca",
+        loss="full",
+        method=method,
+        lora_rank=16 if method != "full" else 0,
+        model_entry=MODELS[model],
+        dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"),
+        template_entry=TEMPLATES["alpaca"],
+        learning_rate=2e-4 if method != "full" else 2e-5,
+        max_steps=args.steps,
+        batch_size=args.batch_size,
+        max_source_length=384,
+        max_target_length=128,
+        n_train=args.steps * args.batch_size,
+        n_eval=1,
+        max_new_tokens=1,
+        logging_steps=args.steps,
+        seed=42,
+    )
 
 
 def worker(config_path: Path, out_dir: Path, json_path: Path) -> None:
     """One trial in this fresh process; resident memory before the trial (imports only) and its peak."""
     import resource
 
+    import peft  # noqa: F401 — the import floor counts what a trial imports
     import psutil
     import torch
 
     from runners.config import TrialConfig
     from runners.trial import run_trial
 
-    import peft, transformers, accelerate  # noqa: E401,F401 — the import floor counts what a trial imports
-
     floor = psutil.Process().memory_info().rss / 2**20
     cfg = TrialConfig.model_validate(json.loads(config_path.read_text()))
     result = run_trial(cfg, out_dir)
     t = result["train"]
-    json_path.write_text(json.dumps({
-        "method": cfg.method, "steps": t["steps"], "final_loss": t["final_loss"],
-        "trainable_params": t["trainable_params"], "total_params": t["total_params"],
-        "import_rss_mb": round(floor, 1),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-        "train_wall_s": t["wall_s"], "tokens_per_s": t["train_tokens_per_s"],
-    }))  # fmt: skip
+    json_path.write_text(
+        json.dumps(
+            {
+                "method": cfg.method,
+                "steps": t["steps"],
+                "final_loss": t["final_loss"],
+                "trainable_params": t["trainable_params"],
+                "total_params": t["total_params"],
+                "import_rss_mb": round(floor, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if torch.cuda.is_available()
+                else None,
+                "train_wall_s": t["wall_s"],
+                "tokens_per_s": t["train_tokens_per_s"],
+            }
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,8 +107,16 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = trial_config(args.model, method, args)
                 cfg_file = Path(tmp) / f"{method}.json"
                 cfg_file.write_text(cfg.model_dump_json())
-                r = machine.run_json([machine.PYTHON, "benchmarks/bench_memory.py", "--worker", str(cfg_file),
-                                      "--worker-out", str(Path(tmp) / f"{method}-{rep}")])  # fmt: skip
+                r = machine.run_json(
+                    [
+                        machine.PYTHON,
+                        "benchmarks/bench_memory.py",
+                        "--worker",
+                        str(cfg_file),
+                        "--worker-out",
+                        str(Path(tmp) / f"{method}-{rep}"),
+                    ]
+                )
                 r["rep"] = rep
                 runs[method].append(r)
                 log.info("%s | rep %d: peak RSS %.0f MiB", method, rep, r["peak_rss_mb"])
@@ -98,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     for m in METHODS:
         summary[m]["trial_rss_mb"] = round(summary[m]["peak_rss_mb"] - summary[m]["import_rss_mb"], 1)
     payload.update(runs=runs, summary=summary, load_avg_end=machine.load1())
-    table = [[m, s["trainable_params"], s["import_rss_mb"], s["peak_rss_mb"], s["trial_rss_mb"], s["peak_gpu_mb"]]
-             for m, s in summary.items()]  # fmt: skip
+    table = [
+        [m, s["trainable_params"], s["import_rss_mb"], s["peak_rss_mb"], s["trial_rss_mb"], s["peak_gpu_mb"]]
+        for m, s in summary.items()
+    ]
     cols = ["method", "trainable params", "RSS after imports MiB", "peak RSS MiB", "peak - imports MiB", "peak GPU MiB"]
     machine.print_table(f"Memory per trial ({args.model}, {args.steps} steps of batch {args.batch_size})", cols, table)
     path = machine.write_results(machine.results_path("bench_memory", args.quick, args.out), payload)

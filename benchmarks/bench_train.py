@@ -50,16 +50,33 @@ def trial_config(model: str, model_path: str | None, args, batch: int, accum: in
 
     entry = MODELS[model] if model in MODELS else ModelEntry(source=model_path)
     return TrialConfig(
-        model=model, dataset="dialogsum_local", template="alpaca", loss="full", lora_rank=args.rank,
-        model_entry=entry, dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"),
-        template_entry=TEMPLATES["alpaca"], method=args.method, lora_alpha=args.rank, lora_dropout=0.05,
-        learning_rate=args.lr, lr_scheduler="cosine", warmup_ratio=0.03, max_steps=args.steps_for[model],
-        batch_size=batch, grad_accum=accum, group_by_length=grouped,
+        model=model,
+        dataset="dialogsum_local",
+        template="alpaca",
+        loss="full",
+        lora_rank=args.rank,
+        model_entry=entry,
+        dataset_entry=DatasetEntry(source=str(args.data), eval_split="test"),
+        template_entry=TEMPLATES["alpaca"],
+        method=args.method,
+        lora_alpha=args.rank,
+        lora_dropout=0.05,
+        learning_rate=args.lr,
+        lr_scheduler="cosine",
+        warmup_ratio=0.03,
+        max_steps=args.steps_for[model],
+        batch_size=batch,
+        grad_accum=accum,
+        group_by_length=grouped,
         # 384 + 128 = the baseline's 512-token budget per example
-        max_source_length=384, max_target_length=128,
-        n_train=args.steps_for[model] * EFFECTIVE_BATCH, n_eval=1, max_new_tokens=1,
-        logging_steps=args.steps_for[model], seed=args.seed,
-    )  # fmt: skip
+        max_source_length=384,
+        max_target_length=128,
+        n_train=args.steps_for[model] * EFFECTIVE_BATCH,
+        n_eval=1,
+        max_new_tokens=1,
+        logging_steps=args.steps_for[model],
+        seed=args.seed,
+    )
 
 
 def worker(config_path: Path, out_dir: Path, json_path: Path) -> None:
@@ -76,13 +93,25 @@ def worker(config_path: Path, out_dir: Path, json_path: Path) -> None:
         torch.cuda.reset_peak_memory_stats()
     result = run_trial(cfg, out_dir)
     t = result["train"]
-    json_path.write_text(json.dumps({
-        "runner": "ftgrid", "steps": t["steps"], "n_train": result["data"]["n_train"],
-        "final_loss": t["final_loss"], "useful_tokens": t["train_tokens"], "wall_s": t["wall_s"],
-        "tokens_per_s": round(t["train_tokens"] / t["wall_s"], 2), "trial_wall_s": result["wall_s"],
-        "total_params": t["total_params"], "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None,
-    }))  # fmt: skip
+    json_path.write_text(
+        json.dumps(
+            {
+                "runner": "ftgrid",
+                "steps": t["steps"],
+                "n_train": result["data"]["n_train"],
+                "final_loss": t["final_loss"],
+                "useful_tokens": t["train_tokens"],
+                "wall_s": t["wall_s"],
+                "tokens_per_s": round(t["train_tokens"] / t["wall_s"], 2),
+                "trial_wall_s": result["wall_s"],
+                "total_params": t["total_params"],
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+                "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                if torch.cuda.is_available()
+                else None,
+            }
+        )
+    )
 
 
 def model_params(path: str) -> int:
@@ -99,16 +128,47 @@ def run_one(label: str, model: str, path: str, rows_file: Path, args, work: Path
     runner, batch, accum, grouped = RUNNERS[label]
     steps = args.steps_for[model]
     if runner == "baseline":
-        cmd = [machine.PYTHON, "benchmarks/baseline_notebook.py", "train", "--model", path, "--train-file",
-               str(rows_file), "--steps", str(steps), "--batch-size", str(batch), "--grad-accum", str(accum),
-               "--rank", str(args.rank), "--alpha", str(args.rank), "--lr", str(args.lr), "--method", args.method,
-               "--device", args.device, "--seed", str(args.seed), "--output-dir", str(work / "baseline")]  # fmt: skip
+        cmd = [
+            machine.PYTHON,
+            "benchmarks/baseline_notebook.py",
+            "train",
+            "--model",
+            path,
+            "--train-file",
+            str(rows_file),
+            "--steps",
+            str(steps),
+            "--batch-size",
+            str(batch),
+            "--grad-accum",
+            str(accum),
+            "--rank",
+            str(args.rank),
+            "--alpha",
+            str(args.rank),
+            "--lr",
+            str(args.lr),
+            "--method",
+            args.method,
+            "--device",
+            args.device,
+            "--seed",
+            str(args.seed),
+            "--output-dir",
+            str(work / "baseline"),
+        ]
     else:
         cfg = trial_config(model, path, args, batch, accum, grouped)
         cfg_file = work / f"{cfg.trial_id}.json"
         cfg_file.write_text(cfg.model_dump_json())
-        cmd = [machine.PYTHON, "benchmarks/bench_train.py", "--worker", str(cfg_file), "--worker-out",
-               str(work / cfg.trial_id)]  # fmt: skip
+        cmd = [
+            machine.PYTHON,
+            "benchmarks/bench_train.py",
+            "--worker",
+            str(cfg_file),
+            "--worker-out",
+            str(work / cfg.trial_id),
+        ]
     return machine.run_json(cmd)
 
 
@@ -148,9 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     quiet = None if args.quick or args.no_wait else machine.wait_for_quiet()
     payload = machine.header("bench_train", args, quiet)
     payload["settings"].pop("steps_for")
-    payload["settings"].update(steps=args.steps_for, effective_batch=EFFECTIVE_BATCH, runners=RUNNERS,
-                               loss="full sequence (prompt + summary + EOS)", baseline_max_length=512,
-                               ftgrid_max_length="384 prompt + 128 summary")  # fmt: skip
+    payload["settings"].update(
+        steps=args.steps_for,
+        effective_batch=EFFECTIVE_BATCH,
+        runners=RUNNERS,
+        loss="full sequence (prompt + summary + EOS)",
+        baseline_max_length=512,
+        ftgrid_max_length="384 prompt + 128 summary",
+    )
     payload["models"] = {}
     table = []
     with tempfile.TemporaryDirectory(prefix="bench_train-") as tmp:
@@ -168,7 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_one(label, model, paths[model], rows_file, args, work)
                     r.update(rep=rep, load_avg=machine.load1())
                     runs[label].append(r)
-                    log.info("%s | %s | rep %d: %.1f tokens/s (%.1f s)", model, label, rep, r["tokens_per_s"], r["wall_s"])
+                    log.info(
+                        "%s | %s | rep %d: %.1f tokens/s (%.1f s)", model, label, rep, r["tokens_per_s"], r["wall_s"]
+                    )
             n_params = model_params(paths[model])
             base = machine.median([r["tokens_per_s"] for r in runs[labels[0]]])
             summary = {}
@@ -183,9 +250,18 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 if args.peak_tflops:
                     summary[label]["mfu"] = round(6 * n_params * med / (args.peak_tflops * 1e12), 4)
-                table.append([model, label, args.steps_for[model], runs[label][0]["useful_tokens"],
-                              summary[label]["median_wall_s"], med, summary[label]["ratio_vs_baseline"],
-                              summary[label].get("mfu")])  # fmt: skip
+                table.append(
+                    [
+                        model,
+                        label,
+                        args.steps_for[model],
+                        runs[label][0]["useful_tokens"],
+                        summary[label]["median_wall_s"],
+                        med,
+                        summary[label]["ratio_vs_baseline"],
+                        summary[label].get("mfu"),
+                    ]
+                )
             payload["models"][model] = {"path": paths[model], "params": n_params, "runs": runs, "summary": summary}
     payload["load_avg_end"] = machine.load1()
     cols = ["model", "runner", "steps", "useful tokens", "median s", "median tokens/s", "x baseline", "MFU"]

@@ -59,8 +59,9 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[name] = None
     try:
-        out["ftgrid_commit"] = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+        out["ftgrid_commit"] = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         out["ftgrid_commit"] = None
     return out
@@ -89,8 +90,14 @@ def run_json(cmd: list[str], env: dict | None = None, timeout: float | None = No
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tmp:
         out = Path(tmp.name)
     try:
-        proc = subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, env={**os.environ, **(env or {})},
-                              capture_output=True, text=True, timeout=timeout)  # fmt: skip
+        proc = subprocess.run(
+            [*cmd, "--json", str(out)],
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if proc.returncode != 0 or not out.stat().st_size:
             raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         return json.loads(out.read_text())

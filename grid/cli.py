@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import yaml
@@ -24,8 +24,8 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-PickOpt = Annotated[Optional[list[str]], typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
+PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
 
 
 class BadInput(Exception):
@@ -82,7 +82,7 @@ def trial(
     grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
     pick: PickOpt = None,
     set_: SetOpt = None,
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
     smoke: SmokeOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
@@ -106,9 +106,11 @@ def trial(
     write_results_csv(run_dir)
     metrics = result["metrics"]
     shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
-    out.print(f"[green]ok[/] {shown}\ntrain: {result['train']['steps']} steps, loss {result['train']['final_loss']}, "
-              f"{result['train']['wall_s']} s · eval: {result['eval']['n_examples']} examples, {result['eval']['wall_s']} s",
-              highlight=False)  # fmt: skip
+    out.print(
+        f"[green]ok[/] {shown}\ntrain: {result['train']['steps']} steps, loss {result['train']['final_loss']}, "
+        f"{result['train']['wall_s']} s · eval: {result['eval']['n_examples']} examples, {result['eval']['wall_s']} s",
+        highlight=False,
+    )
 
 
 @app.command()
@@ -135,19 +137,37 @@ def audit(
     encoded = build_dataset(rows, tokenizer, cfg, cfg.loss)
     empty = 0
     for row, enc in zip(rows, encoded, strict=True):
-        supervised = [t for t, lab in zip(enc.input_ids if enc.decoder_only else enc.labels, enc.labels) if lab != IGNORE]
+        supervised = [
+            t
+            for t, lab in zip(enc.input_ids if enc.decoder_only else enc.labels, enc.labels, strict=True)
+            if lab != IGNORE
+        ]
         empty += not supervised
         prompt = tokenizer.decode(enc.input_ids[: enc.prompt_len] if enc.decoder_only else enc.input_ids)
         if as_json:
-            print(json.dumps({"id": row["id"], "template": cfg.template, "loss": cfg.loss,
-                              "tokenizer": resolve_source(cfg.model_entry), "prompt": prompt,
-                              "summary": row["summary"], "input_ids": enc.input_ids, "labels": enc.labels}))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "id": row["id"],
+                        "template": cfg.template,
+                        "loss": cfg.loss,
+                        "tokenizer": resolve_source(cfg.model_entry),
+                        "prompt": prompt,
+                        "summary": row["summary"],
+                        "input_ids": enc.input_ids,
+                        "labels": enc.labels,
+                    }
+                )
+            )
             continue
         out.rule(f"{row['id']}  ({cfg.template}, loss {cfg.loss}, {cfg.model})")
         out.print("[bold]prompt[/]", highlight=False)
         out.print(prompt, markup=False, highlight=False)
-        out.print(f"[bold]loss on {len(supervised)} of {len(enc.input_ids) if enc.decoder_only else len(enc.labels)} "
-                  f"tokens[/]{' (dialogue shortened)' if enc.dialogue_truncated else ''}:", highlight=False)  # fmt: skip
+        out.print(
+            f"[bold]loss on {len(supervised)} of {len(enc.input_ids) if enc.decoder_only else len(enc.labels)} "
+            f"tokens[/]{' (dialogue shortened)' if enc.dialogue_truncated else ''}:",
+            highlight=False,
+        )
         out.print(repr(tokenizer.decode(supervised)), markup=False, highlight=False)
     if empty:
         err.print(f"[bold red]{empty} of {len(rows)} examples have no supervised token[/]")
@@ -157,7 +177,7 @@ def audit(
 @app.command()
 def summarize(
     trial_dir: Annotated[Path, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial.")],
-    text: Annotated[Optional[str], typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
+    text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
 ):
     """Summarise a new conversation with a trained adapter."""
     from runners.inference import summarize as run_summarize
@@ -172,12 +192,12 @@ def summarize(
 @app.command()
 def run(
     grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trial table and exit.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun trials that already finished.")] = False,
-    max_concurrent: Annotated[Optional[int], typer.Option("--max-concurrent", min=1)] = None,
-    retries: Annotated[Optional[int], typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
+    max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1)] = None,
+    retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
 ):
@@ -192,16 +212,25 @@ def run(
 
         trials = smoke_all(trials)
     run_dir = out_dir or default_run_dir(spec, smoke)
-    code = run_grid(spec, trials, run_dir, address=address, max_concurrent=max_concurrent, force=force,
-                    retries=retries, dry_run=dry_run, console=out)  # fmt: skip
+    code = run_grid(
+        spec,
+        trials,
+        run_dir,
+        address=address,
+        max_concurrent=max_concurrent,
+        force=force,
+        retries=retries,
+        dry_run=dry_run,
+        console=out,
+    )
     raise typer.Exit(code)
 
 
 @app.command()
 def tune(
     search: Annotated[Path, typer.Argument(help="Search YAML file (a grid file with a `search:` block).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run folder (default runs/<name>).")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<name>).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
@@ -210,22 +239,27 @@ def tune(
 
     _setup_logging()
     spec = load_spec(search)
-    code = run_search(spec, search, out_dir or default_run_dir(spec, False), address=address, resume=resume,
-                      console=out)  # fmt: skip
+    code = run_search(
+        spec, search, out_dir or default_run_dir(spec, False), address=address, resume=resume, console=out
+    )
     raise typer.Exit(code)
 
 
 @app.command()
 def table(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s); several are combined.")],
-    rows: Annotated[Optional[list[str]], typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")] = None,
-    cols: Annotated[Optional[list[str]], typer.Option("--cols", help="Axis (or 'metric') for the columns.")] = None,
+    rows: Annotated[
+        list[str] | None, typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")
+    ] = None,
+    cols: Annotated[list[str] | None, typer.Option("--cols", help="Axis (or 'metric') for the columns.")] = None,
     metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = "rouge1",
-    compare: Annotated[Optional[str], typer.Option(help="Paired tests between the levels of this axis.")] = None,
-    baseline: Annotated[Optional[str], typer.Option(help="Baseline trials, e.g. method=zero_shot.")] = None,
-    condition: Annotated[Optional[list[str]], typer.Option("--condition", help="A column of the baseline table, e.g. loss=full.")] = None,
-    best: Annotated[Optional[str], typer.Option(help="The best trial for each level of this axis.")] = None,
-    where: Annotated[Optional[str], typer.Option(help="Keep trials matching AXIS=VALUE[,AXIS=VALUE].")] = None,
+    compare: Annotated[str | None, typer.Option(help="Paired tests between the levels of this axis.")] = None,
+    baseline: Annotated[str | None, typer.Option(help="Baseline trials, e.g. method=zero_shot.")] = None,
+    condition: Annotated[
+        list[str] | None, typer.Option("--condition", help="A column of the baseline table, e.g. loss=full.")
+    ] = None,
+    best: Annotated[str | None, typer.Option(help="The best trial for each level of this axis.")] = None,
+    where: Annotated[str | None, typer.Option(help="Keep trials matching AXIS=VALUE[,AXIS=VALUE].")] = None,
     ci: Annotated[bool, typer.Option("--ci", help="95% bootstrap intervals in the main table.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
 ):
@@ -233,8 +267,19 @@ def table(
     from analysis import AnalysisError, cli_table
 
     try:
-        text = cli_table([str(p) for p in run_dirs], rows=rows, cols=cols, metric=metric, fmt=fmt, compare=compare,
-                         baseline=baseline, best=best, where=where, ci=ci, conditions=condition)  # fmt: skip
+        text = cli_table(
+            [str(p) for p in run_dirs],
+            rows=rows,
+            cols=cols,
+            metric=metric,
+            fmt=fmt,
+            compare=compare,
+            baseline=baseline,
+            best=best,
+            where=where,
+            ci=ci,
+            conditions=condition,
+        )
     except AnalysisError as e:
         raise BadInput(str(e)) from e
     print(text)
@@ -243,7 +288,9 @@ def table(
 @app.command()
 def report(
     run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s).")],
-    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Where to write (default: the first run folder).")] = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Where to write (default: the first run folder).")
+    ] = None,
     metric: Annotated[str, typer.Option(help="Main metric.")] = "rouge1",
 ):
     """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""

@@ -81,9 +81,11 @@ class Progress:
         if outcome.status not in ("cached", "not run") and not quiet:
             detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
             mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "stopped": "[yellow]stopped[/]"}.get(
-                outcome.status, outcome.status)
-            self.console.print(f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False,
-                               soft_wrap=True)  # one line per trial in a log file, however long
+                outcome.status, outcome.status
+            )
+            self.console.print(
+                f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False, soft_wrap=True
+            )  # one line per trial in a log file, however long
         self._refresh()
 
     def settle(self, outcome: Outcome) -> None:
@@ -96,13 +98,16 @@ class Progress:
         done = sum(o.status in ("ok", "cached", "stopped") for o in ended)
         failed = sum(o.status == "failed" for o in ended)
         running = len(self.running)
-        return {"done": done, "running": running, "failed": failed,
-                "pending": max(0, self.total - done - failed - running)}  # fmt: skip
+        return {
+            "done": done,
+            "running": running,
+            "failed": failed,
+            "pending": max(0, self.total - done - failed - running),
+        }
 
     def line(self) -> str:
         c = self.counts()
-        text = (f"{c['done']}/{self.total} done · {c['running']} running · {c['pending']} pending"
-                f" · {c['failed']} failed")  # fmt: skip
+        text = f"{c['done']}/{self.total} done · {c['running']} running · {c['pending']} pending · {c['failed']} failed"
         if self.best:
             text += f" · best {self.metric} {self.best[0]:.2f} ({self.best[1]})"
         return text

@@ -7,6 +7,7 @@ Ray is imported inside functions only, so commands that never schedule (`ftgrid 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -65,8 +66,19 @@ def num_processes(gpus: float) -> int:
 def launch_command(trial_json: Path, trial_dir: Path, gpus: float) -> list[str]:
     """The `accelerate launch` command line of one trial."""
     n = num_processes(gpus)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(n),
-           "--dynamo_backend", "no", "--mixed_precision", "no"]  # fmt: skip  (the trial picks its own precision)
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--num_machines",
+        "1",
+        "--num_processes",
+        str(n),
+        "--dynamo_backend",
+        "no",
+        "--mixed_precision",
+        "no",
+    ]  # the trial picks its own precision
     if gpus <= 0:
         cmd.append("--cpu")
     elif n > 1:
@@ -118,9 +130,16 @@ class LogTail:
         return rows
 
 
-def launch_trial(cfg: TrialConfig, trial_dir: Path, *, launcher: str = "accelerate", gpus: float = 0,
-                 cpus: float = 1, on_log: Callable[[dict], None] | None = None,
-                 poll_s: float = 0.5) -> tuple[int, dict]:  # fmt: skip
+def launch_trial(
+    cfg: TrialConfig,
+    trial_dir: Path,
+    *,
+    launcher: str = "accelerate",
+    gpus: float = 0,
+    cpus: float = 1,
+    on_log: Callable[[dict], None] | None = None,
+    poll_s: float = 0.5,
+) -> tuple[int, dict]:
     """Run one trial once and return (exit code, result.json content).
 
     `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
@@ -137,8 +156,9 @@ def launch_trial(cfg: TrialConfig, trial_dir: Path, *, launcher: str = "accelera
     if launcher == "inline":
         code = _run_inline(cfg, trial_dir, tail, on_log, poll_s)
     else:
-        code = _run_child(launch_command(trial_dir / rundir.TRIAL_JSON, trial_dir, gpus), trial_dir, cpus, tail,
-                          on_log, poll_s)  # fmt: skip
+        code = _run_child(
+            launch_command(trial_dir / rundir.TRIAL_JSON, trial_dir, gpus), trial_dir, cpus, tail, on_log, poll_s
+        )
     result = rundir.read_result(trial_dir)
     if result is None or (code != 0 and result.get("status") == "ok"):
         result = _failure_from_log(cfg, trial_dir, code)
@@ -158,11 +178,22 @@ def _run_child(cmd: list[str], trial_dir: Path, cpus: float, tail: LogTail, on_l
     with (trial_dir / TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
-        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 cwd=trial_dir, env=child_env(cpus), start_new_session=True)  # fmt: skip
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid)],
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                start_new_session=True)  # fmt: skip
+        child = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=trial_dir,
+            env=child_env(cpus),
+            start_new_session=True,
+        )
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         while child.poll() is None:
             _stream(tail, on_log)
@@ -199,7 +230,7 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, tail: LogTail, on_log, poll_s
     def target() -> None:
         try:
             box["code"], _ = execute(cfg, trial_dir)
-        except BaseException as err:  # noqa: BLE001 — reported through the log-tail failure result
+        except BaseException as err:
             logging.getLogger("ftgrid.trial").exception("trial crashed: %s", err)
             box["code"] = 1
 
@@ -239,9 +270,17 @@ def _failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
     }
 
 
-def run_cell(cfg: TrialConfig, run_dir: Path, *, launcher: str = "accelerate", gpus: float = 0, cpus: float = 1,
-             retries: int = 0, force: bool = False,
-             on_log: Callable[[dict], None] | None = None) -> tuple[dict, bool]:  # fmt: skip
+def run_cell(
+    cfg: TrialConfig,
+    run_dir: Path,
+    *,
+    launcher: str = "accelerate",
+    gpus: float = 0,
+    cpus: float = 1,
+    retries: int = 0,
+    force: bool = False,
+    on_log: Callable[[dict], None] | None = None,
+) -> tuple[dict, bool]:
     """One cell with caching and retries: (result.json content, whether it came from the cache).
 
     Holds RUN_DIR/<trial_id>/.lock while it runs; a finished trial (status ok) is returned as it is unless
@@ -279,9 +318,16 @@ def ray_trial(config: dict) -> None:
     from ray import tune
 
     cfg, launch = trial_config(config), config["launch"]
-    result, cached = run_cell(cfg, Path(launch["run_dir"]), launcher=launch["launcher"], gpus=launch["gpus"],
-                              cpus=launch["cpus"], retries=launch["retries"], force=launch["force"],
-                              on_log=tune.report)  # fmt: skip
+    result, cached = run_cell(
+        cfg,
+        Path(launch["run_dir"]),
+        launcher=launch["launcher"],
+        gpus=launch["gpus"],
+        cpus=launch["cpus"],
+        retries=launch["retries"],
+        force=launch["force"],
+        on_log=tune.report,
+    )
     tune.report(final_report(result, cached))
 
 
@@ -302,7 +348,7 @@ def our_trial_id(ray_trial_obj) -> str:
     """Our trial id of a Ray trial (its folder name in RUN_DIR); Ray's own id if the config does not validate."""
     try:
         return trial_config(ray_trial_obj.config).trial_id
-    except Exception:  # noqa: BLE001 — a bad sample fails inside the trial, with a message there
+    except Exception:
         return f"ray-{ray_trial_obj.trial_id}"
 
 
@@ -312,8 +358,7 @@ def start_ray(address: str | None) -> None:
     import ray
 
     started = time.perf_counter()
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False,
-             logging_level=logging.WARNING)  # fmt: skip
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     log.info("ray started in %.1f s: %s", time.perf_counter() - started, ray.cluster_resources())
 
 
@@ -371,15 +416,23 @@ def progress_callback(progress, run_dir: Path):
 def _ray_error(trial) -> str:
     text = getattr(trial, "error_msg", None) or ""
     if not text and getattr(trial, "error_file", None):
-        try:
+        with contextlib.suppress(OSError):
             text = Path(trial.error_file).read_text()
-        except OSError:
-            pass
     return text.strip() or "the Ray worker died"
 
 
-def tune_trials(trainable_config: dict, run_dir: Path, *, name: str, resources: dict, max_concurrent: int | None,
-                retries: int, progress, tune_config_extra: dict | None = None, num_samples: int = 1):  # fmt: skip
+def tune_trials(
+    trainable_config: dict,
+    run_dir: Path,
+    *,
+    name: str,
+    resources: dict,
+    max_concurrent: int | None,
+    retries: int,
+    progress,
+    tune_config_extra: dict | None = None,
+    num_samples: int = 1,
+):
     """Run a Tuner over `trainable_config` (a param space) and return its ResultGrid; the caller owns Ray."""
     from ray import tune
 
@@ -393,9 +446,14 @@ def tune_trials(trainable_config: dict, run_dir: Path, *, name: str, resources: 
     tuner = tune.Tuner(
         tune.with_resources(ray_trial, resources),
         param_space=trainable_config,
-        tune_config=tune.TuneConfig(num_samples=num_samples, max_concurrent_trials=max_concurrent, reuse_actors=reuse,
-                                    trial_name_creator=our_trial_id, trial_dirname_creator=dirname,
-                                    **(tune_config_extra or {})),  # fmt: skip
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=reuse,
+            trial_name_creator=our_trial_id,
+            trial_dirname_creator=dirname,
+            **(tune_config_extra or {}),
+        ),
         run_config=tune.RunConfig(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
             storage_path=str((Path(run_dir) / RAY_DIR).resolve()),
@@ -419,7 +477,7 @@ def write_results_csv(run_dir: Path) -> None:
         return
     try:
         write_csv(run_dir)
-    except Exception as err:  # noqa: BLE001 — never let the summary table stop a run
+    except Exception as err:
         log.warning("could not write %s/results.csv: %s", run_dir, err)
 
 
@@ -432,15 +490,20 @@ def record_ray_errors(results, run_dir: Path) -> None:
             continue
         try:
             cfg = trial_config(res.config)
-        except Exception:  # noqa: BLE001
+        except Exception:
             continue
         trial_dir = Path(run_dir) / cfg.trial_id
         if rundir.read_result(trial_dir) is None:
-            rundir.write_json(trial_dir / rundir.RESULT_JSON, {
-                "trial_id": cfg.trial_id, "status": "failed", "error": f"Ray trial error: {one_line(str(res.error))}",
-                "config": cfg.model_dump(mode="json"),
-                "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            })  # fmt: skip
+            rundir.write_json(
+                trial_dir / rundir.RESULT_JSON,
+                {
+                    "trial_id": cfg.trial_id,
+                    "status": "failed",
+                    "error": f"Ray trial error: {one_line(str(res.error))}",
+                    "config": cfg.model_dump(mode="json"),
+                    "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            )
 
 
 # --- ftgrid run --------------------------------------------------------------------------------------------
@@ -462,9 +525,18 @@ def write_grid_yaml(spec, run_dir: Path) -> None:
     rundir.write_text_atomic(Path(run_dir) / GRID_YAML, yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
 
 
-def run_grid(spec, trials: list[TrialConfig], run_dir: Path, *, address: str | None = None,
-             max_concurrent: int | None = None, force: bool = False, retries: int | None = None,
-             dry_run: bool = False, console: Console | None = None) -> int:  # fmt: skip
+def run_grid(
+    spec,
+    trials: list[TrialConfig],
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    max_concurrent: int | None = None,
+    force: bool = False,
+    retries: int | None = None,
+    dry_run: bool = False,
+    console: Console | None = None,
+) -> int:
     """Run every trial of a grid on Ray Tune (cached ones skipped); print a summary; return 0, or 1 if any failed.
 
     `--dry-run` prints the trial table and returns without starting Ray. `retries` and `max_concurrent`
@@ -489,16 +561,28 @@ def run_grid(spec, trials: list[TrialConfig], run_dir: Path, *, address: str | N
             progress.cached(cfg.trial_id, metrics.get(progress.metric))
         else:
             todo.append(cfg)
-    console.print(f"{len(trials)} trials: {len(trials) - len(todo)} cached, {len(todo)} to run → {run_dir}",
-                  highlight=False)  # fmt: skip
+    console.print(
+        f"{len(trials)} trials: {len(trials) - len(todo)} cached, {len(todo)} to run → {run_dir}", highlight=False
+    )
     if todo:
-        launch = {"run_dir": str(run_dir.resolve()), "launcher": res.launcher, "gpus": res.gpus_per_trial,
-                  "cpus": res.cpus_per_trial, "retries": retries, "force": force}  # fmt: skip
+        launch = {
+            "run_dir": str(run_dir.resolve()),
+            "launcher": res.launcher,
+            "gpus": res.gpus_per_trial,
+            "cpus": res.cpus_per_trial,
+            "retries": retries,
+            "force": force,
+        }
         run_on_ray(
             {"trial": _grid_search([cfg.model_dump(mode="json") for cfg in todo]), "launch": launch},
-            run_dir, address=address, name=spec.name, resources=res,
-            max_concurrent=max_concurrent or res.max_concurrent, retries=retries, progress=progress,
-        )  # fmt: skip
+            run_dir,
+            address=address,
+            name=spec.name,
+            resources=res,
+            max_concurrent=max_concurrent or res.max_concurrent,
+            retries=retries,
+            progress=progress,
+        )
     return finish(trials, run_dir, progress, console)
 
 
@@ -508,8 +592,19 @@ def _grid_search(values: list):
     return tune.grid_search(values)
 
 
-def run_on_ray(param_space_or_fn, run_dir: Path, *, address, name, resources, max_concurrent, retries, progress,
-               tune_config_extra=None, num_samples: int = 1) -> None:  # fmt: skip
+def run_on_ray(
+    param_space_or_fn,
+    run_dir: Path,
+    *,
+    address,
+    name,
+    resources,
+    max_concurrent,
+    retries,
+    progress,
+    tune_config_extra=None,
+    num_samples: int = 1,
+) -> None:
     """Start (or join) Ray, run the Tuner, and always shut Ray down — on errors and Ctrl-C too."""
     import ray
 
@@ -525,16 +620,29 @@ def run_on_ray(param_space_or_fn, run_dir: Path, *, address, name, resources, ma
         if callable(tune_config_extra):
             tune_config_extra = tune_config_extra()
         ray_resources = {"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial}
-        results = tune_trials(space, run_dir, name=name, resources=ray_resources, max_concurrent=max_concurrent,
-                              retries=retries, progress=progress, tune_config_extra=tune_config_extra,
-                              num_samples=num_samples)  # fmt: skip
+        results = tune_trials(
+            space,
+            run_dir,
+            name=name,
+            resources=ray_resources,
+            max_concurrent=max_concurrent,
+            retries=retries,
+            progress=progress,
+            tune_config_extra=tune_config_extra,
+            num_samples=num_samples,
+        )
         record_ray_errors(results, run_dir)
     finally:
         ray.shutdown()
 
 
-def finish(trials: list[TrialConfig], run_dir: Path, progress, console: Console,
-           again: str = "run the same command again to finish the trials that did not run") -> int:
+def finish(
+    trials: list[TrialConfig],
+    run_dir: Path,
+    progress,
+    console: Console,
+    again: str = "run the same command again to finish the trials that did not run",
+) -> int:
     """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code."""
     from grid.progress import Outcome, one_line
 

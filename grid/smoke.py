@@ -16,12 +16,21 @@ from runners.data import DATASETS, LOCAL_SUFFIXES
 from runners.models import MODELS
 
 # Substrings of a hub id or local path → the tiny stand-in of that architecture class.
-ARCH_HINTS = {"phi": "tiny-phi", "gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama", "smollm": "tiny-llama",
-              "mistral": "tiny-llama", "qwen": "tiny-llama", "gemma": "tiny-llama"}  # fmt: skip
+ARCH_HINTS = {
+    "phi": "tiny-phi",
+    "gpt2": "tiny-gpt2",
+    "t5": "tiny-t5",
+    "llama": "tiny-llama",
+    "smollm": "tiny-llama",
+    "mistral": "tiny-llama",
+    "qwen": "tiny-llama",
+    "gemma": "tiny-llama",
+}
 MODEL_TYPES = {"phi": "tiny-phi", "gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama"}
 
-SMOKE_SETTINGS = dict(max_steps=2, n_train=16, n_eval=4, max_new_tokens=12, logging_steps=1, grad_accum=1,
-                      eval_batch_size=4)  # fmt: skip
+SMOKE_SETTINGS = dict(
+    max_steps=2, n_train=16, n_eval=4, max_new_tokens=12, logging_steps=1, grad_accum=1, eval_batch_size=4
+)
 
 
 def stand_in(cfg: TrialConfig) -> str:
@@ -48,8 +57,9 @@ def smoke_trial(cfg: TrialConfig) -> TrialConfig:
         dataset = DATASETS["synthetic"]
     update = dict(cfg.model_dump(exclude={"model_entry", "dataset_entry", "template_entry"}))
     # The stand-in's own LoRA targets: a real model's module names need not exist in the tiny one.
-    update.update(model_entry=MODELS[stand_in(cfg)], dataset_entry=dataset, template_entry=cfg.template_entry,
-                  target_modules=None)  # fmt: skip
+    update.update(
+        model_entry=MODELS[stand_in(cfg)], dataset_entry=dataset, template_entry=cfg.template_entry, target_modules=None
+    )
     if cfg.method != "zero_shot":
         update.update(SMOKE_SETTINGS, batch_size=min(cfg.batch_size, 4), eval_steps=1 if cfg.eval_steps else None)
     else:
@@ -72,4 +82,3 @@ def smoke(trials: list[TrialConfig]) -> list[TrialConfig]:
         small = smoke_trial(cfg)
         out.setdefault(small.trial_id, small)
     return list(out.values())
-

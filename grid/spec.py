@@ -41,7 +41,9 @@ class Resources(BaseModel):
     launcher: Literal["accelerate", "inline"] = Field(
         "accelerate", description="`accelerate`: a child process per trial; `inline`: inside the Ray worker (CPU)."
     )
-    max_concurrent: int | None = Field(None, ge=1, description="Most trials running at once (default: as resources allow).")
+    max_concurrent: int | None = Field(
+        None, ge=1, description="Most trials running at once (default: as resources allow)."
+    )
     retries: int = Field(0, ge=0, description="Times a failed trial is tried again.")
 
 
@@ -65,7 +67,8 @@ class GridSpec(BaseModel):
     axes: dict[str, Any] = Field(description="Axis name → list of values; the grid is their cross product.")
     settings: dict[str, Any] = Field(default_factory=dict, description="Fixed TrialConfig settings.")
     exclude: list[dict[str, Any]] = Field(
-        default_factory=list, description="Cells to leave out: each a partial cell, e.g. {template: custom, method: qlora}."
+        default_factory=list,
+        description="Cells to leave out: each a partial cell, e.g. {template: custom, method: qlora}.",
     )
     overrides: list[Override] = Field(
         default_factory=list, description="Settings for the cells that match, e.g. a learning rate per method."
@@ -101,14 +104,22 @@ def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
             else:
                 settings[key] = value
         # A value given on the command line holds for every cell: it beats the file's overrides too.
-        overrides = [o.model_copy(update={"settings": {k: v for k, v in o.settings.items() if k not in sets}})
-                     for o in spec.overrides]  # fmt: skip
+        overrides = [
+            o.model_copy(update={"settings": {k: v for k, v in o.settings.items() if k not in sets}})
+            for o in spec.overrides
+        ]
         spec = spec.model_copy(update={"settings": settings, "axes": axes, "overrides": overrides})
     return spec
 
 
-def _merged(registry: dict[str, BaseModel], user: dict[str, dict], kind: type[BaseModel], section: str, where: str,
-            problems: list[str]) -> dict[str, BaseModel]:  # fmt: skip
+def _merged(
+    registry: dict[str, BaseModel],
+    user: dict[str, dict],
+    kind: type[BaseModel],
+    section: str,
+    where: str,
+    problems: list[str],
+) -> dict[str, BaseModel]:
     """Built-in entries updated with the file's own (a user entry may change a few keys of a built-in)."""
     merged = dict(registry)
     for name, fields in user.items():
@@ -140,13 +151,22 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
             if key not in SETTING_FIELDS:
                 problems.append(f"{where}: {section}.{key}: unknown key; allowed: {', '.join(SETTING_FIELDS)}")
     for i, rule in enumerate(spec.exclude):
-        problems += [f"{where}: exclude[{i}].{k}: not an axis of this grid; axes: {', '.join(axes)}"
-                     for k in rule if k not in axes]  # fmt: skip
+        problems += [
+            f"{where}: exclude[{i}].{k}: not an axis of this grid; axes: {', '.join(axes)}"
+            for k in rule
+            if k not in axes
+        ]
     for i, rule in enumerate(spec.overrides):
-        problems += [f"{where}: overrides[{i}].match.{k}: not an axis of this grid; axes: {', '.join(axes)}"
-                     for k in rule.match if k not in axes]  # fmt: skip
-        problems += [f"{where}: overrides[{i}].settings.{k}: unknown key; allowed: {', '.join(SETTING_FIELDS)}"
-                     for k in rule.settings if k not in SETTING_FIELDS]  # fmt: skip
+        problems += [
+            f"{where}: overrides[{i}].match.{k}: not an axis of this grid; axes: {', '.join(axes)}"
+            for k in rule.match
+            if k not in axes
+        ]
+        problems += [
+            f"{where}: overrides[{i}].settings.{k}: unknown key; allowed: {', '.join(SETTING_FIELDS)}"
+            for k in rule.settings
+            if k not in SETTING_FIELDS
+        ]
     for key, values in axes.items():
         if not values:
             problems.append(f"{where}: axes.{key}: empty list")
@@ -170,7 +190,7 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
     ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
     trials: dict[str, TrialConfig] = {}
     for values in itertools.product(*(axes[k] for k in ordered)):
-        point = dict(zip(ordered, values))
+        point = dict(zip(ordered, values, strict=True))
         if any(all(point.get(k) == v for k, v in rule.items()) for rule in spec.exclude):
             continue
         cell = {**spec.settings, **point}
@@ -184,7 +204,7 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
         try:
             cfg = TrialConfig.model_validate(cell)
         except ValidationError as err:
-            cell_desc = ", ".join(f"{k}={v}" for k, v in zip(ordered, values))
+            cell_desc = ", ".join(f"{k}={v}" for k, v in zip(ordered, values, strict=True))
             for e in err.errors():
                 field = str(e["loc"][0]) if e["loc"] else ""
                 section = ("axes",) if field in axes else ("settings",) if field in spec.settings else ()

@@ -50,7 +50,7 @@ class Domain(BaseModel):
     choice: list[Any] | None = Field(None, min_length=1, description="A list of values to choose from.")
 
     @model_validator(mode="after")
-    def _one(self) -> "Domain":
+    def _one(self) -> Domain:
         given = [k for k in ("loguniform", "uniform", "randint", "choice") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"give exactly one of loguniform, uniform, randint, choice (got {given or 'none'})")
@@ -115,8 +115,9 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
     """The validated search block; every problem with its YAML path, raised once as ConfigError."""
     where = str(grid_path)
     if not spec.search:
-        raise ConfigError(f"{where}: search: missing; `ftgrid tune` needs a search block "
-                          f"(space:, metric:, num_samples:)")  # fmt: skip
+        raise ConfigError(
+            f"{where}: search: missing; `ftgrid tune` needs a search block (space:, metric:, num_samples:)"
+        )
     try:
         search = SearchBlock.model_validate(spec.search)
     except ValidationError as err:
@@ -132,8 +133,10 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
             problems.append(f"{where}: search.space.{key}: also set in axes.{key}; keep one of them")
     for key, values in spec.axes.items():
         if isinstance(values, list) and len(values) > 1:
-            problems.append(f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) "
-                            f"or search it with search.space.{key}: {{choice: {values}}}")  # fmt: skip
+            problems.append(
+                f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) "
+                f"or search it with search.space.{key}: {{choice: {values}}}"
+            )
     if search.metric not in METRICS:
         problems.append(f"{where}: search.metric: unknown metric {search.metric!r}; available: {', '.join(METRICS)}")
     if search.early_stopping:
@@ -210,18 +213,28 @@ def make_searcher(search: SearchBlock, previous: list[tuple[dict, float, dict]])
             return None
 
     points = [point for point, _, _ in previous]
-    return FinalResultOptuna(metric=search.metric, mode=search.mode, seed=search.seed,
-                             points_to_evaluate=points or None,
-                             evaluated_rewards=[score for _, score, _ in previous] or None)  # fmt: skip
+    return FinalResultOptuna(
+        metric=search.metric,
+        mode=search.mode,
+        seed=search.seed,
+        points_to_evaluate=points or None,
+        evaluated_rewards=[score for _, score, _ in previous] or None,
+    )
 
 
 def make_scheduler(search: SearchBlock, spec):
     from ray.tune.schedulers import ASHAScheduler
 
     stop = search.early_stopping
-    return ASHAScheduler(time_attr="step", metric=stop.metric, mode="min", grace_period=stop.grace_period,
-                         reduction_factor=stop.reduction_factor, max_t=stop.max_t or spec.settings["max_steps"],
-                         stop_last_trials=False)  # fmt: skip  (a trial at max_t still generates and scores)
+    return ASHAScheduler(
+        time_attr="step",
+        metric=stop.metric,
+        mode="min",
+        grace_period=stop.grace_period,
+        reduction_factor=stop.reduction_factor,
+        max_t=stop.max_t or spec.settings["max_steps"],
+        stop_last_trials=False,
+    )  # a trial at max_t still generates and scores
 
 
 def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished: int) -> str:
@@ -239,15 +252,24 @@ def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished
     data.update(axes=axes, settings=settings, resources=spec.resources.model_dump(mode="json"))
     score = best["metrics"][search.metric]
     split = search.eval_split or config["dataset_entry"]["eval_split"]
-    header = (f"# ftgrid run {BEST_YAML}   (or: ftgrid trial {BEST_YAML})\n"
-              f"# The best of {n_finished} finished samples of `ftgrid tune {grid_path}`: {search.metric} {score:.2f} "
-              f"on {split} ({best.get('eval', {}).get('n_examples', '?')} examples), trial {best['trial_id']}.\n"
-              f"# It evaluates on the dataset's own eval_split and settings.n_eval, not the search's.\n")  # fmt: skip
+    header = (
+        f"# ftgrid run {BEST_YAML}   (or: ftgrid trial {BEST_YAML})\n"
+        f"# The best of {n_finished} finished samples of `ftgrid tune {grid_path}`: {search.metric} {score:.2f} "
+        f"on {split} ({best.get('eval', {}).get('n_examples', '?')} examples), trial {best['trial_id']}.\n"
+        f"# It evaluates on the dataset's own eval_split and settings.n_eval, not the search's.\n"
+    )
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def run_search(spec, grid_path: Path, run_dir: Path, *, address: str | None = None, resume: bool = False,
-               console: Console | None = None) -> int:  # fmt: skip
+def run_search(
+    spec,
+    grid_path: Path,
+    run_dir: Path,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    console: Console | None = None,
+) -> int:
     """Run the search on Ray Tune; print and save the best configuration (RUN_DIR/best.yaml).
 
     Returns 0, or 1 if no sample finished or any failed. Raises ConfigError for a bad search block.
@@ -263,21 +285,36 @@ def run_search(spec, grid_path: Path, run_dir: Path, *, address: str | None = No
     found = finished_samples(run_dir, base, search)
     previous = found if resume else []
     if found and not resume:
-        console.print(f"{run_dir} holds {len(found)} finished samples of this search; the search starts over "
-                      f"(equal samples are cache hits; --resume counts them instead)", highlight=False)  # fmt: skip
+        console.print(
+            f"{run_dir} holds {len(found)} finished samples of this search; the search starts over "
+            f"(equal samples are cache hits; --resume counts them instead)",
+            highlight=False,
+        )
     remaining = search.num_samples - len(previous)
-    console.print(f"search: {search.num_samples} samples of {', '.join(search.space)} on {base.model} / "
-                  f"{base.dataset} ({search.metric} on {base.dataset_entry.eval_split}); "
-                  f"{len(previous)} finished, {max(0, remaining)} to run → {run_dir}", highlight=False)  # fmt: skip
+    console.print(
+        f"search: {search.num_samples} samples of {', '.join(search.space)} on {base.model} / "
+        f"{base.dataset} ({search.metric} on {base.dataset_entry.eval_split}); "
+        f"{len(previous)} finished, {max(0, remaining)} to run → {run_dir}",
+        highlight=False,
+    )
     progress = Progress(total=max(0, remaining), metric=search.metric, mode=search.mode, console=console)
     if remaining > 0:
         res = spec.resources
-        launch = {"run_dir": str(run_dir.resolve()), "launcher": res.launcher, "gpus": res.gpus_per_trial,
-                  "cpus": res.cpus_per_trial, "retries": res.retries, "force": False}  # fmt: skip
+        launch = {
+            "run_dir": str(run_dir.resolve()),
+            "launcher": res.launcher,
+            "gpus": res.gpus_per_trial,
+            "cpus": res.cpus_per_trial,
+            "retries": res.retries,
+            "force": False,
+        }
 
         def param_space() -> dict:  # built once Ray is up: the domains are Ray objects
-            return {"trial": base.model_dump(mode="json"), "launch": launch,
-                    **{key: domain.to_ray() for key, domain in search.space.items()}}  # fmt: skip
+            return {
+                "trial": base.model_dump(mode="json"),
+                "launch": launch,
+                **{key: domain.to_ray() for key, domain in search.space.items()},
+            }
 
         def tune_extra() -> dict:
             extra = {"search_alg": make_searcher(search, previous)}
@@ -285,9 +322,18 @@ def run_search(spec, grid_path: Path, run_dir: Path, *, address: str | None = No
                 extra["scheduler"] = make_scheduler(search, spec)
             return extra
 
-        run_on_ray(param_space, run_dir, address=address, name=f"{spec.name}-tune", resources=res,
-                   max_concurrent=search.max_concurrent or res.max_concurrent, retries=res.retries,
-                   progress=progress, tune_config_extra=tune_extra, num_samples=remaining)  # fmt: skip
+        run_on_ray(
+            param_space,
+            run_dir,
+            address=address,
+            name=f"{spec.name}-tune",
+            resources=res,
+            max_concurrent=search.max_concurrent or res.max_concurrent,
+            retries=res.retries,
+            progress=progress,
+            tune_config_extra=tune_extra,
+            num_samples=remaining,
+        )
     # the outcome of this invocation's samples, as `run` reports them
     seen = [TrialConfig.model_validate(r["config"]) for r in _results_of(run_dir, progress.outcomes)]
     again = "run the same command with --resume to finish the search"
@@ -302,8 +348,10 @@ def run_search(spec, grid_path: Path, run_dir: Path, *, address: str | None = No
     point, score, best = samples[0]
     rundir.write_text_atomic(run_dir / BEST_YAML, best_yaml(spec, search, best, grid_path, len(samples)))
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
-    console.print(f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → "
-                  f"{run_dir / BEST_YAML}", highlight=False)  # fmt: skip
+    console.print(
+        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {run_dir / BEST_YAML}",
+        highlight=False,
+    )
     return code
 
 

@@ -120,7 +120,9 @@ class TrialConfig(_Frozen):
     grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
     group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
-    max_source_length: int = Field(512, ge=16, description="Token budget of the prompt; the dialogue is shortened to fit.")
+    max_source_length: int = Field(
+        512, ge=16, description="Token budget of the prompt; the dialogue is shortened to fit."
+    )
     max_target_length: int = Field(128, ge=4, description="Token budget of the summary (+EOS).")
     n_train: int | None = Field(None, ge=1, description="Use the first N training examples after a seeded shuffle.")
     n_eval: int | None = Field(100, ge=1, description="Evaluate on the first N evaluation examples (null: all).")
@@ -162,7 +164,7 @@ class TrialConfig(_Frozen):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> "TrialConfig":
+    def _check(self) -> TrialConfig:
         if self.method in ("qlora", "lora") and self.lora_rank < 1:
             raise ValueError(f"method {self.method} needs lora_rank >= 1 (got {self.lora_rank})")
         if self.method != "zero_shot" and self.loss == "none":
@@ -195,14 +197,29 @@ class TrialConfig(_Frozen):
 
 
 TRAINING_FIELDS = (
-    "learning_rate", "lr_scheduler", "warmup_ratio", "weight_decay", "max_grad_norm", "optimizer", "epochs",
-    "max_steps", "batch_size", "grad_accum", "gradient_checkpointing", "group_by_length", "n_train",
-    "logging_steps", "eval_steps", "lora_alpha", "lora_dropout", "target_modules", "precision",
-)  # fmt: skip
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "optimizer",
+    "epochs",
+    "max_steps",
+    "batch_size",
+    "grad_accum",
+    "gradient_checkpointing",
+    "group_by_length",
+    "n_train",
+    "logging_steps",
+    "eval_steps",
+    "lora_alpha",
+    "lora_dropout",
+    "target_modules",
+    "precision",
+)
 LORA_FIELDS = ("lora_alpha", "lora_dropout", "target_modules")
 QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")
 METRIC_GROUPS = ("rouge", "bleu", "meteor", "bertscore")
-
 
 
 def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:

@@ -54,8 +54,12 @@ def _read_table(path: Path, name: str) -> list[dict]:
 
     if not path.exists():
         raise ConfigError(f"dataset {name!r}: file not found: {path}")
-    readers = {".jsonl": lambda p: pd.read_json(p, lines=True), ".json": pd.read_json,
-               ".csv": pd.read_csv, ".parquet": pd.read_parquet}  # fmt: skip
+    readers = {
+        ".jsonl": lambda p: pd.read_json(p, lines=True),
+        ".json": pd.read_json,
+        ".csv": pd.read_csv,
+        ".parquet": pd.read_parquet,
+    }
     if path.suffix not in readers:
         raise ConfigError(f"dataset {name!r}: {path} is not one of {', '.join(LOCAL_SUFFIXES)}")
     try:
@@ -166,8 +170,28 @@ def _text(value) -> str:
 # Multi-turn dialogues whose one-sentence summary follows from their content (who, what, when, where),
 # so that even a tiny model can learn to summarise them and a demo shows learning within minutes.
 
-NAMES = ["Anna", "Ben", "Carla", "David", "Emma", "Felix", "Grace", "Hugo", "Iris", "Jonas", "Kate", "Leo",
-         "Maya", "Nina", "Omar", "Paula", "Quinn", "Rosa", "Sam", "Tom"]  # fmt: skip
+NAMES = [
+    "Anna",
+    "Ben",
+    "Carla",
+    "David",
+    "Emma",
+    "Felix",
+    "Grace",
+    "Hugo",
+    "Iris",
+    "Jonas",
+    "Kate",
+    "Leo",
+    "Maya",
+    "Nina",
+    "Omar",
+    "Paula",
+    "Quinn",
+    "Rosa",
+    "Sam",
+    "Tom",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 TIMES = ["9 am", "10 am", "11 am", "noon", "2 pm", "3 pm", "4 pm", "6 pm", "7 pm", "8 pm"]
 PLACES = ["the library", "the cafe", "the office", "the park", "the station", "the gym", "the museum"]
@@ -179,31 +203,48 @@ PROBLEMS = ["the printer is broken", "the internet is down", "the heating does n
 def _meeting(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
     d1, d2 = r.sample(DAYS, 2)
     t, p, item = r.choice(TIMES), r.choice(PLACES), r.choice(ITEMS)
-    turns = [f"{a}: Hi {b}, can we meet on {d1}?", f"{b}: Sorry, {d1} is bad for me. How about {d2} at {t}?",
-             f"{a}: {d2} at {t} works. Let's meet at {p}.", f"{b}: Great. I will bring {item}."]  # fmt: skip
+    turns = [
+        f"{a}: Hi {b}, can we meet on {d1}?",
+        f"{b}: Sorry, {d1} is bad for me. How about {d2} at {t}?",
+        f"{a}: {d2} at {t} works. Let's meet at {p}.",
+        f"{b}: Great. I will bring {item}.",
+    ]
     return turns, f"{a} and {b} will meet on {d2} at {t} at {p}. {b} will bring {item}."
 
 
 def _order(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
     f1, f2 = r.sample(FOODS, 2)
     n, t = r.randint(2, 6), r.choice(TIMES)
-    turns = [f"{a}: Hello, I would like to order {f1} for {n} people.", f"{b}: Sorry, we have no {f1} today.",
-             f"{a}: Then {f2}, please. Can you deliver it at {t}?", f"{b}: Yes, {f2} for {n} at {t}."]  # fmt: skip
+    turns = [
+        f"{a}: Hello, I would like to order {f1} for {n} people.",
+        f"{b}: Sorry, we have no {f1} today.",
+        f"{a}: Then {f2}, please. Can you deliver it at {t}?",
+        f"{b}: Yes, {f2} for {n} at {t}.",
+    ]
     return turns, f"{a} orders {f2} for {n} people from {b}, delivered at {t}, because there is no {f1}."
 
 
 def _repair(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
     problem, day, t = r.choice(PROBLEMS), r.choice(DAYS), r.choice(TIMES)
-    turns = [f"{a}: {b}, {problem} again.", f"{b}: Oh no. I can send someone to fix it.",
-             f"{a}: When can they come?", f"{b}: On {day} at {t}. Is that fine?", f"{a}: Yes, thank you."]  # fmt: skip
+    turns = [
+        f"{a}: {b}, {problem} again.",
+        f"{b}: Oh no. I can send someone to fix it.",
+        f"{a}: When can they come?",
+        f"{b}: On {day} at {t}. Is that fine?",
+        f"{a}: Yes, thank you.",
+    ]
     return turns, f"{a} tells {b} that {problem}. {b} will send someone on {day} at {t}."
 
 
 def _trip(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
     p1, p2 = r.sample(PLACES, 2)
     day, item = r.choice(DAYS), r.choice(ITEMS)
-    turns = [f"{a}: Are we still going to {p1} on {day}?", f"{b}: I think {p2} is better, {p1} is closed.",
-             f"{a}: Fine, {p2} then. Should I take {item}?", f"{b}: Yes please, take {item}."]  # fmt: skip
+    turns = [
+        f"{a}: Are we still going to {p1} on {day}?",
+        f"{b}: I think {p2} is better, {p1} is closed.",
+        f"{a}: Fine, {p2} then. Should I take {item}?",
+        f"{b}: Yes please, take {item}.",
+    ]
     return turns, f"{a} and {b} will go to {p2} on {day} instead of {p1}. {a} will take {item}."
 
 

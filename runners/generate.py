@@ -45,8 +45,12 @@ def generate(model, tokenizer, prompts: list[Encoded], cfg: TrialConfig, device)
             lengths[i] = n
             new_tokens += n
     wall = time.perf_counter() - started
-    timing = {"wall_s": round(wall, 2), "gen_tokens": new_tokens, "gen_tokens_per_s": round(new_tokens / wall, 1),
-              "summaries_per_s": round(len(prompts) / wall, 3)}  # fmt: skip
+    timing = {
+        "wall_s": round(wall, 2),
+        "gen_tokens": new_tokens,
+        "gen_tokens_per_s": round(new_tokens / wall, 1),
+        "summaries_per_s": round(len(prompts) / wall, 3),
+    }
     return texts, lengths, timing
 
 

@@ -74,11 +74,17 @@ def optional_metric_reason(name: str) -> str | None:
         try:
             nltk.data.find("corpora/wordnet")
         except LookupError:
-            return "needs NLTK's WordNet data, which is downloaded from the internet: python -m nltk.downloader wordnet omw-1.4"
+            return (
+                "needs NLTK's WordNet data, which is downloaded from the internet: "
+                "python -m nltk.downloader wordnet omw-1.4"
+            )
         return None
     if name == "bertscore":
         if importlib.util.find_spec("bert_score") is None:
-            return "needs the bert-score package (pip install 'ftgrid[bertscore]') and roberta-large from the Hugging Face hub"
+            return (
+                "needs the bert-score package (pip install 'ftgrid[bertscore]') "
+                "and roberta-large from the Hugging Face hub"
+            )
         import os
 
         if os.environ.get("HF_HUB_OFFLINE") == "1":
@@ -134,7 +140,10 @@ def score(
 def _meteor(predictions, references) -> list[float]:
     from nltk.translate.meteor_score import meteor_score
 
-    return [100 * meteor_score([r.split() for r in refs], p.split()) for p, refs in zip(predictions, references)]
+    return [
+        100 * meteor_score([r.split() for r in refs], p.split())
+        for p, refs in zip(predictions, references, strict=True)
+    ]
 
 
 def _bertscore(predictions, references) -> list[float]:

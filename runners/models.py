@@ -38,13 +38,30 @@ MODELS: dict[str, ModelEntry] = {
 
 # Small configs of real architecture classes; vocab size and special ids come from the tokenizer.
 TINY_ARCHS: dict[str, tuple[str, dict]] = {
-    "tiny-llama": ("LlamaConfig", dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024)),
-    "tiny-phi": ("PhiConfig", dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2,
-                                   num_attention_heads=4, max_position_embeddings=1024)),
+    "tiny-llama": (
+        "LlamaConfig",
+        dict(
+            hidden_size=64,
+            intermediate_size=172,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=1024,
+        ),
+    ),
+    "tiny-phi": (
+        "PhiConfig",
+        dict(
+            hidden_size=64,
+            intermediate_size=172,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            max_position_embeddings=1024,
+        ),
+    ),
     "tiny-gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=1024)),
     "tiny-t5": ("T5Config", dict(d_model=64, d_ff=172, d_kv=16, num_layers=2, num_decoder_layers=2, num_heads=4)),
-}  # fmt: skip
+}
 
 CHATML = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -117,9 +134,11 @@ def build_tiny_tokenizer(style: str):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
-    specials = {"llama": ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"],
-                "gpt2": ["<|endoftext|>"],
-                "t5": ["<pad>", "</s>", "<unk>"]}[style]  # fmt: skip
+    specials = {
+        "llama": ["<pad>", "<s>", "</s>", "<unk>", "<|im_start|>", "<|im_end|>"],
+        "gpt2": ["<|endoftext|>"],
+        "t5": ["<pad>", "</s>", "<unk>"],
+    }[style]
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -129,8 +148,14 @@ def build_tiny_tokenizer(style: str):
     tok.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
     if style == "llama":
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-        return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="<|im_end|>",
-                                       pad_token="<pad>", unk_token="<unk>", chat_template=CHATML)  # fmt: skip
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<s>",
+            eos_token="<|im_end|>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+            chat_template=CHATML,
+        )
     if style == "t5":
         tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
         return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
@@ -145,8 +170,12 @@ def build_tiny(name: str, out: Path) -> None:
     style = {"tiny-llama": "llama", "tiny-t5": "t5"}.get(name, "gpt2")
     tokenizer = build_tiny_tokenizer(style)
     config_class, dims = TINY_ARCHS[name]
-    special = dict(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id,
-                   pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id)  # fmt: skip
+    special = dict(
+        vocab_size=len(tokenizer),
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     if style == "t5":
         special.update(decoder_start_token_id=tokenizer.pad_token_id, bos_token_id=None)
     config = getattr(transformers, config_class)(**dims, **special)
@@ -197,7 +226,9 @@ def load_tokenizer(cfg: TrialConfig):
         # Safe because padding is masked by position (attention mask), never by id: EOS keeps its label.
         tokenizer.pad_token = tokenizer.eos_token
     if cfg.template_entry.chat and not tokenizer.chat_template:
-        raise ConfigError(f"template {cfg.template!r} uses the chat format, but model {cfg.model!r} has no chat template")
+        raise ConfigError(
+            f"template {cfg.template!r} uses the chat format, but model {cfg.model!r} has no chat template"
+        )
     return tokenizer
 
 

@@ -154,15 +154,25 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
                     now = time.perf_counter()
                     tokens = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum"))
                     final_loss = window_loss / window_batches
-                    line = {"step": step, "loss": round(final_loss, 5), "lr": scheduler.get_last_lr()[0],
-                            "tokens_per_s": round(tokens / (now - window_start), 1),
-                            "epoch": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3)}  # fmt: skip
+                    line = {
+                        "step": step,
+                        "loss": round(final_loss, 5),
+                        "lr": scheduler.get_last_lr()[0],
+                        "tokens_per_s": round(tokens / (now - window_start), 1),
+                        "epoch": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
+                    }
                     useful_tokens += tokens
                     _write_line(log_file, line)
                     window_loss, window_batches, window_tokens, window_start = 0.0, 0, 0, now
                 if cfg.eval_steps and eval_examples and (step % cfg.eval_steps == 0 or step == steps):
                     eval_start = time.perf_counter()
-                    _write_line(log_file, {"step": step, "eval_loss": round(eval_loss(model, eval_examples, cfg, pad_id, accelerator), 5)})  # fmt: skip
+                    _write_line(
+                        log_file,
+                        {
+                            "step": step,
+                            "eval_loss": round(eval_loss(model, eval_examples, cfg, pad_id, accelerator), 5),
+                        },
+                    )
                     window_start = time.perf_counter()  # eval time is not training time
                     eval_s += window_start - eval_start
                 if step >= steps:
@@ -173,10 +183,15 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
             log_file.close()
     wall = time.perf_counter() - started
     train_s = wall - eval_s
-    return {"steps": step, "epochs": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
-            "final_loss": final_loss, "train_tokens": useful_tokens,
-            "train_tokens_per_s": round(useful_tokens / train_s, 1), "eval_loss_s": round(eval_s, 2),
-            "wall_s": round(wall, 2)}  # fmt: skip
+    return {
+        "steps": step,
+        "epochs": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
+        "final_loss": final_loss,
+        "train_tokens": useful_tokens,
+        "train_tokens_per_s": round(useful_tokens / train_s, 1),
+        "eval_loss_s": round(eval_s, 2),
+        "wall_s": round(wall, 2),
+    }
 
 
 def _write_line(handle, line: dict) -> None:

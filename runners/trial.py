@@ -24,9 +24,16 @@ def build_dataset(rows: list[dict], tokenizer, cfg: TrialConfig, loss: str):
     from runners.masking import encode_example
 
     return [
-        encode_example(tokenizer, cfg.template_entry, r["dialogue"], r["summary"], loss=loss,
-                       kind=cfg.model_entry.kind, max_source_length=cfg.max_source_length,
-                       max_target_length=cfg.max_target_length)  # fmt: skip
+        encode_example(
+            tokenizer,
+            cfg.template_entry,
+            r["dialogue"],
+            r["summary"],
+            loss=loss,
+            kind=cfg.model_entry.kind,
+            max_source_length=cfg.max_source_length,
+            max_target_length=cfg.max_target_length,
+        )
         for r in rows
     ]
 
@@ -71,7 +78,11 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     wall_start = time.perf_counter()
     on_gpu = torch.cuda.is_available()
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp16" if on_gpu else "fp32")  # fmt: skip
+    precision = (
+        cfg.precision
+        if cfg.precision != "auto"
+        else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp16" if on_gpu else "fp32")
+    )
     accelerator = Accelerator(
         mixed_precision="no" if precision == "fp32" else precision,
         gradient_accumulation_steps=cfg.grad_accum,
@@ -106,8 +117,9 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
         model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
         model = apply_lora(model, cfg)
         eval_set = build_dataset(eval_rows, tokenizer, cfg, cfg.loss) if cfg.eval_steps else []
-        train_block = train(model, train_set, eval_set, cfg, tokenizer.pad_token_id, accelerator,
-                            out_dir / rundir.TRAIN_LOG)  # fmt: skip
+        train_block = train(
+            model, train_set, eval_set, cfg, tokenizer.pad_token_id, accelerator, out_dir / rundir.TRAIN_LOG
+        )
         model = accelerator.unwrap_model(model)
         if main:
             model.save_pretrained(out_dir / rundir.ADAPTER)
@@ -115,8 +127,11 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
     elif main:
         rundir.write_text_atomic(out_dir / rundir.TRAIN_LOG, "")
     trainable, total = count_params(model)
-    train_block.update(trainable_params=trainable if training else 0, total_params=total,
-                       peak_memory_mb=peak_memory_mb(accelerator.device))  # fmt: skip
+    train_block.update(
+        trainable_params=trainable if training else 0,
+        total_params=total,
+        peak_memory_mb=peak_memory_mb(accelerator.device),
+    )
     if cfg.model_entry.kind == "seq2seq" and training:
         train_block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
 
@@ -133,8 +148,10 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
         return {}
     references = [r["summaries"] for r in eval_rows]
     metrics, per_example, unavailable = score(predictions, references, cfg.metrics, gen_lens)
-    rows = [{"id": r["id"], "dialogue": r["dialogue"], "prediction": p, "references": r["summaries"], **s}
-            for r, p, s in zip(eval_rows, predictions, per_example, strict=True)]  # fmt: skip
+    rows = [
+        {"id": r["id"], "dialogue": r["dialogue"], "prediction": p, "references": r["summaries"], **s}
+        for r, p, s in zip(eval_rows, predictions, per_example, strict=True)
+    ]
     rundir.write_jsonl(out_dir / rundir.PREDICTIONS, rows)
     ids_sha = hashlib.sha256("\n".join(sorted(r["id"] for r in eval_rows)).encode()).hexdigest()[:16]
     result = {
@@ -145,8 +162,13 @@ def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
         "metrics": {k: round(v, 4) for k, v in metrics.items()},
         "metrics_unavailable": unavailable,
         "train": train_block,
-        "eval": {"n_examples": len(eval_rows), "split": cfg.dataset_entry.eval_split, "ids_sha256": ids_sha,
-                 "num_processes": accelerator.num_processes, **timing},  # fmt: skip
+        "eval": {
+            "n_examples": len(eval_rows),
+            "split": cfg.dataset_entry.eval_split,
+            "ids_sha256": ids_sha,
+            "num_processes": accelerator.num_processes,
+            **timing,
+        },
         "data": data_counts,
         "protocol": PROTOCOL,
         "device": _device_name(accelerator.device),
@@ -186,7 +208,7 @@ def execute(cfg: TrialConfig, out_dir: Path) -> tuple[int, dict]:
     """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
     try:
         return 0, run_trial(cfg, out_dir)
-    except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
+    except Exception as err:
         result = failure_result(cfg, err)
         if _is_main_process():
             rundir.write_json(Path(out_dir) / rundir.RESULT_JSON, result)

@@ -9,25 +9,40 @@ from pathlib import Path
 import numpy as np
 from sacrebleu.metrics.bleu import BLEU
 
-PROTOCOL = {"rouge": "rouge_score, stemmer, best reference per example",
-            "bleu": "sacrebleu corpus_bleu 13a", "version": 1}
+PROTOCOL = {
+    "rouge": "rouge_score, stemmer, best reference per example",
+    "bleu": "sacrebleu corpus_bleu 13a",
+    "version": 1,
+}
 ROUGE = ["rouge1", "rouge2", "rougeL", "rougeLsum"]
 
 
 def base_config(**overrides) -> dict:
-    config = {"model": "tiny-llama", "dataset": "synthetic", "template": "custom",
-              "loss": "summary_only", "lora_rank": 8, "method": "lora", "learning_rate": 0.0002,
-              "seed": 42, "max_steps": 30, "target_modules": ["q_proj", "v_proj"],
-              "model_entry": {"hub_id": "x/tiny-llama"}, "dataset_entry": {"name": "synthetic"},
-              "template_entry": {"prompt": "..."}}
+    config = {
+        "model": "tiny-llama",
+        "dataset": "synthetic",
+        "template": "custom",
+        "loss": "summary_only",
+        "lora_rank": 8,
+        "method": "lora",
+        "learning_rate": 0.0002,
+        "seed": 42,
+        "max_steps": 30,
+        "target_modules": ["q_proj", "v_proj"],
+        "model_entry": {"hub_id": "x/tiny-llama"},
+        "dataset_entry": {"name": "synthetic"},
+        "template_entry": {"prompt": "..."},
+    }
     config.update(overrides)
     return config
 
 
 def trial_id_of(config: dict) -> str:
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:8]
-    return (f"{config['model']}_{config['dataset']}_{config['template']}_{config['loss']}"
-            f"_r{config['lora_rank']}_{config['method']}-{digest}")
+    return (
+        f"{config['model']}_{config['dataset']}_{config['template']}_{config['loss']}"
+        f"_r{config['lora_rank']}_{config['method']}-{digest}"
+    )
 
 
 def bleu_stats_for(rng: np.random.Generator, n: int, quality: float) -> np.ndarray:
@@ -42,15 +57,31 @@ def bleu_stats_for(rng: np.random.Generator, n: int, quality: float) -> np.ndarr
 
 def corpus_bleu_of(stats: np.ndarray) -> float:
     total = stats.sum(axis=0)
-    return BLEU.compute_bleu(correct=list(map(int, total[2:6])), total=list(map(int, total[6:10])),
-                             sys_len=int(total[0]), ref_len=int(total[1]), smooth_method="exp").score
+    return BLEU.compute_bleu(
+        correct=list(map(int, total[2:6])),
+        total=list(map(int, total[6:10])),
+        sys_len=int(total[0]),
+        ref_len=int(total[1]),
+        smooth_method="exp",
+    ).score
 
 
-def write_trial(run_dir: Path, config: dict | None = None, *, rouge1: np.ndarray | None = None,
-                mean: float = 40.0, n: int = 40, seed: int = 0, ids: list[str] | None = None,
-                status: str = "ok", error: str | None = None, bleu_quality: float = 0.4,
-                protocol: dict | None = None, train_log: list[dict] | None = None,
-                ids_sha256: str | None = None) -> str:
+def write_trial(
+    run_dir: Path,
+    config: dict | None = None,
+    *,
+    rouge1: np.ndarray | None = None,
+    mean: float = 40.0,
+    n: int = 40,
+    seed: int = 0,
+    ids: list[str] | None = None,
+    status: str = "ok",
+    error: str | None = None,
+    bleu_quality: float = 0.4,
+    protocol: dict | None = None,
+    train_log: list[dict] | None = None,
+    ids_sha256: str | None = None,
+) -> str:
     """Write RUN_DIR/<trial_id>/{trial.json, result.json, predictions.jsonl, train_log.jsonl}.
 
     rouge1 per example is `rouge1` when given, else Normal(mean, 8) clipped to 0-100; the other
@@ -73,36 +104,66 @@ def write_trial(run_dir: Path, config: dict | None = None, *, rouge1: np.ndarray
     gen_len = rng.integers(10, 30, size=n)
     rows = []
     for i, example_id in enumerate(ids):
-        rows.append({"id": example_id,
-                     "dialogue": f"#Person1#: Hello number {i}.\n#Person2#: Fine | thanks, " + "and you? " * 20,
-                     "prediction": f"Person1 greets Person2 ({config['loss']}, {i}).",
-                     "references": [f"Person1 says hello {i}.", f"A greeting {i}."],
-                     "rouge1": r1[i], "rouge2": r1[i] * 0.5, "rougeL": r1[i] * 0.8, "rougeLsum": r1[i] * 0.85,
-                     "bleu": 10.0, "bleu_stats": stats[i].tolist(), "gen_len": int(gen_len[i]),
-                     "length_ratio": float(stats[i, 0] / stats[i, 1])})
+        rows.append(
+            {
+                "id": example_id,
+                "dialogue": f"#Person1#: Hello number {i}.\n#Person2#: Fine | thanks, " + "and you? " * 20,
+                "prediction": f"Person1 greets Person2 ({config['loss']}, {i}).",
+                "references": [f"Person1 says hello {i}.", f"A greeting {i}."],
+                "rouge1": r1[i],
+                "rouge2": r1[i] * 0.5,
+                "rougeL": r1[i] * 0.8,
+                "rougeLsum": r1[i] * 0.85,
+                "bleu": 10.0,
+                "bleu_stats": stats[i].tolist(),
+                "gen_len": int(gen_len[i]),
+                "length_ratio": float(stats[i, 0] / stats[i, 1]),
+            }
+        )
     (folder / "predictions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    metrics = {"rouge1": r1.mean(), "rouge2": r1.mean() * 0.5, "rougeL": r1.mean() * 0.8,
-               "rougeLsum": r1.mean() * 0.85, "bleu": corpus_bleu_of(stats), "gen_len": gen_len.mean(),
-               "length_ratio": float(np.mean(stats[:, 0] / stats[:, 1]))}
+    metrics = {
+        "rouge1": r1.mean(),
+        "rouge2": r1.mean() * 0.5,
+        "rougeL": r1.mean() * 0.8,
+        "rougeLsum": r1.mean() * 0.85,
+        "bleu": corpus_bleu_of(stats),
+        "gen_len": gen_len.mean(),
+        "length_ratio": float(np.mean(stats[:, 0] / stats[:, 1])),
+    }
     zero_shot = config.get("method") == "zero_shot"
-    result.update({
-        "metrics": metrics,
-        "metrics_unavailable": {"meteor": "nltk data not installed"},
-        "train": {"steps": 0 if zero_shot else 30, "final_loss": None if zero_shot else 1.23,
-                  "train_tokens_per_s": 850.0, "peak_memory_mb": 812.0,
-                  "trainable_params": 0 if zero_shot else 12345 * int(config.get("lora_rank") or 1),
-                  "total_params": 456789, "wall_s": 41.2},
-        "eval": {"n_examples": n, "split": "test",
-                 "ids_sha256": ids_sha256 or hashlib.sha256("\n".join(ids).encode()).hexdigest(),
-                 "gen_tokens_per_s": 120.0, "wall_s": 5.1},
-        "protocol": protocol or PROTOCOL,
-        "versions": {"torch": "2.6.0", "transformers": "5.0.0"},
-        "started_at": "2025-01-01T00:00:00", "finished_at": "2025-01-01T00:01:00"})
+    result.update(
+        {
+            "metrics": metrics,
+            "metrics_unavailable": {"meteor": "nltk data not installed"},
+            "train": {
+                "steps": 0 if zero_shot else 30,
+                "final_loss": None if zero_shot else 1.23,
+                "train_tokens_per_s": 850.0,
+                "peak_memory_mb": 812.0,
+                "trainable_params": 0 if zero_shot else 12345 * int(config.get("lora_rank") or 1),
+                "total_params": 456789,
+                "wall_s": 41.2,
+            },
+            "eval": {
+                "n_examples": n,
+                "split": "test",
+                "ids_sha256": ids_sha256 or hashlib.sha256("\n".join(ids).encode()).hexdigest(),
+                "gen_tokens_per_s": 120.0,
+                "wall_s": 5.1,
+            },
+            "protocol": protocol or PROTOCOL,
+            "versions": {"torch": "2.6.0", "transformers": "5.0.0"},
+            "started_at": "2025-01-01T00:00:00",
+            "finished_at": "2025-01-01T00:01:00",
+        }
+    )
     (folder / "result.json").write_text(json.dumps(result))
     if train_log is None and not zero_shot:
         losses = 2.5 * np.exp(-np.arange(1, 31) / 12) + 0.8 + rng.normal(0, 0.1, 30)
-        train_log = [{"step": step, "loss": float(loss), "lr": 0.0002, "tokens_per_s": 900.0, "epoch": step / 30}
-                     for step, loss in zip(range(1, 31), losses)] + [{"step": 30, "eval_loss": 1.9}]
+        train_log = [
+            {"step": step, "loss": float(loss), "lr": 0.0002, "tokens_per_s": 900.0, "epoch": step / 30}
+            for step, loss in zip(range(1, 31), losses, strict=True)
+        ] + [{"step": 30, "eval_loss": 1.9}]
     if train_log:
         (folder / "train_log.jsonl").write_text("\n".join(json.dumps(r) for r in train_log) + "\n")
     return trial_id
@@ -119,5 +180,7 @@ def write_seed000_run(run_dir: Path, n: int = 60) -> dict[str, str]:
         "full": (base_config(template="alpaca", loss="full", method="lora"), 42.4, 0.35),
         "summary_only": (base_config(template="alpaca", loss="summary_only", method="lora"), 43.4, 0.37),
     }
-    return {name: write_trial(run_dir, config, mean=mean, n=n, seed=i, bleu_quality=quality)
-            for i, (name, (config, mean, quality)) in enumerate(plan.items())}
+    return {
+        name: write_trial(run_dir, config, mean=mean, n=n, seed=i, bleu_quality=quality)
+        for i, (name, (config, mean, quality)) in enumerate(plan.items())
+    }

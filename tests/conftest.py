@@ -1,5 +1,6 @@
 """Test environment: CPU only and offline; models are built into a cache shared by the whole session."""
 
+import io
 import os
 import shutil
 import tempfile
@@ -46,7 +47,13 @@ settings:
 def tiny_grid(tmp_path):
     """A grid file of tiny models on synthetic data that trains in seconds; extra YAML is appended."""
 
-    def make(axes: str = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]", extra: str = "") -> Path:
+    def make(
+        axes: str = (
+            "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
+            "  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]"
+        ),
+        extra: str = "",
+    ) -> Path:
         return write_yaml(tmp_path / "grid.yaml", f"name: test\naxes:\n  {axes}\n{TINY_SETTINGS}{extra}")
 
     return make
@@ -98,6 +105,11 @@ def ray_tmp(monkeypatch):
     assert not left, f"Ray processes left behind: {[p.name() for p in left]}"
 
 
+def recording() -> Console:
+    """A console that keeps what it prints for `export_text()` and shows nothing."""
+    return Console(record=True, width=250, file=io.StringIO())
+
+
 def quiet() -> Console:
     """A console that prints nowhere (the progress lines of a run)."""
-    return Console(file=open(os.devnull, "w"), width=200)
+    return Console(file=io.StringIO(), width=200)

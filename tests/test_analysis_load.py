@@ -5,10 +5,10 @@ import shutil
 
 import pandas as pd
 import pytest
+from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 from analysis import AnalysisError
 from analysis.load import load_examples, load_train_logs, load_trials, write_results_csv
-from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 
 def test_trials_frame_has_axes_metrics_and_flattened_train_eval(tmp_path):
@@ -16,8 +16,14 @@ def test_trials_frame_has_axes_metrics_and_flattened_train_eval(tmp_path):
     trials = load_trials(tmp_path)
     row = trials.set_index("trial_id").loc[trial_id]
     assert row["status"] == "ok" and row["run_dir"] == str(tmp_path)
-    assert (row["model"], row["dataset"], row["template"], row["loss"], row["lora_rank"], row["method"]) == \
-        ("tiny-llama", "synthetic", "custom", "summary_only", 8, "lora")
+    assert (row["model"], row["dataset"], row["template"], row["loss"], row["lora_rank"], row["method"]) == (
+        "tiny-llama",
+        "synthetic",
+        "custom",
+        "summary_only",
+        8,
+        "lora",
+    )
     assert row["learning_rate"] == 0.0001
     assert row["train_wall_s"] == 41.2 and row["train_tokens_per_s"] == 850.0
     assert row["eval_n_examples"] == 20 and len(row["eval_ids_sha256"]) == 64
@@ -30,8 +36,9 @@ def test_trials_frame_has_axes_metrics_and_flattened_train_eval(tmp_path):
 
 def test_failed_trial_has_its_error_and_no_metrics(tmp_path):
     write_trial(tmp_path, base_config(lora_rank=4), n=10)
-    write_trial(tmp_path, base_config(lora_rank=64), status="failed",
-                error="Traceback\nRuntimeError: CUDA out of memory")
+    write_trial(
+        tmp_path, base_config(lora_rank=64), status="failed", error="Traceback\nRuntimeError: CUDA out of memory"
+    )
     trials = load_trials(tmp_path).set_index("lora_rank")
     assert trials.loc[64, "status"] == "failed"
     assert "out of memory" in trials.loc[64, "error"]

@@ -2,12 +2,12 @@
 
 import numpy as np
 import pytest
+from analysis_fixtures import base_config, write_seed000_run, write_trial
 from matplotlib.figure import Figure
 
 from analysis import AnalysisError
 from analysis.load import load_examples, load_train_logs, load_trials
 from analysis.plots import figure_png, plot_learning_curves, plot_metric_by_level, plot_metric_vs_rank
-from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -1,12 +1,12 @@
 """analysis.qualitative: the same dialogues side by side across conditions."""
 
 import pytest
+from analysis_fixtures import write_seed000_run
 
 from analysis import AnalysisError
 from analysis.load import load_examples, load_trials
 from analysis.qualitative import qualitative_table, truncate
 from analysis.tables import format_table
-from analysis_fixtures import write_seed000_run
 
 
 @pytest.fixture
@@ -32,8 +32,10 @@ def test_same_dialogues_for_every_condition_with_reference(run):
 
 def test_choice_is_seeded_and_ids_can_be_given(run):
     _, trials, examples = run
-    assert qualitative_table(trials, examples, seed=3).index.tolist() == \
+    assert (
         qualitative_table(trials, examples, seed=3).index.tolist()
+        == qualitative_table(trials, examples, seed=3).index.tolist()
+    )
     seeds = {tuple(qualitative_table(trials, examples, seed=s).index) for s in range(5)}
     assert len(seeds) > 1
     chosen = qualitative_table(trials, examples, ids=["synth-0007", "synth-0002"])

@@ -10,12 +10,12 @@ from html.parser import HTMLParser
 
 import pandas as pd
 import pytest
+from analysis_fixtures import base_config, write_seed000_run, write_trial
 from PIL import Image
 
 import analysis
 from analysis import AnalysisError, cli_report, cli_table
 from analysis.report import find_chromium, screenshot_report
-from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 VOID = {"meta", "img", "br", "hr", "link", "input"}
 
@@ -54,8 +54,12 @@ def report_run(tmp_path_factory):
     for rank in (4, 16):
         for loss in ("full", "summary_only"):
             write_trial(run, base_config(template="alpaca", loss=loss, lora_rank=rank), n=40, seed=rank)
-    write_trial(run, base_config(template="alpaca", lora_rank=64), status="failed",
-                error="Traceback (most recent call last):\n<frame>\nRuntimeError: CUDA error: out of memory & more")
+    write_trial(
+        run,
+        base_config(template="alpaca", lora_rank=64),
+        status="failed",
+        error="Traceback (most recent call last):\n<frame>\nRuntimeError: CUDA error: out of memory & more",
+    )
     paths = cli_report(run)
     return run, paths
 
@@ -74,8 +78,16 @@ def test_report_has_every_section(report_run):
     run, paths = report_run
     checker = TagChecker()
     checker.feed(paths["report.html"].read_text())
-    assert checker.headings == ["Grid", "Results", "Against the zero-shot baseline", "Paired tests",
-                                "Examples", "Plots", "Failed trials", "Cost"]
+    assert checker.headings == [
+        "Grid",
+        "Results",
+        "Against the zero-shot baseline",
+        "Paired tests",
+        "Examples",
+        "Plots",
+        "Failed trials",
+        "Cost",
+    ]
     markdown = paths["report.md"].read_text()
     assert "### loss" in markdown and "### lora_rank" in markdown  # each axis with comparable pairs
     assert "RuntimeError: CUDA error: out of memory & more" in markdown
@@ -101,8 +113,17 @@ def test_report_html_is_well_formed_and_self_contained(report_run):
 
 
 @pytest.mark.parametrize("fmt", ["md", "csv", "latex", "json"])
-@pytest.mark.parametrize("kind", [{}, {"rows": "lora_rank", "cols": "loss"}, {"compare": "loss"},
-                                  {"baseline": "method=zero_shot"}, {"best": "loss"}, {"ci": True}])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        {},
+        {"rows": "lora_rank", "cols": "loss"},
+        {"compare": "loss"},
+        {"baseline": "method=zero_shot"},
+        {"best": "loss"},
+        {"ci": True},
+    ],
+)
 def test_cli_table_renders_every_table_in_every_format(report_run, kind, fmt):
     run, _ = report_run
     text = cli_table(run, fmt=fmt, **kind)
@@ -133,12 +154,15 @@ def test_cli_table_filters_and_rejects_bad_input(report_run):
 
 def test_analysis_imports_neither_ray_nor_torch_and_tables_skip_matplotlib(report_run):
     run, _ = report_run
-    code = ("import sys, analysis; analysis.cli_table(sys.argv[1]); "
-            "assert 'matplotlib' not in sys.modules, 'matplotlib'; "
-            "import analysis.report; "
-            "bad = [m for m in ('ray', 'torch', 'transformers') if m in sys.modules]; assert not bad, bad")
-    done = subprocess.run([sys.executable, "-c", code, str(run)], capture_output=True, text=True,
-                          cwd=str(analysis.__path__[0] + "/.."))
+    code = (
+        "import sys, analysis; analysis.cli_table(sys.argv[1]); "
+        "assert 'matplotlib' not in sys.modules, 'matplotlib'; "
+        "import analysis.report; "
+        "bad = [m for m in ('ray', 'torch', 'transformers') if m in sys.modules]; assert not bad, bad"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(run)], capture_output=True, text=True, cwd=str(analysis.__path__[0] + "/..")
+    )
     assert done.returncode == 0, done.stderr
 
 

@@ -6,23 +6,31 @@ import numpy as np
 import pandas as pd
 import pytest
 import sacrebleu
+from analysis_fixtures import base_config, write_trial
 from sacrebleu.metrics.bleu import BLEU
 
 from analysis import AnalysisError
 from analysis.load import load_examples, load_trials
 from analysis.stats import bootstrap_ci, compare, corpus_bleu, format_ci, holm, metric_value, paired_test
-from analysis_fixtures import base_config, write_trial
 
-HYPOTHESES = ["the cat sat on the mat", "a man buys bread at the bakery", "they agree to meet on friday",
-              "person1 asks person2 about the weather", "the meeting is moved to wednesday at 11",
-              "she lost her keys", "he wants a refund for the broken phone"]
-REFERENCES = [["the cat is sitting on the mat", "a cat sat on the mat"],
-              ["a man is buying bread at a bakery", "the man buys bread"],
-              ["they will meet on friday", "they agree to meet friday evening"],
-              ["person1 and person2 talk about the weather", "person1 asks about the weather"],
-              ["the meeting moves to wednesday at 11 am", "the final time is wednesday 11"],
-              ["she cannot find her keys", "her keys are lost"],
-              ["he asks for a refund for his phone", "he wants his money back for the phone"]]
+HYPOTHESES = [
+    "the cat sat on the mat",
+    "a man buys bread at the bakery",
+    "they agree to meet on friday",
+    "person1 asks person2 about the weather",
+    "the meeting is moved to wednesday at 11",
+    "she lost her keys",
+    "he wants a refund for the broken phone",
+]
+REFERENCES = [
+    ["the cat is sitting on the mat", "a cat sat on the mat"],
+    ["a man is buying bread at a bakery", "the man buys bread"],
+    ["they will meet on friday", "they agree to meet friday evening"],
+    ["person1 and person2 talk about the weather", "person1 asks about the weather"],
+    ["the meeting moves to wednesday at 11 am", "the final time is wednesday 11"],
+    ["she cannot find her keys", "her keys are lost"],
+    ["he asks for a refund for his phone", "he wants his money back for the phone"],
+]
 
 
 def examples_frame(**columns) -> pd.DataFrame:
@@ -31,11 +39,11 @@ def examples_frame(**columns) -> pd.DataFrame:
 
 
 def test_corpus_bleu_from_summed_stats_equals_sacrebleu_corpus_bleu():
-    stats = BLEU()._extract_corpus_statistics(HYPOTHESES, list(map(list, zip(*REFERENCES))))
+    stats = BLEU()._extract_corpus_statistics(HYPOTHESES, list(map(list, zip(*REFERENCES, strict=True))))
     examples = examples_frame(bleu_stats=[list(map(int, s)) for s in stats])
-    expected = sacrebleu.corpus_bleu(HYPOTHESES, list(map(list, zip(*REFERENCES)))).score
+    expected = sacrebleu.corpus_bleu(HYPOTHESES, list(map(list, zip(*REFERENCES, strict=True)))).score
     assert metric_value(examples, "bleu") == pytest.approx(expected, abs=1e-9)
-    sentence_mean = np.mean([sacrebleu.sentence_bleu(h, r).score for h, r in zip(HYPOTHESES, REFERENCES)])
+    sentence_mean = np.mean([sacrebleu.sentence_bleu(h, r).score for h, r in zip(HYPOTHESES, REFERENCES, strict=True)])
     assert abs(metric_value(examples, "bleu") - sentence_mean) > 1  # and it is not the sentence mean
 
 
@@ -47,9 +55,16 @@ def test_vectorised_corpus_bleu_matches_sacrebleu_on_any_statistics():
     stats = np.column_stack([lengths, correct, totals])
     stats[:50, 2:6] = 0  # no match at all
     stats[50:100, 6:10] = [5, 3, 0, 0]  # short outputs: no 3-grams
-    expected = [BLEU.compute_bleu(correct=list(map(int, row[2:6])), total=list(map(int, row[6:10])),
-                                  sys_len=int(row[0]), ref_len=int(row[1]), smooth_method="exp").score
-                for row in stats]
+    expected = [
+        BLEU.compute_bleu(
+            correct=list(map(int, row[2:6])),
+            total=list(map(int, row[6:10])),
+            sys_len=int(row[0]),
+            ref_len=int(row[1]),
+            smooth_method="exp",
+        ).score
+        for row in stats
+    ]
     assert corpus_bleu(stats) == pytest.approx(expected, abs=1e-9)
 
 
@@ -107,8 +122,7 @@ def test_paired_test_false_positive_rate_is_near_five_percent():
         rng = np.random.default_rng(seed)
         shared = rng.normal(40, 10, size=40)  # examples differ in difficulty, systems do not
         a, b = shared + rng.normal(0, 4, 40), shared + rng.normal(0, 4, 40)
-        result = paired_test(examples_frame(rouge1=a), examples_frame(rouge1=b), "rouge1",
-                             n_resamples=400, seed=seed)
+        result = paired_test(examples_frame(rouge1=a), examples_frame(rouge1=b), "rouge1", n_resamples=400, seed=seed)
         rejected += result["p"] < 0.05
     assert 0.015 <= rejected / 200 <= 0.10
 
@@ -144,8 +158,11 @@ def planted_run(tmp_path):
         for template in ("custom", "alpaca"):
             for loss, gain in (("full", 0.0), ("summary_only", 4.0)):
                 noise = rng.normal(0, 3, 80)
-                write_trial(tmp_path, base_config(loss=loss, lora_rank=rank, template=template),
-                            rouge1=difficulty + gain + noise)
+                write_trial(
+                    tmp_path,
+                    base_config(loss=loss, lora_rank=rank, template=template),
+                    rouge1=difficulty + gain + noise,
+                )
     return load_trials(tmp_path), load_examples(tmp_path)
 
 
@@ -153,7 +170,9 @@ def test_compare_holds_every_other_axis_fixed(planted_run):
     trials, examples = planted_run
     result = compare(trials, examples, axis="loss", metrics="rouge1")
     assert len(result) == 4  # one row per (template, lora_rank) cell
-    assert set(zip(result["template"], result["lora_rank"])) == {(t, r) for t in ("alpaca", "custom") for r in (8, 16)}
+    assert set(zip(result["template"], result["lora_rank"], strict=True)) == {
+        (t, r) for t in ("alpaca", "custom") for r in (8, 16)
+    }
     assert (result["a"] == "full").all() and (result["b"] == "summary_only").all()
     assert result["significant"].all() and (result["delta"] > 2).all()
     assert (result["p_holm"] >= result["p"]).all()
@@ -171,16 +190,19 @@ def test_compare_refuses_trials_evaluated_on_different_examples(tmp_path):
 
 def test_compare_refuses_same_hash_but_different_example_ids(tmp_path):
     write_trial(tmp_path, base_config(loss="full"), n=30, ids_sha256="same")
-    write_trial(tmp_path, base_config(loss="summary_only"), ids=[f"other-{i}" for i in range(30)],
-                ids_sha256="same")
+    write_trial(tmp_path, base_config(loss="summary_only"), ids=[f"other-{i}" for i in range(30)], ids_sha256="same")
     with pytest.raises(AnalysisError, match="different example ids"):
         compare(load_trials(tmp_path), load_examples(tmp_path), axis="loss")
 
 
 def test_compare_refuses_different_scoring_protocols(tmp_path):
     write_trial(tmp_path, base_config(loss="full"), n=30)
-    write_trial(tmp_path, base_config(loss="summary_only"), n=30,
-                protocol={"rouge": "rouge_score, no stemmer", "bleu": "sacrebleu", "version": 2})
+    write_trial(
+        tmp_path,
+        base_config(loss="summary_only"),
+        n=30,
+        protocol={"rouge": "rouge_score, no stemmer", "bleu": "sacrebleu", "version": 2},
+    )
     with pytest.raises(AnalysisError, match="different protocols"):
         compare(load_trials(tmp_path), load_examples(tmp_path), axis="loss")
 

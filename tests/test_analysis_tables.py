@@ -6,12 +6,19 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 from analysis import AnalysisError
 from analysis.load import load_trials
-from analysis.tables import (baseline_table, best_per_level, cost_table, format_table, main_table,
-                             pivot_table, varying_axes)
-from analysis_fixtures import base_config, write_seed000_run, write_trial
+from analysis.tables import (
+    baseline_table,
+    best_per_level,
+    cost_table,
+    format_table,
+    main_table,
+    pivot_table,
+    varying_axes,
+)
 
 
 def constant(value, n=10):
@@ -26,10 +33,13 @@ def loss_by_rank(tmp_path):
         for rank in (8, 16):
             for template in ("custom", "alpaca"):
                 score = 30 + 4 * (loss == "summary_only") + 2 * (rank == 16) + (template == "alpaca")
-                write_trial(tmp_path, base_config(loss=loss, lora_rank=rank, template=template),
-                            rouge1=constant(score))
-    write_trial(tmp_path, base_config(lora_rank=64), status="failed",
-                error="Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory")
+                write_trial(tmp_path, base_config(loss=loss, lora_rank=rank, template=template), rouge1=constant(score))
+    write_trial(
+        tmp_path,
+        base_config(lora_rank=64),
+        status="failed",
+        error="Traceback (most recent call last):\n  ...\ntorch.OutOfMemoryError: CUDA out of memory",
+    )
     return load_trials(tmp_path)
 
 
@@ -79,16 +89,22 @@ def test_pivot_refuses_trials_evaluated_on_different_examples(tmp_path):
 
 
 def test_baseline_table_has_the_layout_of_a_hand_made_comparison(tmp_path):
-    write_trial(tmp_path, base_config(template="custom", loss="none", lora_rank=0, method="zero_shot"),
-                rouge1=constant(20.0))
-    write_trial(tmp_path, base_config(template="alpaca", loss="none", lora_rank=0, method="zero_shot"),
-                rouge1=constant(24.0))
+    write_trial(
+        tmp_path, base_config(template="custom", loss="none", lora_rank=0, method="zero_shot"), rouge1=constant(20.0)
+    )
+    write_trial(
+        tmp_path, base_config(template="alpaca", loss="none", lora_rank=0, method="zero_shot"), rouge1=constant(24.0)
+    )
     write_trial(tmp_path, base_config(template="alpaca", loss="full"), rouge1=constant(42.0))
     write_trial(tmp_path, base_config(template="alpaca", loss="summary_only"), rouge1=constant(43.2))
     table, note = baseline_table(load_trials(tmp_path))
     # the fine-tuned trials all use alpaca, so the baseline is the alpaca zero-shot trial
-    assert list(table.columns) == ["baseline (method=zero_shot, template=alpaca)", "loss=full",
-                                   "loss=summary_only", "improvement (loss=summary_only vs baseline)"]
+    assert list(table.columns) == [
+        "baseline (method=zero_shot, template=alpaca)",
+        "loss=full",
+        "loss=summary_only",
+        "improvement (loss=summary_only vs baseline)",
+    ]
     assert table.index[:5].tolist() == ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu"]
     assert table.loc["rouge1"].iloc[0] == 24.0 and table.loc["rouge1", "loss=summary_only"] == 43.2
     assert table.loc["rouge1"].iloc[-1] == "+80%"
@@ -100,11 +116,9 @@ def test_baseline_table_has_the_layout_of_a_hand_made_comparison(tmp_path):
 def test_baseline_table_with_explicit_conditions_and_a_missing_baseline(tmp_path):
     ids = write_seed000_run(tmp_path, n=10)
     trials = load_trials(tmp_path)
-    table, _ = baseline_table(trials, baseline="method=zero_shot,template=custom",
-                              conditions=["loss=full"])
+    table, _ = baseline_table(trials, baseline="method=zero_shot,template=custom", conditions=["loss=full"])
     assert list(table.columns[:2]) == ["baseline (method=zero_shot, template=custom)", "loss=full"]
-    assert table.loc["rouge1", "loss=full"] == pytest.approx(
-        trials.set_index("trial_id").loc[ids["full"], "rouge1"])
+    assert table.loc["rouge1", "loss=full"] == pytest.approx(trials.set_index("trial_id").loc[ids["full"], "rouge1"])
     with pytest.raises(AnalysisError, match="baseline"):
         baseline_table(trials, baseline="method=full")
 
@@ -121,7 +135,7 @@ def test_markdown_is_aligned_with_fixed_decimals(loss_by_rank):
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1  # every row padded to the same width
     header = [c.strip() for c in lines[0].strip("|").split("|")]
-    first = dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")]))
+    first = dict(zip(header, [c.strip() for c in lines[2].strip("|").split("|")], strict=True))
     assert first["rouge1"] == "37.00" and first["rouge2"] == "18.50"
     assert len(first["gen_len"].split(".")[1]) == 1  # lengths in tokens at one decimal
     assert lines[1].count("---:") >= 6  # metrics right-aligned

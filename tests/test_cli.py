@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_SETTINGS, write_yaml
 
 AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n  lora_rank: [4]"
@@ -49,12 +48,15 @@ def test_several_problems_reported_at_once(tmp_path):
 
 def test_missing_data_file_and_missing_columns(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"text": "a", "abstract": "b"}) + "\n")
-    extra = (f"datasets:\n  gone: {{source: {tmp_path}/missing.jsonl}}\n"
-             f"  odd: {{source: {tmp_path}/d.jsonl, eval_source: {tmp_path}/d.jsonl}}\n")
+    extra = (
+        f"datasets:\n  gone: {{source: {tmp_path}/missing.jsonl}}\n"
+        f"  odd: {{source: {tmp_path}/d.jsonl, eval_source: {tmp_path}/d.jsonl}}\n"
+    )
     path = grid_file(tmp_path, AXES.replace("[synthetic]", "[gone, odd]"), extra)
     assert_bad_input(ftgrid("trial", path, "--out", tmp_path / "r"), "file not found", "missing.jsonl")
-    assert_bad_input(ftgrid("trial", path, "--pick", "dataset=odd", "--out", tmp_path / "r"),
-                     "columns found: text, abstract")
+    assert_bad_input(
+        ftgrid("trial", path, "--pick", "dataset=odd", "--out", tmp_path / "r"), "columns found: text, abstract"
+    )
 
 
 def test_bad_arguments(tmp_path):

@@ -12,8 +12,16 @@ from runners.templates import TEMPLATES
 
 
 def make(**kw):
-    base = dict(model="tiny-llama", dataset="synthetic", template="custom", model_entry=MODELS["tiny-llama"],
-                dataset_entry=DATASETS["synthetic"], template_entry=TEMPLATES["custom"], method="lora", lora_rank=8)
+    base = dict(
+        model="tiny-llama",
+        dataset="synthetic",
+        template="custom",
+        model_entry=MODELS["tiny-llama"],
+        dataset_entry=DATASETS["synthetic"],
+        template_entry=TEMPLATES["custom"],
+        method="lora",
+        lora_rank=8,
+    )
     return TrialConfig(**{**base, **kw})
 
 

@@ -12,9 +12,14 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 
 
 def test_configs_exist():
-    assert {p.name for p in CONFIGS} >= {"demo.yaml", "phi2_dialogsum_loss_ablation.yaml", "phi15_tweetsumm.yaml",
-                                         "flan_t5_full_vs_lora.yaml", "llama32_3b_qlora.yaml",
-                                         "phi2_business_scenarios.yaml"}
+    assert {p.name for p in CONFIGS} >= {
+        "demo.yaml",
+        "phi2_dialogsum_loss_ablation.yaml",
+        "phi15_tweetsumm.yaml",
+        "flan_t5_full_vs_lora.yaml",
+        "llama32_3b_qlora.yaml",
+        "phi2_business_scenarios.yaml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

@@ -4,11 +4,10 @@ import json
 
 import pandas as pd
 import pytest
+from conftest import SHARED_DATA
 
 from runners.config import ConfigError, DatasetEntry
 from runners.data import clean_text, load_splits, synthetic_examples
-
-from conftest import SHARED_DATA
 
 
 def write_jsonl(path, rows):
@@ -23,8 +22,12 @@ def test_local_files_with_column_mapping(tmp_path):
     entry = DatasetEntry(source=str(tmp_path), columns={"dialogue": "conv", "summary": "label", "id": "key"})
     train, evaluation, _ = load_splits(entry, "mine")
     assert len(train) == 20 and len(evaluation) == 5
-    assert evaluation[0] == {"id": "0", "dialogue": "A: hi 0\nB: bye 0", "summary": "They talk 0.",
-                             "summaries": ["They talk 0."]}
+    assert evaluation[0] == {
+        "id": "0",
+        "dialogue": "A: hi 0\nB: bye 0",
+        "summary": "They talk 0.",
+        "summaries": ["They talk 0."],
+    }
 
 
 def test_single_file_holds_out_a_seeded_tenth(tmp_path):
@@ -47,9 +50,13 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def test_empty_rows_dropped_and_counted_duplicates_folded(tmp_path):
-    rows = [{"id": "a", "dialogue": "A: x", "summary": "one"}, {"id": "b", "dialogue": "A: x", "summary": "two"},
-            {"id": "c", "dialogue": "", "summary": "s"}, {"id": "d", "dialogue": "A: y", "summary": None},
-            {"id": "e", "dialogue": "A: z", "summary": "three"}]
+    rows = [
+        {"id": "a", "dialogue": "A: x", "summary": "one"},
+        {"id": "b", "dialogue": "A: x", "summary": "two"},
+        {"id": "c", "dialogue": "", "summary": "s"},
+        {"id": "d", "dialogue": "A: y", "summary": None},
+        {"id": "e", "dialogue": "A: z", "summary": "three"},
+    ]
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", rows)
     train, evaluation, counts = load_splits(DatasetEntry(source=str(tmp_path)), "x")
@@ -86,10 +93,14 @@ def test_repeated_ids_get_stable_distinct_ids(tmp_path):
     rows = [{"id": "x", "dialogue": "A: one", "summary": "s1"}, {"id": "x", "dialogue": "A: two", "summary": "s2"}]
     write_jsonl(tmp_path / "train.jsonl", rows)
     write_jsonl(tmp_path / "test.jsonl", rows)
-    code = (f"from runners.config import DatasetEntry; from runners.data import load_splits; "
-            f"print([r['id'] for r in load_splits(DatasetEntry(source={str(tmp_path)!r}), 'x')[1]])")
-    runs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-            for _ in range(2)}  # separate processes: Python's own hash() would differ between them
+    code = (
+        f"from runners.config import DatasetEntry; from runners.data import load_splits; "
+        f"print([r['id'] for r in load_splits(DatasetEntry(source={str(tmp_path)!r}), 'x')[1]])"
+    )
+    runs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(2)
+    }  # separate processes: Python's own hash() would differ between them
     assert len(runs) == 1
     ids = eval(runs.pop())
     assert len(set(ids)) == 2 and all(i.startswith("x#") for i in ids)

@@ -9,8 +9,10 @@ pytestmark = pytest.mark.gpu
 
 
 def test_qlora_trial_on_cuda(tiny_grid, tmp_path):
-    _, trials = load_trials(tiny_grid(), sets={"method": "qlora", "optimizer": "paged_adamw_8bit",
-                                               "gradient_checkpointing": True, "max_steps": 6})
+    _, trials = load_trials(
+        tiny_grid(),
+        sets={"method": "qlora", "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True, "max_steps": 6},
+    )
     code, result = execute(trials[0], tmp_path / trials[0].trial_id)
     assert code == 0, result.get("error")
     assert "cpu" not in result["device"].lower()
@@ -29,8 +31,22 @@ def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
     cfg = trials[0]
     trial_json = tmp_path / "trial.json"
     trial_json.write_text(cfg.model_dump_json())
-    subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "-m", "runners.trial",
-                    "--config", str(trial_json), "--out", str(tmp_path / "t")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--num_processes",
+            "2",
+            "-m",
+            "runners.trial",
+            "--config",
+            str(trial_json),
+            "--out",
+            str(tmp_path / "t"),
+        ],
+        check=True,
+    )
     import json
 
     assert json.loads((tmp_path / "t" / "result.json").read_text())["eval"]["num_processes"] == 2

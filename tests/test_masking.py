@@ -33,9 +33,10 @@ CASES = [(m, t) for m, t in CASES if not (t == "chat" and m == "tiny-phi")]  # t
 def test_summary_only_supervises_exactly_summary_and_eos(model, template):
     tok = tokenizer_for(model)
     tpl = TEMPLATES[template]
-    enc = encode_example(tok, tpl, DIALOGUE, SUMMARY, loss="summary_only", kind="causal",
-                         max_source_length=512, max_target_length=64)
-    supervised = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]
+    enc = encode_example(
+        tok, tpl, DIALOGUE, SUMMARY, loss="summary_only", kind="causal", max_source_length=512, max_target_length=64
+    )
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
     assert supervised[-1] == tok.eos_token_id
     assert tok.decode(supervised[:-1]).strip() == SUMMARY
     assert all(lab == IGNORE for lab in enc.labels[: enc.prompt_len])
@@ -49,16 +50,32 @@ def test_summary_only_supervises_exactly_summary_and_eos(model, template):
 @pytest.mark.parametrize(("model", "template"), CASES)
 def test_full_supervises_every_token(model, template):
     tok = tokenizer_for(model)
-    enc = encode_example(tok, TEMPLATES[template], DIALOGUE, SUMMARY, loss="full", kind="causal",
-                         max_source_length=512, max_target_length=64)
+    enc = encode_example(
+        tok,
+        TEMPLATES[template],
+        DIALOGUE,
+        SUMMARY,
+        loss="full",
+        kind="causal",
+        max_source_length=512,
+        max_target_length=64,
+    )
     assert enc.labels == enc.input_ids
 
 
 def test_seq2seq_labels_are_the_summary_with_eos():
     tok = tokenizer_for("tiny-t5")
     for loss in ("full", "summary_only"):
-        enc = encode_example(tok, TEMPLATES["t5"], DIALOGUE, SUMMARY, loss=loss, kind="seq2seq",
-                             max_source_length=512, max_target_length=64)
+        enc = encode_example(
+            tok,
+            TEMPLATES["t5"],
+            DIALOGUE,
+            SUMMARY,
+            loss=loss,
+            kind="seq2seq",
+            max_source_length=512,
+            max_target_length=64,
+        )
         assert enc.labels[-1] == tok.eos_token_id
         assert tok.decode(enc.labels[:-1]).strip() == SUMMARY
         assert enc.input_ids[-1] == tok.eos_token_id  # T5 appends </s> to the source
@@ -68,13 +85,21 @@ def test_truncation_shortens_the_dialogue_never_the_tail_or_summary():
     tok = tokenizer_for("tiny-llama")
     tpl = TEMPLATES["alpaca"]
     long_dialogue = "\n".join(f"#Person1#: line {i} about the weather and the trains." for i in range(200))
-    enc = encode_example(tok, tpl, long_dialogue, SUMMARY, loss="summary_only", kind="causal",
-                         max_source_length=128, max_target_length=64)
+    enc = encode_example(
+        tok,
+        tpl,
+        long_dialogue,
+        SUMMARY,
+        loss="summary_only",
+        kind="causal",
+        max_source_length=128,
+        max_target_length=64,
+    )
     assert enc.dialogue_truncated and enc.prompt_len <= 128
     prompt = tok.decode(enc.input_ids[: enc.prompt_len], skip_special_tokens=True)
     assert prompt.startswith("Below is an instruction") and prompt.endswith("### Output:\n")
     assert "line 0 " in prompt and "line 199" not in prompt
-    supervised = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
     assert tok.decode(supervised[:-1]) == SUMMARY
 
 
@@ -83,16 +108,34 @@ def test_template_longer_than_budget_is_a_clear_error():
 
     tok = tokenizer_for("tiny-llama")
     with pytest.raises(ConfigError, match="max_source_length"):
-        encode_example(tok, TEMPLATES["alpaca"], DIALOGUE, SUMMARY, loss="full", kind="causal",
-                       max_source_length=16, max_target_length=64)
+        encode_example(
+            tok,
+            TEMPLATES["alpaca"],
+            DIALOGUE,
+            SUMMARY,
+            loss="full",
+            kind="causal",
+            max_source_length=16,
+            max_target_length=64,
+        )
 
 
 def test_padding_is_never_a_label_even_when_pad_is_eos():
     tok = tokenizer_for("tiny-phi")  # pad id == eos id: masking by id would drop the EOS label
     assert tok.pad_token_id == tok.eos_token_id
-    encs = [encode_example(tok, TEMPLATES["custom"], d, s, loss="summary_only", kind="causal",
-                           max_source_length=256, max_target_length=64)
-            for d, s in [(DIALOGUE, SUMMARY), ("A: hi\nB: bye", "They greet.")]]
+    encs = [
+        encode_example(
+            tok,
+            TEMPLATES["custom"],
+            d,
+            s,
+            loss="summary_only",
+            kind="causal",
+            max_source_length=256,
+            max_target_length=64,
+        )
+        for d, s in [(DIALOGUE, SUMMARY), ("A: hi\nB: bye", "They greet.")]
+    ]
     batch = collate(encs, tok.pad_token_id)
     for row, enc in enumerate(encs):
         n = len(enc.input_ids)
@@ -104,18 +147,26 @@ def test_padding_is_never_a_label_even_when_pad_is_eos():
 def test_user_template_with_prefix():
     tok = tokenizer_for("tiny-llama")
     tpl = TemplateEntry(text="Dialogue:\n{dialogue}\nTL;DR:", summary_prefix=" ")
-    enc = encode_example(tok, tpl, DIALOGUE, SUMMARY, loss="summary_only", kind="causal",
-                         max_source_length=256, max_target_length=64)
-    supervised = [t for t, lab in zip(enc.input_ids, enc.labels) if lab != IGNORE]
+    enc = encode_example(
+        tok, tpl, DIALOGUE, SUMMARY, loss="summary_only", kind="causal", max_source_length=256, max_target_length=64
+    )
+    supervised = [t for t, lab in zip(enc.input_ids, enc.labels, strict=True) if lab != IGNORE]
     assert tok.decode(supervised[:-1]) == " " + SUMMARY
 
 
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
 def test_audit_json_reports_the_exact_masks(tiny_grid, model):
     template = "t5" if model == "tiny-t5" else "alpaca"
-    grid = tiny_grid(f"model: [{model}]\n  dataset: [synthetic]\n  template: [{template}]\n  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]")
-    proc = subprocess.run([sys.executable, "-m", "grid", "audit", str(grid), "-n", "5", "--json"],
-                          capture_output=True, text=True, check=True)
+    grid = tiny_grid(
+        f"model: [{model}]\n  dataset: [synthetic]\n  template: [{template}]\n"
+        "  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "grid", "audit", str(grid), "-n", "5", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     assert len(lines) == 5
     from transformers import AutoTokenizer
@@ -123,6 +174,10 @@ def test_audit_json_reports_the_exact_masks(tiny_grid, model):
     tok = AutoTokenizer.from_pretrained(lines[0]["tokenizer"])
     for row in lines:
         assert set(row) >= {"id", "template", "loss", "tokenizer", "prompt", "summary", "input_ids", "labels"}
-        ids = row["labels"] if model == "tiny-t5" else [t for t, lab in zip(row["input_ids"], row["labels"]) if lab != IGNORE]
+        ids = (
+            row["labels"]
+            if model == "tiny-t5"
+            else [t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != IGNORE]
+        )
         assert ids[-1] == tok.eos_token_id
         assert tok.decode(ids[:-1]).strip() == row["summary"]

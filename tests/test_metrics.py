@@ -14,7 +14,7 @@ def test_rouge_is_best_reference_mean_with_stemming():
     corpus, rows, _ = score(PREDS, REFS)
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
     for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
-        per = [max(scorer.score(r, p)[key].fmeasure for r in refs) * 100 for p, refs in zip(PREDS, REFS)]
+        per = [max(scorer.score(r, p)[key].fmeasure for r in refs) * 100 for p, refs in zip(PREDS, REFS, strict=True)]
         assert [row[key] for row in rows] == pytest.approx(per)
         assert corpus[key] == pytest.approx(sum(per) / len(per))
 

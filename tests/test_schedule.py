@@ -11,15 +11,18 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import quiet, ray_processes, recording, wait_until_gone
 from rich.console import Console
 
-from conftest import quiet, ray_processes, wait_until_gone
 from grid.schedule import LogTail, launch_trial, run_grid
 from grid.spec import load_trials
 from runners import rundir
 from runners.config import ConfigError
 
-GRID_AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n  loss: [summary_only, full]\n  lora_rank: [2, 4]\n  method: [lora]"  # fmt: skip
+GRID_AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n"
+    "  loss: [summary_only, full]\n  lora_rank: [2, 4]\n  method: [lora]"
+)
 BROKEN = "models:\n  broken: {source: /nonexistent}\n"
 
 
@@ -128,16 +131,19 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
 
     # the same command again: nothing trains, nothing is rewritten, Ray is not even started
     before = mtimes(run_dir)
-    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    console = recording()
     assert run_grid(spec, trials, run_dir, console=console) == 0
     assert "8 cached" in console.export_text()
     assert mtimes(run_dir) == before
 
     # a cell whose model cannot load fails alone; the cell it shares with the grid above is a cache hit
-    axes = "model: [tiny-llama, broken]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [2]\n  method: [lora]"  # fmt: skip
+    axes = (
+        "model: [tiny-llama, broken]\n  dataset: [synthetic]\n  template: [custom]\n"
+        "  loss: [summary_only]\n  lora_rank: [2]\n  method: [lora]"
+    )
     spec2, trials2 = load_trials(tiny_grid(axes, extra=BROKEN))
     assert trials2[0].trial_id in done
-    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    console = recording()
     assert run_grid(spec2, trials2, run_dir, retries=1, console=console) == 1
     failed = rundir.read_result(run_dir / trials2[1].trial_id)
     assert failed["status"] == "failed" and failed["attempts"] == 2 and "nonexistent" in failed["error"]
@@ -150,17 +156,24 @@ def _driver(grid: Path, run_dir: Path) -> list[str]:
     """`python -m grid run`, or the same call through the Python API while the CLI verb is not wired."""
     from grid import cli
 
-    if any(getattr(c, "name", None) == "run" or getattr(c.callback, "__name__", "") == "run"
-           for c in cli.app.registered_commands):  # fmt: skip
+    if any(
+        getattr(c, "name", None) == "run" or getattr(c.callback, "__name__", "") == "run"
+        for c in cli.app.registered_commands
+    ):
         return [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run_dir)]
-    code = ("import sys; from pathlib import Path; from grid.spec import load_trials; from grid.schedule import run_grid; "
-            f"spec, trials = load_trials(Path({str(grid)!r})); sys.exit(run_grid(spec, trials, Path({str(run_dir)!r})))")  # fmt: skip
+    code = (
+        "import sys; from pathlib import Path; from grid.spec import load_trials; from grid.schedule import run_grid; "
+        f"spec, trials = load_trials(Path({str(grid)!r})); sys.exit(run_grid(spec, trials, Path({str(run_dir)!r})))"
+    )
     return [sys.executable, "-c", code]
 
 
 @pytest.mark.slow
 def test_a_killed_driver_resumes_where_it_stopped(tiny_grid, tmp_path, ray_tmp):
-    axes = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  lora_rank: [2, 4, 8]\n  method: [lora]"  # fmt: skip
+    axes = (
+        "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
+        "  loss: [summary_only]\n  lora_rank: [2, 4, 8]\n  method: [lora]"
+    )
     grid = tiny_grid(axes, extra="  seed: 7\n")
     spec, trials = load_trials(grid)
     run_dir = tmp_path / "run"

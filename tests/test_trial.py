@@ -28,8 +28,11 @@ def tiny_trial(tmp_path_factory):
     from conftest import TINY_SETTINGS, write_yaml
 
     tmp = tmp_path_factory.mktemp("tiny")
-    grid = write_yaml(tmp / "g.yaml", "name: t\naxes:\n  model: [tiny-llama]\n  dataset: [synthetic]\n"
-                      "  template: [custom]\n  method: [lora]\n  lora_rank: [4]\n" + TINY_SETTINGS + "  eval_steps: 2\n")
+    grid = write_yaml(
+        tmp / "g.yaml",
+        "name: t\naxes:\n  model: [tiny-llama]\n  dataset: [synthetic]\n"
+        "  template: [custom]\n  method: [lora]\n  lora_rank: [4]\n" + TINY_SETTINGS + "  eval_steps: 2\n",
+    )
     code, result, trial_dir = run(grid, tmp)
     assert code == 0, result.get("error")
     return result, trial_dir
@@ -37,11 +40,16 @@ def tiny_trial(tmp_path_factory):
 
 def test_trial_writes_every_file_with_all_result_keys(tiny_trial):
     result, trial_dir = tiny_trial
-    assert {p.name for p in trial_dir.iterdir()} >= {"trial.json", "result.json", "predictions.jsonl",
-                                                     "train_log.jsonl", "adapter"}
+    assert {p.name for p in trial_dir.iterdir()} >= {
+        "trial.json",
+        "result.json",
+        "predictions.jsonl",
+        "train_log.jsonl",
+        "adapter",
+    }
     assert (trial_dir / "adapter" / "adapter_config.json").exists()
-    assert RESULT_KEYS <= set(result) and result["status"] == "ok"
-    assert METRIC_KEYS <= set(result["metrics"]) and TRAIN_KEYS <= set(result["train"])
+    assert set(result) >= RESULT_KEYS and result["status"] == "ok"
+    assert set(result["metrics"]) >= METRIC_KEYS and set(result["train"]) >= TRAIN_KEYS
     assert {"n_examples", "gen_tokens_per_s"} <= set(result["eval"])
     assert result["train"]["steps"] == 4 and 0 < result["train"]["trainable_params"] < result["train"]["total_params"]
     assert json.loads((trial_dir / "trial.json").read_text()) == result["config"]
@@ -75,7 +83,9 @@ def test_fine_tuned_tiny_model_beats_its_zero_shot_baseline(tiny_grid, tmp_path)
 
 @pytest.mark.parametrize("method", ["lora", "full"])
 def test_seq2seq_trial(tiny_grid, tmp_path, method):
-    grid = tiny_grid(f"model: [tiny-t5]\n  dataset: [synthetic]\n  template: [t5]\n  method: [{method}]\n  lora_rank: [4]")
+    grid = tiny_grid(
+        f"model: [tiny-t5]\n  dataset: [synthetic]\n  template: [t5]\n  method: [{method}]\n  lora_rank: [4]"
+    )
     code, result, trial_dir = run(grid, tmp_path)
     assert code == 0, result.get("error")
     assert "target only" in result["train"]["loss_tokens"]
@@ -97,7 +107,9 @@ def test_qlora_puts_4bit_layers_under_the_adapter(tiny_grid):
 
 @pytest.mark.slow
 def test_qlora_on_real_smollm2_weights(tiny_grid, tmp_path):
-    grid = tiny_grid("model: [smollm2-135m]\n  dataset: [synthetic]\n  template: [chat]\n  method: [qlora]\n  lora_rank: [8]")
+    grid = tiny_grid(
+        "model: [smollm2-135m]\n  dataset: [synthetic]\n  template: [chat]\n  method: [qlora]\n  lora_rank: [8]"
+    )
     code, result, trial_dir = run(grid, tmp_path, max_steps=2, n_eval=4, max_new_tokens=24)
     assert code == 0, result.get("error")
     assert result["config"]["quant_type"] == "nf4" and result["train"]["steps"] == 2
@@ -120,8 +132,12 @@ def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
 
 def test_summarize_uses_the_trained_adapter(tiny_trial):
     _, trial_dir = tiny_trial
-    proc = subprocess.run([sys.executable, "-m", "grid", "summarize", str(trial_dir), "-"],
-                          input="Anna: Can we meet on Friday?\nBen: Yes, at noon.", capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "grid", "summarize", str(trial_dir), "-"],
+        input="Anna: Can we meet on Friday?\nBen: Yes, at noon.",
+        capture_output=True,
+        text=True,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
 
@@ -141,11 +157,19 @@ def test_labelled_loss_equals_the_models_own_loss_and_gradients(model, loss):
     path = resolve_source(MODELS[model])
     tok = AutoTokenizer.from_pretrained(path)
     net = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    rows = [("A: hi, can we meet at noon?\nB: yes, at the cafe.", "They meet at noon at the cafe."),
-            ("A: the printer is broken\nB: I will fix it on Monday.", "B fixes the printer on Monday.")]
-    batch = collate([encode_example(tok, TEMPLATES["custom"], d, s, loss=loss, kind="causal",
-                                    max_source_length=128, max_target_length=32) for d, s in rows],
-                    tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    rows = [
+        ("A: hi, can we meet at noon?\nB: yes, at the cafe.", "They meet at noon at the cafe."),
+        ("A: the printer is broken\nB: I will fix it on Monday.", "B fixes the printer on Monday."),
+    ]
+    batch = collate(
+        [
+            encode_example(
+                tok, TEMPLATES["custom"], d, s, loss=loss, kind="causal", max_source_length=128, max_target_length=32
+            )
+            for d, s in rows
+        ],
+        tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+    )
     assert projects_only_labelled(net)
     reference = net(**batch).loss
     reference.backward()
@@ -154,5 +178,5 @@ def test_labelled_loss_equals_the_models_own_loss_and_gradients(model, loss):
     ours = labelled_loss(net, batch)
     ours.backward()
     assert ours.item() == pytest.approx(reference.item(), rel=1e-5)
-    for p, g in zip(net.parameters(), expected):
+    for p, g in zip(net.parameters(), expected, strict=True):
         assert torch.allclose(p.grad, g, atol=1e-6)

@@ -1,10 +1,8 @@
 """grid.tune: the search block is validated with YAML paths; an Optuna search on real Ray Tune writes a best.yaml
 that loads as a grid, and --resume feeds the finished samples back to Optuna and runs only what is missing."""
 
-import os
-
 import pytest
-from rich.console import Console
+from conftest import recording
 
 from grid.spec import load_spec, load_trials
 from grid.tune import base_trial, finished_samples, parse_search, run_search
@@ -28,13 +26,25 @@ search:
 @pytest.mark.parametrize(
     ("block", "message"),
     [
-        ("search:\n  space: {learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}\n  samples: 3\n", "search.samples: unknown key"),
+        (
+            "search:\n  space: {learning_rate: {loguniform: [1.0e-4, 1.0e-2]}}\n  samples: 3\n",
+            "search.samples: unknown key",
+        ),
         ("search:\n  space: {learning_rat: {uniform: [0, 1]}}\n", "search.space.learning_rat: unknown setting"),
-        ("search:\n  space: {learning_rate: {loguniform: [0, 1]}}\n", "search.space.learning_rate: loguniform needs low > 0"),
+        (
+            "search:\n  space: {learning_rate: {loguniform: [0, 1]}}\n",
+            "search.space.learning_rate: loguniform needs low > 0",
+        ),
         ("search:\n  space: {learning_rate: {uniform: [0, 1], choice: [1]}}\n", "exactly one of"),
-        ("search:\n  space: {template: {choice: [custom, alpaca]}}\n", "search.space.template: template is fixed in axes"),
+        (
+            "search:\n  space: {template: {choice: [custom, alpaca]}}\n",
+            "search.space.template: template is fixed in axes",
+        ),
         ("search:\n  metric: rogueL\n  space: {lora_rank: {choice: [2]}}\n", "unknown metric 'rogueL'"),
-        ("search:\n  space: {lora_rank: {choice: [2]}}\n  early_stopping: {grace_period: 2}\n", "needs settings.eval_steps"),
+        (
+            "search:\n  space: {lora_rank: {choice: [2]}}\n  early_stopping: {grace_period: 2}\n",
+            "needs settings.eval_steps",
+        ),
         ("", "search: missing"),
     ],
 )
@@ -60,7 +70,7 @@ def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ra
     run_dir = tmp_path / "run"
     path = tiny_grid(ONE_CELL, extra=SEARCH.format(n=4))
     spec = load_spec(path)
-    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    console = recording()
     assert run_search(spec, path, run_dir, console=console) == 0
     search = parse_search(spec, path)
     samples = finished_samples(run_dir, base_trial(spec, search, path), search)
@@ -82,7 +92,7 @@ def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ra
     # --resume: the finished samples go to Optuna as evaluated points; only the missing ones run
     before = {p.name for p in run_dir.iterdir() if (p / "result.json").is_file()}
     more = spec.model_copy(update={"search": {**spec.search, "num_samples": len(samples) + 1}})
-    console = Console(record=True, width=250, file=open(os.devnull, "w"))
+    console = recording()
     assert run_search(more, path, run_dir, resume=True, console=console) == 0
     assert f"{len(samples)} finished, 1 to run" in console.export_text()
     after = {p.name for p in run_dir.iterdir() if (p / "result.json").is_file()}
