@@ -2,7 +2,7 @@
 
 Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad input: exit code 2):
 
-    cli_table(run_dirs, rows=None, cols=None, metric="rouge1", fmt="md", compare=None,
+    cli_table(run_dirs, rows=None, cols=None, metric="rougeL", fmt="md", compare=None,
               baseline=None, best=None, where=None, ci=False, conditions=None) -> str
         `ftgrid table`. One of: the main table (default; `ci=True` adds bootstrap intervals), a
         pivot (`rows`/`cols`: axis names, or "metric"), paired tests of one axis (`compare="loss"`),
@@ -10,7 +10,7 @@ Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad inp
         or the best trial per level of an axis (`best="template"`). `where="AXIS=VALUE,..."`
         keeps only the matching trials first. `fmt`: md, csv, latex or json.
 
-    cli_report(run_dirs, out_dir=None, metric="rouge1") -> dict[str, Path]
+    cli_report(run_dirs, out_dir=None, metric="rougeL") -> dict[str, Path]
         `ftgrid report`. Writes report.md, report.html and figures/*.png (default: into the first
         run folder) and returns the written paths by name.
 
@@ -24,8 +24,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError
+from runners.rundir import MAIN_METRIC
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["AnalysisError", "cli_table", "cli_report"]
 
@@ -34,7 +39,7 @@ def cli_table(
     run_dirs,
     rows: str | Sequence[str] | None = None,
     cols: str | Sequence[str] | None = None,
-    metric: str = "rouge1",
+    metric: str = MAIN_METRIC,
     fmt: str = "md",
     compare: str | None = None,
     baseline: str | None = None,
@@ -44,18 +49,41 @@ def cli_table(
     conditions: Sequence[str] | None = None,
 ) -> str:
     """The text of one table over the run folder(s); see the module docstring."""
-    from analysis import load, stats, tables
-    from analysis.axes import check_metric, decimals, metric_names, select
+    from analysis import load, tables
+    from analysis.axes import decimals
 
-    modes = [
-        name
-        for name, given in (("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols))
-        if given
-    ]
+    _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
+    trials = _selected_trials(run_dirs, where, metric)
+    note = ""
+    if compare:
+        table = _comparison(trials, load.load_examples(run_dirs), compare, metric, fmt)
+    elif baseline:
+        table, note = tables.baseline_table(trials, baseline=baseline, conditions=conditions, metric=metric)
+    elif best:
+        table = tables.best_per_level(trials, best, by=metric)
+    elif rows or cols:
+        table, note = tables.pivot_table(trials, rows or "metric", cols or "metric", metric)
+    else:
+        table = tables.main_table(trials, metric=metric, examples=load.load_examples(run_dirs) if ci else None)
+    return tables.format_table(table, fmt, decimals(metric), note)
+
+
+def _check_request(fmt: str, asked: Sequence[tuple[str, object]]) -> None:
+    """None; raises AnalysisError when more than one table is asked for or `fmt` is unknown."""
+    from analysis import tables
+
+    modes = [name for name, given in asked if given]
     if len(modes) > 1:
         raise AnalysisError(f"Choose one table at a time, not {' and '.join(modes)}")
     if fmt not in tables.FORMATS:
         raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(tables.FORMATS)}")
+
+
+def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
+    """The run folders' trials that match `where`, with `metric` checked against their metrics (if any)."""
+    from analysis import load
+    from analysis.axes import check_metric, metric_names, select
+
     trials = load.load_trials(run_dirs)
     if trials.empty:
         raise AnalysisError(f"No finished trials in {run_dirs}")
@@ -65,31 +93,22 @@ def cli_table(
             raise AnalysisError(f"No trial matches {where!r}")
     if metric_names(trials):  # all trials failed: the main table still lists them
         check_metric(trials, metric)
-    note = ""
-    if compare:
-        result = stats.compare(trials, load.load_examples(run_dirs), axis=compare, metrics=metric)
-        if fmt in ("csv", "json"):
-            return tables.format_table(
-                result.drop(columns=["trial_a", "trial_b"]).set_index(
-                    [c for c in result.columns if c in ("metric", "a", "b")]
-                ),
-                fmt,
-                decimals(metric),
-            )
-        table = tables.comparison_table(result)
-    elif baseline:
-        table, note = tables.baseline_table(trials, baseline=baseline, conditions=conditions, metric=metric)
-    elif best:
-        table = tables.best_per_level(trials, best, by=metric)
-    elif rows or cols:
-        table, note = tables.pivot_table(trials, rows or "metric", cols or "metric", metric)
-    else:
-        examples = load.load_examples(run_dirs) if ci else None
-        table = tables.main_table(trials, metric=metric, examples=examples)
-    return tables.format_table(table, fmt, decimals(metric), note)
+    return trials
 
 
-def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = "rouge1") -> dict[str, Path]:
+def _comparison(trials: pd.DataFrame, examples: pd.DataFrame, axis: str, metric: str, fmt: str) -> pd.DataFrame:
+    """Paired tests of `axis`: the raw results indexed by metric and levels for csv/json, else the comparison table."""
+    from analysis import stats, tables
+
+    result = stats.compare(trials, examples, axis=axis, metrics=metric)
+    if fmt in ("csv", "json"):
+        return result.drop(columns=["trial_a", "trial_b"]).set_index(
+            [c for c in result.columns if c in ("metric", "a", "b")]
+        )
+    return tables.comparison_table(result)
+
+
+def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = MAIN_METRIC) -> dict[str, Path]:
     """Write the report of the run folder(s); see the module docstring."""
     from analysis.report import build_report
 

@@ -8,18 +8,19 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.load import KNOWN_METRICS, META_COLUMNS
+from runners import rundir
 
 # The grid's axes come first, in this order, then any other config key that varies.
 CORE_AXES = ["model", "dataset", "template", "loss", "lora_rank", "method"]
 # Config keys that differ per trial without being an experimental condition.
 NOT_AXES = {"trial_id", "run_dir", "out_dir", "output_dir", "name"}
-# Decimals shown per metric: 0-100 scores at 2, lengths at 1, ratios at 3.
-DECIMALS = {"gen_len": 1, "length_ratio": 3}
-MAIN_METRIC = "rouge1"
+MAIN_METRIC = rundir.MAIN_METRIC
 
 
 def decimals(metric: str) -> int:
-    return DECIMALS.get(metric, 2)
+    """Decimals shown for a metric: 0-100 scores at 2, lengths at 1, ratios at 3."""
+    known = rundir.METRICS.get(metric)
+    return known.decimals if known else 2
 
 
 def metric_names(trials: pd.DataFrame) -> list[str]:
@@ -133,7 +134,7 @@ def select(trials: pd.DataFrame, selector: str | Mapping | None) -> pd.DataFrame
 
 
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["status"] == "ok"]
+    return trials[trials["status"] == rundir.Status.OK]
 
 
 def format_level(value) -> str:

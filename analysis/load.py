@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from runners import rundir
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
 # Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
 META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
-KNOWN_METRICS = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len", "length_ratio"]
+KNOWN_METRICS = list(rundir.METRICS)
 
 
 def as_run_dirs(run_dirs: RunDirs) -> list[Path]:
@@ -70,18 +70,18 @@ def trial_dirs(run_dir: str | os.PathLike) -> list[Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise AnalysisError(f"{run_dir}: no such run folder")
-    if (run_dir / "result.json").is_file():
+    if (run_dir / rundir.RESULT_JSON).is_file():
         return [run_dir]
     subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ray/
-    finished = [p for p in subdirs if (p / "result.json").is_file()]
-    unfinished = [p.name for p in subdirs if (p / "trial.json").is_file() and p not in finished]
+    finished = [p for p in subdirs if (p / rundir.RESULT_JSON).is_file()]
+    unfinished = [p.name for p in subdirs if (p / rundir.TRIAL_JSON).is_file() and p not in finished]
     if unfinished:
         log.info("%s: skipping %d trial(s) without result.json: %s", run_dir, len(unfinished), ", ".join(unfinished))
     if (
         not finished
         and not unfinished
-        and not (run_dir / "grid.yaml").is_file()
-        and not (run_dir / "results.csv").is_file()
+        and not (run_dir / rundir.GRID_YAML).is_file()
+        and not (run_dir / rundir.RESULTS_CSV).is_file()
     ):
         raise AnalysisError(f"{run_dir}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
     return finished
@@ -94,12 +94,12 @@ def _is_scalar(value) -> bool:
 def _trial_row(run_dir: Path, trial_dir: Path, result: Mapping) -> tuple[dict, list[str], list[str]]:
     """One trials-frame row from a result.json, with the config keys and metric names it holds."""
     config = result.get("config") or {}
-    if not config and (trial_dir / "trial.json").is_file():
-        config = _read_json(trial_dir / "trial.json")
+    if not config and (trial_dir / rundir.TRIAL_JSON).is_file():
+        config = _read_json(trial_dir / rundir.TRIAL_JSON)
     row = {
         "run_dir": str(run_dir),
         "trial_id": result.get("trial_id") or trial_dir.name,
-        "status": result.get("status", "ok"),
+        "status": result.get("status", rundir.Status.OK.value),
         "error": result.get("error"),
         "protocol": json.dumps(result["protocol"], sort_keys=True) if result.get("protocol") else None,
     }
@@ -111,11 +111,7 @@ def _trial_row(run_dir: Path, trial_dir: Path, result: Mapping) -> tuple[dict, l
         column = f"config_{key}" if key in row or key in metrics else key
         row[column] = value
         config_keys.append(column)
-    # The contract: loss "none" and lora_rank 0 when there is no adapter to train.
-    if "loss" in config and config["loss"] is None:
-        row["loss"] = "none"
-    if "lora_rank" in config and config["lora_rank"] is None:
-        row["lora_rank"] = 0
+    row.update(rundir.untrained_axes(config.get("method")))  # loss none, rank 0 where nothing is trained
     row.update(metrics)
     for section in ("train", "eval"):
         for key, value in (result.get(section) or {}).items():
@@ -137,7 +133,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     rows, config_keys, metrics = [], [], []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir / "result.json"))
+            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir / rundir.RESULT_JSON))
             rows.append(row)
             config_keys += [k for k in keys if k not in config_keys]
             metrics += [m for m in names if m not in metrics]
@@ -160,7 +156,7 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
             frame = pd.DataFrame(_read_jsonl(path))
             if frame.empty:
                 continue
-            trial_id = _read_json(trial_dir / "result.json").get("trial_id") or trial_dir.name
+            trial_id = _read_json(trial_dir / rundir.RESULT_JSON).get("trial_id") or trial_dir.name
             frame.insert(0, "trial_id", trial_id)
             frame.insert(0, "run_dir", str(run_dir))
             frames.append(frame)
@@ -172,25 +168,13 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
 def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
     """One row per evaluated example and trial: `run_dir`, `trial_id`, `id`, `dialogue`,
     `prediction`, `references`, the per-example scores and `bleu_stats` (a list of 10 counts)."""
-    return _per_trial_lines(run_dirs, "predictions.jsonl", ["run_dir", "trial_id", "id", "prediction", "references"])
+    return _per_trial_lines(run_dirs, rundir.PREDICTIONS, ["run_dir", "trial_id", "id", "prediction", "references"])
 
 
 def load_train_logs(run_dirs: RunDirs) -> pd.DataFrame:
     """The training logs, long: `run_dir`, `trial_id`, `step`, `loss`, `lr`, ..., `eval_loss`
     (a line carries either a training loss or an eval loss; the other is NaN)."""
-    return _per_trial_lines(run_dirs, "train_log.jsonl", ["run_dir", "trial_id", "step", "loss"])
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return _per_trial_lines(run_dirs, rundir.TRAIN_LOG, ["run_dir", "trial_id", "step", "loss"])
 
 
 def write_results_csv(run_dir: str | os.PathLike) -> Path:
@@ -199,8 +183,8 @@ def write_results_csv(run_dir: str | os.PathLike) -> Path:
     calling it after every trial (even from concurrent trials) leaves a complete, readable file."""
     run_dir = Path(run_dir)
     trials = load_trials(run_dir)
-    path = run_dir / "results.csv"
-    _write_atomic(path, trials.to_csv(index=False).encode("utf-8"))
+    path = run_dir / rundir.RESULTS_CSV
+    rundir.write_atomic(path, trials.to_csv(index=False))
     return path
 
 
@@ -210,6 +194,6 @@ def write_report(out_dir: str | os.PathLike, files: Mapping[str, str | bytes]) -
     written = {}
     for name, content in files.items():
         path = out_dir / name
-        _write_atomic(path, content.encode("utf-8") if isinstance(content, str) else content)
+        rundir.write_atomic(path, content)
         written[name] = path
     return written

@@ -10,6 +10,7 @@ import pandas as pd
 from analysis.axes import MAIN_METRIC, ok_trials, trial_labels, varying_axes
 from analysis.errors import AnalysisError
 from analysis.stats import KEY
+from runners.rundir import Method
 
 MAX_CONDITIONS = 6
 
@@ -29,7 +30,7 @@ def _default_conditions(trials: pd.DataFrame, metric: str) -> pd.DataFrame:
     if len(ok) <= MAX_CONDITIONS:
         return ok
     ranked = ok.sort_values(metric, ascending=False, kind="stable") if metric in ok.columns else ok
-    zero_shot = ranked[ranked.get("method", pd.Series(index=ranked.index, dtype=object)) == "zero_shot"]
+    zero_shot = ranked[ranked.get("method", pd.Series(index=ranked.index, dtype=object)) == Method.ZERO_SHOT]
     chosen = zero_shot.head(1)
     return pd.concat([chosen, ranked.drop(index=chosen.index).head(MAX_CONDITIONS - len(chosen))])
 
@@ -55,38 +56,63 @@ def qualitative_table(
     if chosen.empty:
         raise AnalysisError("No finished trials to show predictions of")
     keys = list(chosen[KEY].itertuples(index=False, name=None))
+    by_trial = _predictions_by_trial(examples, keys)
+    ids = _dialogue_ids(by_trial, ids, k, seed)
+    columns = list(zip(_condition_labels(chosen), [by_trial[key] for key in keys], strict=True))
+    first = by_trial[keys[0]]
+    rows = [_dialogue_row(first, example_id, columns, max_dialogue_chars, max_summary_chars) for example_id in ids]
+    return pd.DataFrame(rows).set_index("id")
+
+
+def _predictions_by_trial(examples: pd.DataFrame, keys: Sequence[tuple]) -> dict[tuple, pd.DataFrame]:
+    """(run_dir, trial_id) -> that trial's per-example rows indexed by id, for each of `keys`."""
     by_trial = {key: group.set_index("id") for key, group in examples.groupby(KEY, sort=False) if key in set(keys)}
     missing = [trial_id for run_dir, trial_id in keys if (run_dir, trial_id) not in by_trial]
     if missing:
         raise AnalysisError(f"No predictions for trial(s): {', '.join(missing)}")
+    return by_trial
+
+
+def _dialogue_ids(by_trial: dict[tuple, pd.DataFrame], ids: Sequence[str] | None, k: int, seed: int) -> Sequence[str]:
+    """The given ids once every trial evaluated them, else k ids drawn with `seed` among those all evaluated."""
     common = set.intersection(*(set(frame.index) for frame in by_trial.values()))
-    if ids is None:
-        pool = sorted(common)
-        if not pool:
-            raise AnalysisError("The chosen trials share no evaluated example")
-        rng = np.random.default_rng(seed)
-        ids = [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)), replace=False))]
-    else:
+    if ids is not None:
         unknown = [i for i in ids if i not in common]
         if unknown:
             raise AnalysisError(f"Example id(s) not evaluated by every chosen trial: {', '.join(map(str, unknown))}")
-    axes = varying_axes(chosen)
-    labels = trial_labels(chosen, axes).tolist()
+        return ids
+    pool = sorted(common)
+    if not pool:
+        raise AnalysisError("The chosen trials share no evaluated example")
+    rng = np.random.default_rng(seed)
+    return [pool[i] for i in sorted(rng.choice(len(pool), size=min(k, len(pool)), replace=False))]
+
+
+def _condition_labels(chosen: pd.DataFrame) -> list[str]:
+    """A column name per condition: its values of the axes that vary among them, or its trial id when two agree."""
+    labels = trial_labels(chosen, varying_axes(chosen)).tolist()
     if len(set(labels)) < len(labels):
-        labels = chosen["trial_id"].tolist()
-    first = by_trial[keys[0]]
-    rows = []
-    for example_id in ids:
-        references = first.at[example_id, "references"] if "references" in first.columns else None
-        reference = references[0] if isinstance(references, list) and references else references
-        row = {
-            "id": example_id,
-            "dialogue": truncate(first.at[example_id, "dialogue"], max_dialogue_chars)
-            if "dialogue" in first.columns
-            else "",
-            "reference": truncate(reference, max_summary_chars),
-        }
-        for key, label in zip(keys, labels, strict=True):
-            row[label] = truncate(by_trial[key].at[example_id, "prediction"], max_summary_chars)
-        rows.append(row)
-    return pd.DataFrame(rows).set_index("id")
+        return chosen["trial_id"].tolist()
+    return labels
+
+
+def _dialogue_row(
+    first: pd.DataFrame,
+    example_id: str,
+    columns: Sequence[tuple[str, pd.DataFrame]],
+    max_dialogue_chars: int,
+    max_summary_chars: int,
+) -> dict:
+    """One dialogue's row: id, dialogue and first reference (from `first`), then each (label, rows) prediction."""
+    references = first.at[example_id, "references"] if "references" in first.columns else None
+    reference = references[0] if isinstance(references, list) and references else references
+    row = {
+        "id": example_id,
+        "dialogue": truncate(first.at[example_id, "dialogue"], max_dialogue_chars)
+        if "dialogue" in first.columns
+        else "",
+        "reference": truncate(reference, max_summary_chars),
+    }
+    for label, predictions in columns:
+        row[label] = truncate(predictions.at[example_id, "prediction"], max_summary_chars)
+    return row

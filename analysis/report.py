@@ -21,8 +21,9 @@ import pandas as pd
 from analysis import load, plots, qualitative, stats, tables
 from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
+from runners import rundir
 
-TEST_METRICS = ["rouge1", "rougeL", "bleu"]
+TEST_METRICS = [MAIN_METRIC, "rouge1", "bleu"]  # tested pairwise, besides the metric asked for
 MAX_BASELINE_COLUMNS = 5
 MAX_TEST_ROWS = 24  # beyond this, test the main metric only
 
@@ -45,7 +46,7 @@ Block = str | TableBlock | FigureBlock
 
 
 def _grid_section(trials: pd.DataFrame) -> list[Block]:
-    ok, failed = ok_trials(trials), trials[trials["status"] != "ok"]
+    ok, failed = ok_trials(trials), trials[trials["status"] != rundir.Status.OK]
     blocks: list[Block] = [f"{len(trials)} trials: {len(ok)} finished, {len(failed)} failed."]
     if varying_axes(trials):
         blocks.append(TableBlock(tables.grid_table(trials)))
@@ -58,7 +59,8 @@ def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
     """One baseline table per model × dataset that has both a zero-shot and a fine-tuned trial: a
     fine-tuned model is compared with its own zero-shot baseline, never with another model's."""
     ok = ok_trials(trials)
-    if "method" not in ok.columns or not (ok["method"] == "zero_shot").any() or (ok["method"] != "zero_shot").all():
+    zero_shot = rundir.Method.ZERO_SHOT
+    if "method" not in ok.columns or not (ok["method"] == zero_shot).any() or (ok["method"] != zero_shot).all():
         return []
     keys = [k for k in ("model", "dataset") if k in ok.columns and ok[k].nunique() > 1]
     parts = (
@@ -71,7 +73,7 @@ def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
     )
     blocks: list[Block] = []
     for where, part in parts:
-        if not ((part["method"] == "zero_shot").any() and (part["method"] != "zero_shot").any()):
+        if not ((part["method"] == zero_shot).any() and (part["method"] != zero_shot).any()):
             continue
         label = ", ".join(f"{k}={v}" for k, v in where.items())
         if label:
@@ -172,56 +174,60 @@ def report_sections(
     """The report's sections in order: (heading, blocks of text, tables and figures)."""
     if trials.empty:
         raise AnalysisError("No finished trials in these run folders: nothing to report")
-    ok = ok_trials(trials)
     sections = [("Grid", _grid_section(trials))]
-    if not ok.empty:
-        sections.append(
-            (
-                "Results",
-                [
-                    f"One row per trial, best {metric} first. ROUGE and BLEU on 0–100; ± is half the width "
-                    "of the 95% bootstrap interval over examples (1000 resamples; BLEU recomputed as corpus "
-                    "BLEU on each resample).",
-                    TableBlock(
-                        tables.main_table(trials, metric=metric, examples=examples if not examples.empty else None)
-                    ),
-                ],
-            )
-        )
-        baseline = _baseline_section(trials, metric)
-        if baseline:
-            sections.append(("Against the zero-shot baseline", baseline))
-        if not examples.empty:
-            sections.append(("Paired tests", _tests_section(trials, examples, metric)))
-            try:
-                sample = qualitative.qualitative_table(trials, examples, metric=metric)
-                sections.append(
-                    (
-                        "Examples",
-                        [
-                            "The same dialogues, chosen at random (seed 0), with the "
-                            "first reference and each trial's prediction.",
-                            TableBlock(sample, wide_text=True),
-                        ],
-                    )
-                )
-            except AnalysisError as exc:
-                sections.append(("Examples", [f"Not shown: {exc}"]))
-        sections.append(("Plots", _plots_section(trials, examples, train_logs, metric)))
-    failed = trials[trials["status"] != "ok"]
+    if not ok_trials(trials).empty:
+        sections += _finished_sections(trials, examples, train_logs, metric)
+    failed = trials[trials["status"] != rundir.Status.OK]
     if not failed.empty:
         sections.append(("Failed trials", [TableBlock(tables.failed_table(trials))]))
-    sections.append(
-        (
-            "Cost",
-            [
-                "Wall time in seconds (training plus evaluation), training throughput "
-                "in tokens/s, peak accelerator memory in MB.",
-                TableBlock(tables.cost_table(trials)),
-            ],
-        )
-    )
+    sections.append(("Cost", _cost_section(trials)))
     return sections
+
+
+def _finished_sections(
+    trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame, metric: str
+) -> list[tuple[str, list[Block]]]:
+    """The sections on finished trials: results, baseline, paired tests and examples (given examples), plots."""
+    sections = [("Results", _results_section(trials, examples, metric))]
+    baseline = _baseline_section(trials, metric)
+    if baseline:
+        sections.append(("Against the zero-shot baseline", baseline))
+    if not examples.empty:
+        sections.append(("Paired tests", _tests_section(trials, examples, metric)))
+        sections.append(("Examples", _examples_section(trials, examples, metric)))
+    sections.append(("Plots", _plots_section(trials, examples, train_logs, metric)))
+    return sections
+
+
+def _results_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) -> list[Block]:
+    """How to read the main table, then the table (with bootstrap intervals when there are examples)."""
+    return [
+        f"One row per trial, best {metric} first. ROUGE and BLEU on 0–100; ± is half the width "
+        "of the 95% bootstrap interval over examples (1000 resamples; BLEU recomputed as corpus "
+        "BLEU on each resample).",
+        TableBlock(tables.main_table(trials, metric=metric, examples=examples if not examples.empty else None)),
+    ]
+
+
+def _examples_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) -> list[Block]:
+    """A few dialogues with each trial's prediction, or why they are not shown."""
+    try:
+        sample = qualitative.qualitative_table(trials, examples, metric=metric)
+    except AnalysisError as exc:
+        return [f"Not shown: {exc}"]
+    return [
+        "The same dialogues, chosen at random (seed 0), with the first reference and each trial's prediction.",
+        TableBlock(sample, wide_text=True),
+    ]
+
+
+def _cost_section(trials: pd.DataFrame) -> list[Block]:
+    """What the cost table's columns measure, then the table."""
+    return [
+        "Wall time in seconds (training plus evaluation), training throughput "
+        "in tokens/s, peak accelerator memory in MB.",
+        TableBlock(tables.cost_table(trials)),
+    ]
 
 
 # --- Markdown ---------------------------------------------------------------------------------------
@@ -349,13 +355,13 @@ def render_report(
     title = "ftgrid report"
     intro = "Run folder(s): " + ", ".join(f"`{d}`" for d in run_dirs) if run_dirs else ""
     files: dict[str, str | bytes] = {
-        "report.md": _markdown(title, intro, sections),
-        "report.html": _html(title, intro, sections),
+        rundir.REPORT_MD: _markdown(title, intro, sections),
+        rundir.REPORT_HTML: _html(title, intro, sections),
     }
     for _, blocks in sections:
         for block in blocks:
             if isinstance(block, FigureBlock):
-                files[f"figures/{block.name}.png"] = block.png
+                files[f"{rundir.FIGURES}/{block.name}.png"] = block.png
     return files
 
 

@@ -15,12 +15,13 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from analysis.axes import check_axis, check_metric, levels, ok_trials, varying_axes
+from analysis.axes import MAIN_METRIC, check_axis, check_metric, levels, ok_trials, varying_axes
 from analysis.errors import AnalysisError
 
 KEY = ["run_dir", "trial_id"]
 N_RESAMPLES = 1000
 SEED = 0
+LEVEL = 0.95  # of every interval
 BLEU_STATS = "bleu_stats"  # [sys_len, ref_len, correct_1..4, total_1..4] per example
 
 
@@ -116,7 +117,7 @@ def _values(metric: str, totals: np.ndarray, where: slice, n: int) -> np.ndarray
 def bootstrap_cis(
     examples: pd.DataFrame,
     metrics: Sequence[str],
-    level: float = 0.95,
+    level: float = LEVEL,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> dict[str, tuple[float, float, float]]:
@@ -138,7 +139,7 @@ def bootstrap_cis(
 
 
 def bootstrap_ci(
-    examples: pd.DataFrame, metric: str, level: float = 0.95, n_resamples: int = N_RESAMPLES, seed: int = SEED
+    examples: pd.DataFrame, metric: str, level: float = LEVEL, n_resamples: int = N_RESAMPLES, seed: int = SEED
 ) -> tuple[float, float, float]:
     """(value, low, high): the metric and its percentile bootstrap interval over examples."""
     return bootstrap_cis(examples, [metric], level, n_resamples, seed)[metric]
@@ -161,7 +162,7 @@ def confidence_intervals(
     trials: pd.DataFrame,
     examples: pd.DataFrame,
     metrics: Sequence[str],
-    level: float = 0.95,
+    level: float = LEVEL,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> pd.DataFrame:
@@ -217,7 +218,7 @@ def paired_tests(
     examples_a: pd.DataFrame,
     examples_b: pd.DataFrame,
     metrics: Sequence[str],
-    level: float = 0.95,
+    level: float = LEVEL,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> dict[str, dict]:
@@ -257,7 +258,7 @@ def paired_test(
     examples_a: pd.DataFrame,
     examples_b: pd.DataFrame,
     metric: str,
-    level: float = 0.95,
+    level: float = LEVEL,
     n_resamples: int = N_RESAMPLES,
     seed: int = SEED,
 ) -> dict:
@@ -308,11 +309,30 @@ def comparable_pairs(trials: pd.DataFrame, axis: str, pair_levels: Sequence | No
     return pairs
 
 
+# The columns of a `compare` result after the fixed axes, in reading order
+_COMPARE_COLUMNS = [
+    "metric",
+    "a",
+    "b",
+    "n",
+    "value_a",
+    "value_b",
+    "delta",
+    "low",
+    "high",
+    "p",
+    "p_holm",
+    "significant",
+    "trial_a",
+    "trial_b",
+]
+
+
 def compare(
     trials: pd.DataFrame,
     examples: pd.DataFrame,
     axis: str = "loss",
-    metrics: str | Sequence[str] = "rouge1",
+    metrics: str | Sequence[str] = MAIN_METRIC,
     pair_levels: Sequence | None = None,
     alpha: float = 0.05,
     n_resamples: int = N_RESAMPLES,
@@ -325,58 +345,60 @@ def compare(
     (Holm-corrected across all rows), `significant` (p_holm < alpha), `n` and the two trial ids.
     Pairs evaluated on different examples or with different protocols are refused (AnalysisError).
     """
-    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    for metric in metrics:
-        check_metric(trials, metric)
+    metrics = _checked_metrics(trials, metrics)
     pairs = comparable_pairs(trials, axis, pair_levels)
     if not pairs:
         raise AnalysisError(f"No two finished trials differ only in {axis!r}: nothing to compare")
     grouped = {key: frame for key, frame in examples.groupby(KEY, sort=False)}
     rows = []
     for cell, a, b in pairs:
-        ex_a, ex_b = (grouped.get((t["run_dir"], t["trial_id"])) for t in (a, b))
-        for trial, frame in ((a, ex_a), (b, ex_b)):
-            if frame is None:
-                raise AnalysisError(
-                    f"{trial['run_dir']}/{trial['trial_id']}: no per-example scores "
-                    "(predictions.jsonl missing or empty)"
-                )
-        problem = comparability_problem(a, b, ex_a["id"].tolist(), ex_b["id"].tolist())
-        if problem:
-            raise AnalysisError(f"Cannot compare {axis}={a[axis]} with {axis}={b[axis]}: {problem}")
+        ex_a, ex_b = _paired_examples(grouped, a, b, axis)
         tested = paired_tests(ex_a, ex_b, metrics, n_resamples=n_resamples, seed=seed)
-        for metric in metrics:
-            rows.append(
-                {
-                    **cell,
-                    "metric": metric,
-                    "a": a[axis],
-                    "b": b[axis],
-                    **tested[metric],
-                    "trial_a": a["trial_id"],
-                    "trial_b": b["trial_id"],
-                }
+        rows += [_comparison_row(cell, a, b, axis, metric, tested[metric]) for metric in metrics]
+    return _holm_corrected(rows, alpha, fixed=pairs[0][0])
+
+
+def _checked_metrics(trials: pd.DataFrame, metrics: str | Sequence[str]) -> list[str]:
+    """The metric name(s) as a list, each checked to be a metric of the trials."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    for metric in metrics:
+        check_metric(trials, metric)
+    return metrics
+
+
+def _paired_examples(
+    grouped: dict[tuple, pd.DataFrame], a: pd.Series, b: pd.Series, axis: str
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(examples of A, examples of B), once both trials have per-example scores and are comparable."""
+    ex_a, ex_b = (grouped.get((t["run_dir"], t["trial_id"])) for t in (a, b))
+    for trial, frame in ((a, ex_a), (b, ex_b)):
+        if frame is None:
+            raise AnalysisError(
+                f"{trial['run_dir']}/{trial['trial_id']}: no per-example scores (predictions.jsonl missing or empty)"
             )
+    problem = comparability_problem(a, b, ex_a["id"].tolist(), ex_b["id"].tolist())
+    if problem:
+        raise AnalysisError(f"Cannot compare {axis}={a[axis]} with {axis}={b[axis]}: {problem}")
+    return ex_a, ex_b
+
+
+def _comparison_row(cell: dict, a: pd.Series, b: pd.Series, axis: str, metric: str, tested: dict) -> dict:
+    """One result row: the fixed axes, the metric, both levels, the paired test and both trial ids."""
+    return {
+        **cell,
+        "metric": metric,
+        "a": a[axis],
+        "b": b[axis],
+        **tested,
+        "trial_a": a["trial_id"],
+        "trial_b": b["trial_id"],
+    }
+
+
+def _holm_corrected(rows: list[dict], alpha: float, fixed: dict) -> pd.DataFrame:
+    """The rows as a frame with Holm-corrected p-values and significance, the `fixed` axes first."""
     table = pd.DataFrame(rows)
     table["p_holm"] = holm(table["p"])
     table["significant"] = table["p_holm"] < alpha
-    front = [c for c in table.columns if c in pairs[0][0]]
-    return table[
-        front
-        + [
-            "metric",
-            "a",
-            "b",
-            "n",
-            "value_a",
-            "value_b",
-            "delta",
-            "low",
-            "high",
-            "p",
-            "p_holm",
-            "significant",
-            "trial_a",
-            "trial_b",
-        ]
-    ]
+    front = [c for c in table.columns if c in fixed]
+    return table[front + _COMPARE_COLUMNS]

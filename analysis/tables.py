@@ -30,6 +30,7 @@ from analysis.axes import (
 from analysis.errors import AnalysisError
 from analysis.load import KNOWN_METRICS
 from analysis.stats import KEY, confidence_intervals, format_ci
+from runners import rundir
 
 __all__ = [
     "varying_axes",
@@ -46,7 +47,7 @@ __all__ = [
     "FORMATS",
 ]
 
-TABLE_METRICS = ["rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "gen_len"]
+TABLE_METRICS = [m.name for m in rundir.METRICS.values() if m.in_tables]  # the default columns
 FORMATS = ["md", "csv", "latex", "json"]
 # Decimals of value columns that are not metrics (whole numbers shown as such).
 COLUMN_DECIMALS = {
@@ -106,7 +107,7 @@ def main_table(
         ok = ok.sort_values(metric, ascending=False, kind="stable")
     metrics = _table_metrics(trials, metrics)
     axes = _label_axes(trials)
-    failed = trials[trials["status"] != "ok"]
+    failed = trials[trials["status"] != rundir.Status.OK]
     columns = list(dict.fromkeys(axes + KEY + metrics + ["error"]))
     table = pd.concat([ok, failed])[columns].copy()
     table["error"] = table["error"].map(_first_line)
@@ -255,34 +256,62 @@ def baseline_table(
         raise AnalysisError(f"No finished trial matches the baseline {baseline!r}")
     rest = ok.drop(index=base.index)
     if conditions is None:
-        if rest.empty:
-            raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
-        axes = varying_axes(rest)
-        groups = (
-            [
-                (_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))), g)
-                for key, g in rest.groupby(axes, sort=True, dropna=False)
-            ]
-            if axes
-            else [(trial_labels(rest).iloc[0], rest)]
-        )
-        narrowed = parse_selector(baseline)
-        for axis in varying_axes(base):
-            shared = rest[axis].unique()
-            if len(shared) == 1 and (base[axis] == shared[0]).any():
-                base = base[base[axis] == shared[0]]
-                narrowed[axis] = shared[0]
-        baseline = narrowed
+        groups = _conditions_by_axes(rest, baseline)
+        base, baseline = _narrowed_baseline(base, rest, baseline)
     else:
-        groups = []
-        for selector in conditions:
-            chosen = select(rest, selector)
-            if chosen.empty:
-                raise AnalysisError(f"No finished trial (other than the baseline) matches {selector!r}")
-            groups.append((_condition_label(parse_selector(selector)), chosen))
+        groups = _conditions_by_selector(rest, conditions)
     _check_same_examples(pd.concat([base] + [g for _, g in groups]))
-    base_label = _condition_label(parse_selector(baseline)) or "all"
     base_axes = varying_axes(base) if len(base) > 1 else []
+    note = f"The baseline averages {len(base)} trials over: {', '.join(base_axes)}." if base_axes else ""
+    return _condition_means(base, baseline, groups, metric, metrics), note
+
+
+def _conditions_by_axes(rest: pd.DataFrame, baseline: str | Mapping | None) -> list[tuple[str, pd.DataFrame]]:
+    """(label, trials) per combination of the axes that vary among the non-baseline trials."""
+    if rest.empty:
+        raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
+    axes = varying_axes(rest)
+    if not axes:
+        return [(trial_labels(rest).iloc[0], rest)]
+    return [
+        (_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))), g)
+        for key, g in rest.groupby(axes, sort=True, dropna=False)
+    ]
+
+
+def _narrowed_baseline(
+    base: pd.DataFrame, rest: pd.DataFrame, baseline: str | Mapping | None
+) -> tuple[pd.DataFrame, dict]:
+    """The baseline trials at the conditions' value of each axis they all share, and the selector that says so."""
+    narrowed = parse_selector(baseline)
+    for axis in varying_axes(base):
+        shared = rest[axis].unique()
+        if len(shared) == 1 and (base[axis] == shared[0]).any():
+            base = base[base[axis] == shared[0]]
+            narrowed[axis] = shared[0]
+    return base, narrowed
+
+
+def _conditions_by_selector(rest: pd.DataFrame, conditions: Sequence[str | Mapping]) -> list[tuple[str, pd.DataFrame]]:
+    """(label, trials) per selector, matched among the non-baseline trials."""
+    groups = []
+    for selector in conditions:
+        chosen = select(rest, selector)
+        if chosen.empty:
+            raise AnalysisError(f"No finished trial (other than the baseline) matches {selector!r}")
+        groups.append((_condition_label(parse_selector(selector)), chosen))
+    return groups
+
+
+def _condition_means(
+    base: pd.DataFrame,
+    baseline: str | Mapping | None,
+    groups: list[tuple[str, pd.DataFrame]],
+    metric: str,
+    metrics: Sequence[str],
+) -> pd.DataFrame:
+    """Metrics down, the baseline's and each condition's mean across, then the best condition's improvement."""
+    base_label = _condition_label(parse_selector(baseline)) or "all"
     table = pd.DataFrame({f"baseline ({base_label})": base[metrics].mean()})
     for label, group in groups:
         table[label] = group[metrics].mean()
@@ -290,8 +319,7 @@ def baseline_table(
     ratio = (table[best[0]] - table.iloc[:, 0]) / table.iloc[:, 0].replace(0, np.nan)
     table[f"{PERCENT_COLUMN} ({best[0]} vs baseline)"] = ratio.map(_percent)
     table.index.name = "metric"
-    note = f"The baseline averages {len(base)} trials over: {', '.join(base_axes)}." if base_axes else ""
-    return table, note
+    return table
 
 
 def _percent(ratio: float) -> str:
@@ -350,7 +378,7 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
     """The failed trials and the last line of their error."""
-    failed = trials[trials["status"] != "ok"]
+    failed = trials[trials["status"] != rundir.Status.OK]
     return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}).set_index(
         "trial_id"
     )

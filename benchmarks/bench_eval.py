@@ -29,9 +29,10 @@ def bench_model(name: str, path: str | None, args) -> dict:
 
     from runners.config import DatasetEntry, ModelEntry, TrialConfig
     from runners.generate import generate
+    from runners.masking import encode_prompts
     from runners.models import MODELS, load_model, load_tokenizer
     from runners.templates import TEMPLATES
-    from runners.trial import build_dataset, select_rows
+    from runners.trial import select_rows
 
     n = per_model(args.n, name, DEFAULT_N.get(name, 200))
     cfg = TrialConfig(
@@ -52,9 +53,7 @@ def bench_model(name: str, path: str | None, args) -> dict:
     model = load_model(cfg, device)  # zero_shot: fp32 on CPU, bf16/fp16 on GPU
     model.eval()
     _, rows, _ = select_rows(cfg)
-    prompts = build_dataset(rows, tokenizer, cfg, "full")
-    for e in prompts:  # as run_trial does: generation starts from the prompt alone
-        e.input_ids, e.labels = e.input_ids[: e.prompt_len], []
+    prompts = encode_prompts([r["dialogue"] for r in rows], tokenizer, cfg)  # as run_trial builds them
     texts = [PROMPT.format(dialogue=r["dialogue"]) for r in rows]
     prompt_same = [tokenizer(t)["input_ids"] == e.input_ids for t, e in zip(texts, prompts, strict=True)]
     same_prompt = sum(prompt_same)  # differs where ftgrid shortened a dialogue to fit max_source_length

@@ -80,11 +80,11 @@ def trial_times(run_dir: Path) -> dict[str, float]:
 def sequential_worker(grid: Path, out: Path, json_path: Path) -> None:
     """The grid's trials back-to-back in this process, no Ray, no child processes."""
     started = time.perf_counter()
-    from grid.spec import load_trials
+    from grid.spec import load_grid
     from runners.trial import execute
 
     imported = time.perf_counter()
-    _, trials = load_trials(grid)
+    _, trials = load_grid(grid)
     per_trial = {}
     for cfg in trials:
         t0 = time.perf_counter()

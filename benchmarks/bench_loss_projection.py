@@ -38,13 +38,13 @@ def worker(args) -> None:
 
     if args.worker == "all-positions":
         train.projects_only_labelled = lambda model: False
-    from grid.spec import load_trials
+    from grid.spec import load_grid
     from runners.trial import execute
 
     with tempfile.TemporaryDirectory() as tmp:
         grid = Path(tmp) / "grid.yaml"
         grid.write_text(GRID.format(data=args.data, model=args.model, steps=args.steps, n_train=args.steps * 4))
-        _, trials = load_trials(grid, sets={"loss": args.loss})
+        _, trials = load_grid(grid, sets={"loss": args.loss})
         code, result = execute(trials[0], Path(tmp) / "trial")
     if code:
         raise SystemExit(result.get("error"))

@@ -13,6 +13,7 @@ import typer
 import yaml
 from rich.console import Console
 
+from runners import rundir
 from runners.config import ConfigError
 
 app = typer.Typer(
@@ -24,6 +25,9 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
+GridArg = Annotated[Path, typer.Argument(help="Grid YAML file.")]
+OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")]
+AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")]
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
 
@@ -60,9 +64,9 @@ def _setup_logging(verbose: bool = False) -> None:
 
 
 def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
-    from grid.spec import load_trials
+    from grid.spec import load_grid
 
-    spec, trials = load_trials(grid, sets=parse_pairs(sets, "--set"), picks=parse_pairs(picks, "--pick"))
+    spec, trials = load_grid(grid, sets=parse_pairs(sets, "--set"), picks=parse_pairs(picks, "--pick"))
     if smoke:
         from grid.smoke import smoke_trial
 
@@ -79,10 +83,10 @@ def default_run_dir(spec, smoke: bool) -> Path:
 
 @app.command()
 def trial(
-    grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
+    grid: GridArg,
     pick: PickOpt = None,
     set_: SetOpt = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
+    out_dir: OutOpt = None,
     smoke: SmokeOpt = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
@@ -100,10 +104,10 @@ def trial(
     if code:
         err.print(f"[bold red]trial failed:[/] {result['error']}\n{result.get('traceback', '')}", highlight=False)
         raise typer.Exit(1)
-    from grid.schedule import write_grid_yaml, write_results_csv  # the same run-folder summary as `ftgrid run`
+    from grid.runfolder import refresh_results_csv, write_grid_yaml  # the same run-folder files as `ftgrid run`
 
     write_grid_yaml(spec, run_dir)
-    write_results_csv(run_dir)
+    refresh_results_csv(run_dir)
     metrics = result["metrics"]
     shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
     out.print(
@@ -115,7 +119,7 @@ def trial(
 
 @app.command()
 def audit(
-    grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
+    grid: GridArg,
     pick: PickOpt = None,
     set_: SetOpt = None,
     n: Annotated[int, typer.Option("-n", help="Number of training examples to show.")] = 3,
@@ -123,55 +127,51 @@ def audit(
     smoke: SmokeOpt = False,
 ):
     """Show, per example, the prompt and the exact tokens the loss is computed on."""
-    from runners.masking import IGNORE
-    from runners.models import load_tokenizer, resolve_source
-    from runners.trial import build_dataset, select_rows
+    from runners.masking import supervised_ids
+    from runners.models import load_tokenizer
+    from runners.trial import encode_rows, select_rows
 
     _setup_logging()
     _, cfg = _pick_trial(grid, pick, set_, smoke)
-    if cfg.method == "zero_shot":
+    if not cfg.method.trains:
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
     tokenizer = load_tokenizer(cfg)
-    rows, _, _ = select_rows(cfg)
-    rows = rows[:n]
-    encoded = build_dataset(rows, tokenizer, cfg, cfg.loss)
+    rows = select_rows(cfg)[0][:n]
     empty = 0
-    for row, enc in zip(rows, encoded, strict=True):
-        supervised = [
-            t
-            for t, lab in zip(enc.input_ids if enc.decoder_only else enc.labels, enc.labels, strict=True)
-            if lab != IGNORE
-        ]
+    for row, enc in zip(rows, encode_rows(rows, tokenizer, cfg, cfg.loss), strict=True):
+        supervised = supervised_ids(enc)
         empty += not supervised
-        prompt = tokenizer.decode(enc.input_ids[: enc.prompt_len] if enc.decoder_only else enc.input_ids)
-        if as_json:
-            print(
-                json.dumps(
-                    {
-                        "id": row["id"],
-                        "template": cfg.template,
-                        "loss": cfg.loss,
-                        "tokenizer": resolve_source(cfg.model_entry),
-                        "prompt": prompt,
-                        "summary": row["summary"],
-                        "input_ids": enc.input_ids,
-                        "labels": enc.labels,
-                    }
-                )
-            )
-            continue
-        out.rule(f"{row['id']}  ({cfg.template}, loss {cfg.loss}, {cfg.model})")
-        out.print("[bold]prompt[/]", highlight=False)
-        out.print(prompt, markup=False, highlight=False)
-        out.print(
-            f"[bold]loss on {len(supervised)} of {len(enc.input_ids) if enc.decoder_only else len(enc.labels)} "
-            f"tokens[/]{' (dialogue shortened)' if enc.dialogue_truncated else ''}:",
-            highlight=False,
-        )
-        out.print(repr(tokenizer.decode(supervised)), markup=False, highlight=False)
+        (_audit_json if as_json else _audit_text)(cfg, tokenizer, row, enc, supervised)
     if empty:
         err.print(f"[bold red]{empty} of {len(rows)} examples have no supervised token[/]")
         raise typer.Exit(1)
+
+
+def _audit_json(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
+    """One JSON line: the exact ids and labels the trainer sees (the `ftgrid audit --json` contract)."""
+    from runners.models import resolve_source
+
+    record = {
+        "id": row["id"],
+        "template": cfg.template,
+        "loss": cfg.loss,
+        "tokenizer": resolve_source(cfg.model_entry),
+        "prompt": tokenizer.decode(enc.prompt_ids),
+        "summary": row["summary"],
+        "input_ids": enc.input_ids,
+        "labels": enc.labels,
+    }
+    print(json.dumps(record))
+
+
+def _audit_text(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
+    """The prompt and the text of the tokens the loss is taken on, for reading."""
+    out.rule(f"{row['id']}  ({cfg.template}, loss {cfg.loss}, {cfg.model})")
+    out.print("[bold]prompt[/]", highlight=False)
+    out.print(tokenizer.decode(enc.prompt_ids), markup=False, highlight=False)
+    shortened = " (dialogue shortened)" if enc.dialogue_truncated else ""
+    out.print(f"[bold]loss on {len(supervised)} of {enc.n_targets} tokens[/]{shortened}:", highlight=False)
+    out.print(repr(tokenizer.decode(supervised)), markup=False, highlight=False)
 
 
 @app.command()
@@ -191,9 +191,9 @@ def summarize(
 
 @app.command()
 def run(
-    grid: Annotated[Path, typer.Argument(help="Grid YAML file.")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    grid: GridArg,
+    out_dir: OutOpt = None,
+    address: AddressOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trial table and exit.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Rerun trials that already finished.")] = False,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1)] = None,
@@ -202,11 +202,11 @@ def run(
     smoke: SmokeOpt = False,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
-    from grid.schedule import run_grid
-    from grid.spec import load_trials
+    from grid.spec import load_grid
+    from grid.sweep import run_grid
 
     _setup_logging()
-    spec, trials = load_trials(grid, sets=parse_pairs(set_, "--set"))
+    spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
     if smoke:
         from grid.smoke import smoke as smoke_all
 
@@ -229,8 +229,8 @@ def run(
 @app.command()
 def tune(
     search: Annotated[Path, typer.Argument(help="Search YAML file (a grid file with a `search:` block).")],
-    out_dir: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<name>).")] = None,
-    address: Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")] = None,
+    out_dir: OutOpt = None,
+    address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
@@ -252,7 +252,7 @@ def table(
         list[str] | None, typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")
     ] = None,
     cols: Annotated[list[str] | None, typer.Option("--cols", help="Axis (or 'metric') for the columns.")] = None,
-    metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = "rouge1",
+    metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = rundir.MAIN_METRIC,
     compare: Annotated[str | None, typer.Option(help="Paired tests between the levels of this axis.")] = None,
     baseline: Annotated[str | None, typer.Option(help="Baseline trials, e.g. method=zero_shot.")] = None,
     condition: Annotated[
@@ -291,7 +291,7 @@ def report(
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Where to write (default: the first run folder).")
     ] = None,
-    metric: Annotated[str, typer.Option(help="Main metric.")] = "rouge1",
+    metric: Annotated[str, typer.Option(help="Main metric.")] = rundir.MAIN_METRIC,
 ):
     """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""
     from analysis import AnalysisError, cli_report
@@ -301,7 +301,7 @@ def report(
     except AnalysisError as e:
         raise BadInput(str(e)) from e
     for name, path in paths.items():
-        if name in ("report.md", "report.html", "md", "html"):
+        if name in (rundir.REPORT_MD, rundir.REPORT_HTML):
             out.print(f"{name}: {path}", highlight=False)
 
 

@@ -1,21 +1,40 @@
 """Progress of a grid or search run: counts of done / running / pending / failed trials and the best score
-so far, one plain line per finished trial (readable in a log file), plus a live status line on a terminal."""
+so far, one plain line per finished trial (readable in a log file), a live status line on a terminal, and
+the summary at the end, settled from the trials' result.json files."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from grid.runfolder import refresh_results_csv
+from runners import rundir
+from runners.config import TrialConfig
+
+
+class Ending(rundir.Choice):
+    """How a trial ended in this invocation of `run` or `tune`."""
+
+    OK = "ok"  # trained now
+    CACHED = "cached"  # finished before: not run again
+    STOPPED = "stopped"  # stopped early by a scheduler (ASHA)
+    FAILED = "failed"
+    NOT_RUN = "not run"  # the run was interrupted first
+
+
+STYLE = {Ending.OK: "green", Ending.FAILED: "red", Ending.STOPPED: "yellow", Ending.NOT_RUN: "yellow"}
+
 
 @dataclass
 class Outcome:
-    """How one trial ended in this invocation: ok (trained now), cached, failed or not run."""
+    """How one trial ended in this invocation."""
 
     trial_id: str
-    status: str  # ok | cached | failed | stopped (early, by a scheduler) | not run
+    status: Ending
     score: float | None = None
     reason: str | None = None
 
@@ -32,7 +51,7 @@ class Progress:
     """Counts trials as they start and end; prints a line per ended trial and keeps a live status on a TTY."""
 
     total: int
-    metric: str = "rougeL"
+    metric: str = rundir.MAIN_METRIC
     mode: str = "max"
     console: Console = field(default_factory=Console)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -42,7 +61,7 @@ class Progress:
 
     # --- events ---
     def cached(self, trial_id: str, score: float | None) -> None:
-        self._end(Outcome(trial_id, "cached", score))
+        self._end(Outcome(trial_id, Ending.CACHED, score))
 
     def started(self, trial_id: str) -> None:
         self.running[trial_id] = "starting"
@@ -50,8 +69,6 @@ class Progress:
 
     def reported(self, trial_id: str, result: dict) -> None:
         """An intermediate result: a train_log.jsonl line streamed from the trial."""
-        if "status" in result:
-            return
         parts = [f"step {result['step']}"] if "step" in result else []
         parts += [f"{key} {result[key]:.4g}" for key in ("loss", "eval_loss") if _is_number(result.get(key))]
         if parts:
@@ -61,15 +78,15 @@ class Progress:
     def finished(self, trial_id: str, result: dict) -> None:
         """The trial's final report (or its result.json): status ok/failed, with metrics or an error."""
         score = (result.get("metrics") or result).get(self.metric)
-        if result.get("status") == "ok":
-            self._end(Outcome(trial_id, "cached" if result.get("cached") else "ok", _number(score)))
+        if result.get("status") == rundir.Status.OK:
+            self._end(Outcome(trial_id, Ending.CACHED if result.get("cached") else Ending.OK, _number(score)))
         else:
-            self._end(Outcome(trial_id, "failed", reason=one_line(result.get("error"))))
+            self._end(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
 
     def stopped(self, trial_id: str) -> None:
         """Ended without a final report: a scheduler (ASHA) stopped it early."""
         note = self.running.get(trial_id, "")
-        self._end(Outcome(trial_id, "stopped", reason="stopped early" + (f" at {note}" if note else "")))
+        self._end(Outcome(trial_id, Ending.STOPPED, reason="stopped early" + (f" at {note}" if note else "")))
 
     def _end(self, outcome: Outcome, quiet: bool = False) -> None:
         self.running.pop(outcome.trial_id, None)
@@ -78,11 +95,9 @@ class Progress:
             sign = 1 if self.mode == "max" else -1
             if self.best is None or sign * outcome.score > sign * self.best[0]:
                 self.best = (outcome.score, outcome.trial_id)
-        if outcome.status not in ("cached", "not run") and not quiet:
+        if outcome.status not in (Ending.CACHED, Ending.NOT_RUN) and not quiet:
             detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
-            mark = {"ok": "[green]ok[/]", "failed": "[red]failed[/]", "stopped": "[yellow]stopped[/]"}.get(
-                outcome.status, outcome.status
-            )
+            mark = f"[{STYLE[outcome.status]}]{outcome.status}[/]"
             self.console.print(
                 f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False, soft_wrap=True
             )  # one line per trial in a log file, however long
@@ -95,8 +110,8 @@ class Progress:
     # --- views ---
     def counts(self) -> dict[str, int]:
         ended = list(self.outcomes.values())
-        done = sum(o.status in ("ok", "cached", "stopped") for o in ended)
-        failed = sum(o.status == "failed" for o in ended)
+        done = sum(o.status in (Ending.OK, Ending.CACHED, Ending.STOPPED) for o in ended)
+        failed = sum(o.status == Ending.FAILED for o in ended)
         running = len(self.running)
         return {
             "done": done,
@@ -133,17 +148,16 @@ class Progress:
         table = Table(title="summary", show_lines=False)
         for name in ("status", "trial", self.metric, "reason"):
             table.add_column(name, overflow="fold")
-        order = {"failed": 0, "not run": 1, "stopped": 2, "ok": 3, "cached": 4}
-        for o in sorted(self.outcomes.values(), key=lambda o: (order.get(o.status, 9), o.trial_id)):
+        order = [Ending.FAILED, Ending.NOT_RUN, Ending.STOPPED, Ending.OK, Ending.CACHED]
+        for o in sorted(self.outcomes.values(), key=lambda o: (order.index(o.status), o.trial_id)):
             score = f"{o.score:.2f}" if o.score is not None else ""
-            style = {"failed": "red", "not run": "yellow", "stopped": "yellow", "ok": "green"}.get(o.status)
-            table.add_row(o.status, o.trial_id, score, o.reason or "", style=style)
+            table.add_row(o.status.value, o.trial_id, score, o.reason or "", style=STYLE.get(o.status))
         return table
 
-    def totals(self) -> dict[str, int]:
-        out = {"ok": 0, "cached": 0, "stopped": 0, "failed": 0, "not run": 0}
+    def totals(self) -> dict[Ending, int]:
+        out = dict.fromkeys(Ending, 0)
         for o in self.outcomes.values():
-            out[o.status] = out.get(o.status, 0) + 1
+            out[o.status] += 1
         return out
 
 
@@ -153,3 +167,38 @@ def _is_number(value) -> bool:
 
 def _number(value) -> float | None:
     return float(value) if _is_number(value) else None
+
+
+def summarise(
+    progress: Progress,
+    trials: list[TrialConfig],
+    run_dir: Path,
+    console: Console,
+    again: str = "run the same command again to finish the trials that did not run",
+) -> int:
+    """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code:
+    0, or 1 if a trial failed or did not run."""
+    for cfg in trials:
+        known = progress.outcomes.get(cfg.trial_id)
+        result = rundir.read_result(Path(run_dir) / cfg.trial_id)
+        if known is not None and (known.status == Ending.CACHED or (known.status == Ending.STOPPED and result is None)):
+            continue
+        if result is None:
+            progress.settle(Outcome(cfg.trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
+        elif result.get("status") == rundir.Status.OK:
+            score = (result.get("metrics") or {}).get(progress.metric)
+            progress.settle(Outcome(cfg.trial_id, Ending.OK, _number(score)))
+        else:
+            progress.settle(Outcome(cfg.trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
+    progress.running.clear()
+    refresh_results_csv(run_dir)
+    totals = progress.totals()
+    if totals[Ending.FAILED] or totals[Ending.NOT_RUN] or totals[Ending.STOPPED]:
+        console.print(progress.summary_table())
+    line = " · ".join(f"{v} {k}" for k, v in totals.items() if v or k in (Ending.OK, Ending.FAILED))
+    if progress.best:
+        line += f" · best {progress.metric} {progress.best[0]:.2f} ({progress.best[1]})"
+    console.print(f"[bold]done[/]: {line} → {run_dir}", highlight=False)
+    if totals[Ending.NOT_RUN]:
+        console.print(again, highlight=False)
+    return 1 if totals[Ending.FAILED] or totals[Ending.NOT_RUN] else 0

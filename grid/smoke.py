@@ -14,6 +14,7 @@ from pathlib import Path
 from runners.config import TrialConfig
 from runners.data import DATASETS, LOCAL_SUFFIXES
 from runners.models import MODELS
+from runners.rundir import Method
 
 # Substrings of a hub id or local path → the tiny stand-in of that architecture class.
 ARCH_HINTS = {
@@ -60,16 +61,16 @@ def smoke_trial(cfg: TrialConfig) -> TrialConfig:
     update.update(
         model_entry=MODELS[stand_in(cfg)], dataset_entry=dataset, template_entry=cfg.template_entry, target_modules=None
     )
-    if cfg.method != "zero_shot":
+    if cfg.method.trains:
         update.update(SMOKE_SETTINGS, batch_size=min(cfg.batch_size, 4), eval_steps=1 if cfg.eval_steps else None)
     else:
         update.update(n_eval=SMOKE_SETTINGS["n_eval"], max_new_tokens=SMOKE_SETTINGS["max_new_tokens"])
     update["max_source_length"] = min(cfg.max_source_length, 256)
     update["max_target_length"] = min(cfg.max_target_length, 64)
     if not torch.cuda.is_available():  # GPU-only settings fall back to their CPU equivalents
-        if cfg.method != "zero_shot":
+        if cfg.method.trains:
             update.update(optimizer="adamw", precision="fp32")
-        if cfg.method in ("qlora", "zero_shot"):
+        if cfg.method in (Method.QLORA, Method.ZERO_SHOT):
             update["compute_dtype"] = "auto"
     update["metrics"] = [m for m in cfg.metrics if m in ("rouge", "bleu")] or ["rouge"]
     return TrialConfig.model_validate(update)

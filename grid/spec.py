@@ -135,7 +135,10 @@ def _merged(
 
 
 def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = None) -> list[TrialConfig]:
-    """One TrialConfig per cell of the cross product, deduplicated by trial id, in a stable order."""
+    """One TrialConfig per cell of the cross product, deduplicated by trial id, in a stable order.
+
+    Every problem of the file is collected first and raised at once, each with its YAML path.
+    """
     problems: list[str] = []
     registries = {
         "model": _merged(MODELS, spec.models, ModelEntry, "models", where, problems),
@@ -143,38 +146,61 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
         "template": _merged(TEMPLATES, spec.templates, TemplateEntry, "templates", where, problems),
     }
     axes = {k: (v if isinstance(v, list) else [v]) for k, v in spec.axes.items()}
-    for key in ("model", "dataset"):
-        if key not in axes and key not in spec.settings:
-            problems.append(f"{where}: axes.{key}: required (a list of {key} names)")
+    problems += _key_problems(spec, axes, where)
+    problems += _apply_picks(axes, picks or {})
+    problems += _name_problems(spec, axes, registries, where)
+    if problems:
+        raise ConfigError("\n".join(problems))
+    trials: dict[str, TrialConfig] = {}
+    for point in _points(spec, axes):
+        try:
+            cfg = TrialConfig.model_validate(_cell(spec, point, registries))
+        except ValidationError as err:
+            problems += _cell_problems(err, spec, axes, point, where)
+            continue
+        trials.setdefault(cfg.trial_id, cfg)
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
+    return list(trials.values())
+
+
+def _key_problems(spec: GridSpec, axes: dict[str, list], where: str) -> list[str]:
+    """Keys that are not settings, required axes that are missing, rules naming axes the grid lacks."""
+    unknown = f"unknown key; allowed: {', '.join(SETTING_FIELDS)}"
+    not_axis = f"not an axis of this grid; axes: {', '.join(axes)}"
+    problems = [
+        f"{where}: axes.{key}: required (a list of {key} names)"
+        for key in ("model", "dataset")
+        if key not in axes and key not in spec.settings
+    ]
     for section, keys in (("axes", axes), ("settings", spec.settings)):
-        for key in keys:
-            if key not in SETTING_FIELDS:
-                problems.append(f"{where}: {section}.{key}: unknown key; allowed: {', '.join(SETTING_FIELDS)}")
+        problems += [f"{where}: {section}.{key}: {unknown}" for key in keys if key not in SETTING_FIELDS]
     for i, rule in enumerate(spec.exclude):
-        problems += [
-            f"{where}: exclude[{i}].{k}: not an axis of this grid; axes: {', '.join(axes)}"
-            for k in rule
-            if k not in axes
-        ]
+        problems += [f"{where}: exclude[{i}].{k}: {not_axis}" for k in rule if k not in axes]
     for i, rule in enumerate(spec.overrides):
+        problems += [f"{where}: overrides[{i}].match.{k}: {not_axis}" for k in rule.match if k not in axes]
         problems += [
-            f"{where}: overrides[{i}].match.{k}: not an axis of this grid; axes: {', '.join(axes)}"
-            for k in rule.match
-            if k not in axes
+            f"{where}: overrides[{i}].settings.{k}: {unknown}" for k in rule.settings if k not in SETTING_FIELDS
         ]
-        problems += [
-            f"{where}: overrides[{i}].settings.{k}: unknown key; allowed: {', '.join(SETTING_FIELDS)}"
-            for k in rule.settings
-            if k not in SETTING_FIELDS
-        ]
-    for key, values in axes.items():
-        if not values:
-            problems.append(f"{where}: axes.{key}: empty list")
-    for key, value in (picks or {}).items():
+    problems += [f"{where}: axes.{key}: empty list" for key, values in axes.items() if not values]
+    return problems
+
+
+def _apply_picks(axes: dict[str, list], picks: dict[str, Any]) -> list[str]:
+    """Fix the picked axes to one value each (in place); the problems of picks that name no setting."""
+    problems = []
+    for key, value in picks.items():
         if key not in axes and key not in SETTING_FIELDS:
             problems.append(f"--pick {key}: unknown axis; axes of this grid: {', '.join(axes)}")
         else:
             axes[key] = [value]
+    return problems
+
+
+def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, where: str) -> list[str]:
+    """Model, dataset and template names that no registry entry has."""
+    problems = []
     for key, registry in registries.items():
         names = axes.get(key, [spec.settings.get(key)])
         for i, name in enumerate(names):
@@ -184,47 +210,55 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
                     f"{where}: {path}: unknown {key} {name!r}; available: {', '.join(registry)} "
                     f"(or add an entry under `{key}s:`)"
                 )
-    if problems:
-        raise ConfigError("\n".join(problems))
+    return problems
 
+
+def _points(spec: GridSpec, axes: dict[str, list]):
+    """The cells of the cross product (axis → value, the five axes first) that no `exclude` rule removes."""
     ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
-    trials: dict[str, TrialConfig] = {}
     for values in itertools.product(*(axes[k] for k in ordered)):
         point = dict(zip(ordered, values, strict=True))
-        if any(all(point.get(k) == v for k, v in rule.items()) for rule in spec.exclude):
-            continue
-        cell = {**spec.settings, **point}
-        for rule in spec.overrides:
-            if all(point.get(k) == v for k, v in rule.match.items()):
-                cell.update(rule.settings)
-        cell["model_entry"] = registries["model"][cell["model"]]
-        cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
-        cell["template_entry"] = registries["template"][cell.get("template", "custom")]
-        cell.setdefault("template", "custom")
-        try:
-            cfg = TrialConfig.model_validate(cell)
-        except ValidationError as err:
-            cell_desc = ", ".join(f"{k}={v}" for k, v in zip(ordered, values, strict=True))
-            for e in err.errors():
-                field = str(e["loc"][0]) if e["loc"] else ""
-                section = ("axes",) if field in axes else ("settings",) if field in spec.settings else ()
-                line = format_errors([{**e, "loc": (*section, *e["loc"])}], where)[0]
-                problems.append(f"{line} [cell {cell_desc}]")
-            continue
-        trials.setdefault(cfg.trial_id, cfg)
-    if problems:
-        unique = list(dict.fromkeys(problems))
-        raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
-    return list(trials.values())
+        if not any(_matches(point, rule) for rule in spec.exclude):
+            yield point
 
 
-def load_trials(path: Path, *, sets=None, picks=None) -> tuple[GridSpec, list[TrialConfig]]:
+def _matches(point: dict, rule: dict) -> bool:
+    return all(point.get(k) == v for k, v in rule.items())
+
+
+def _cell(spec: GridSpec, point: dict, registries: dict) -> dict:
+    """The raw settings of one cell: fixed settings, the cell's axis values, matching overrides, resolved entries."""
+    cell = {**spec.settings, **point}
+    for rule in spec.overrides:
+        if _matches(point, rule.match):
+            cell.update(rule.settings)
+    cell.setdefault("template", "custom")
+    cell["model_entry"] = registries["model"][cell["model"]]
+    cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
+    cell["template_entry"] = registries["template"][cell["template"]]
+    return cell
+
+
+def _cell_problems(err: ValidationError, spec: GridSpec, axes: dict, point: dict, where: str) -> list[str]:
+    """A cell's validation errors, each with the YAML section it came from and the cell's axis values."""
+    cell_desc = ", ".join(f"{k}={v}" for k, v in point.items())
+    problems = []
+    for e in err.errors():
+        field = str(e["loc"][0]) if e["loc"] else ""
+        section = ("axes",) if field in axes else ("settings",) if field in spec.settings else ()
+        line = format_errors([{**e, "loc": (*section, *e["loc"])}], where)[0]
+        problems.append(f"{line} [cell {cell_desc}]")
+    return problems
+
+
+def load_grid(path: Path, *, sets=None, picks=None) -> tuple[GridSpec, list[TrialConfig]]:
+    """A grid file read, with `--set` values applied, and expanded into its trials (`--pick` fixes axes)."""
     spec = load_spec(path, sets=sets)
     return spec, expand(spec, str(path), picks)
 
 
-def varying_axes(trials: list[TrialConfig]) -> list[str]:
+def varying_settings(trials: list[TrialConfig]) -> list[str]:
     """Axes (and other settings) whose value differs between trials: the columns of a trial table."""
-    dumps = [t.model_dump(exclude=set(ENTRY_FIELDS)) for t in trials]
+    dumps = [t.model_dump(mode="json", exclude=set(ENTRY_FIELDS)) for t in trials]
     keys = [k for k in SETTING_FIELDS if len({repr(d[k]) for d in dumps}) > 1]
     return [k for k in (*AXES, "method") if k in keys] + [k for k in keys if k not in (*AXES, "method")]

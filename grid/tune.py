@@ -4,7 +4,7 @@ caching and failure rules of `ftgrid run`, optional ASHA early stopping on eval 
 The search YAML is a grid file whose `axes:` fix one cell (one model, dataset, template, …) plus a block:
 
     search:
-      metric: rougeL            # any metric of result.json; mode max
+      metric: rougeL            # any metric of result.json (default: the main metric, rougeL); mode max
       num_samples: 16
       eval_split: validation    # the search scores on validation; best.yaml goes back to the dataset's split
       n_eval: 100               # optional: fewer evaluation examples while searching
@@ -30,13 +30,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 from rich.table import Table
 
+from grid.progress import Progress, summarise
+from grid.ray_driver import launch_of, param_space, run_on_ray
+from grid.runfolder import write_grid_yaml
+from grid.spec import SETTING_FIELDS, expand
 from runners import rundir
 from runners.config import AXES, ConfigError, TrialConfig, format_validation_error
 
 log = logging.getLogger("ftgrid.tune")
 
-BEST_YAML = "best.yaml"
-METRICS = ("rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "meteor", "bertscore", "gen_len")
 NOT_SEARCHABLE = ("model", "dataset", "template")  # they carry registry entries: fix them in `axes:`
 
 
@@ -99,7 +101,7 @@ class SearchBlock(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     space: dict[str, Domain] = Field(min_length=1, description="Setting name → distribution.")
-    metric: str = Field("rougeL", description="The result.json metric to optimise.")
+    metric: str = Field(rundir.MAIN_METRIC, description="The result.json metric to optimise.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
     num_samples: int = Field(8, ge=1, description="Configurations to try in all (finished ones count on --resume).")
     seed: int = Field(0, description="Seed of Optuna's TPE sampler.")
@@ -123,12 +125,11 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
     except ValidationError as err:
         raise ConfigError("\n".join(format_validation_error(err, where, ("search",)))) from err
     problems = []
-    settable = [n for n in TrialConfig.model_fields if n not in ("model_entry", "dataset_entry", "template_entry")]
     for key in search.space:
         if key in NOT_SEARCHABLE:
             problems.append(f"{where}: search.space.{key}: {key} is fixed in axes: (run one search per {key})")
-        elif key not in settable:
-            problems.append(f"{where}: search.space.{key}: unknown setting; allowed: {', '.join(settable)}")
+        elif key not in SETTING_FIELDS:
+            problems.append(f"{where}: search.space.{key}: unknown setting; allowed: {', '.join(SETTING_FIELDS)}")
         elif key in spec.axes:
             problems.append(f"{where}: search.space.{key}: also set in axes.{key}; keep one of them")
     for key, values in spec.axes.items():
@@ -137,8 +138,9 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
                 f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) "
                 f"or search it with search.space.{key}: {{choice: {values}}}"
             )
-    if search.metric not in METRICS:
-        problems.append(f"{where}: search.metric: unknown metric {search.metric!r}; available: {', '.join(METRICS)}")
+    if search.metric not in rundir.METRICS:
+        available = ", ".join(rundir.METRICS)
+        problems.append(f"{where}: search.metric: unknown metric {search.metric!r}; available: {available}")
     if search.early_stopping:
         if search.early_stopping.metric == "eval_loss" and not spec.settings.get("eval_steps"):
             problems.append(f"{where}: search.early_stopping: needs settings.eval_steps (eval loss every N steps)")
@@ -165,8 +167,6 @@ def search_spec(spec, search: SearchBlock):
 
 
 def base_trial(spec, search: SearchBlock, grid_path: Path) -> TrialConfig:
-    from grid.spec import expand
-
     trials = expand(search_spec(spec, search), str(grid_path))
     return trials[0]
 
@@ -191,7 +191,7 @@ def finished_samples(run_dir: Path, base: TrialConfig, search: SearchBlock) -> l
     found = []
     for trial_dir in sorted(p for p in Path(run_dir).glob("*") if p.is_dir()):
         result = rundir.read_result(trial_dir)
-        if not result or result.get("status") != "ok":
+        if not result or result.get("status") != rundir.Status.OK:
             continue
         score = (result.get("metrics") or {}).get(search.metric)
         point = sample_of(result, base, search)
@@ -222,7 +222,8 @@ def make_searcher(search: SearchBlock, previous: list[tuple[dict, float, dict]])
     )
 
 
-def make_scheduler(search: SearchBlock, spec):
+def make_asha(search: SearchBlock, spec):
+    """ASHA early stopping on the train_log key the search block names (lower is better)."""
     from ray.tune.schedulers import ASHAScheduler
 
     stop = search.early_stopping
@@ -253,7 +254,7 @@ def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished
     score = best["metrics"][search.metric]
     split = search.eval_split or config["dataset_entry"]["eval_split"]
     header = (
-        f"# ftgrid run {BEST_YAML}   (or: ftgrid trial {BEST_YAML})\n"
+        f"# ftgrid run {rundir.BEST_YAML}   (or: ftgrid trial {rundir.BEST_YAML})\n"
         f"# The best of {n_finished} finished samples of `ftgrid tune {grid_path}`: {search.metric} {score:.2f} "
         f"on {split} ({best.get('eval', {}).get('n_examples', '?')} examples), trial {best['trial_id']}.\n"
         f"# It evaluates on the dataset's own eval_split and settings.n_eval, not the search's.\n"
@@ -274,22 +275,12 @@ def run_search(
 
     Returns 0, or 1 if no sample finished or any failed. Raises ConfigError for a bad search block.
     """
-    from grid.progress import Progress
-    from grid.schedule import finish, run_on_ray, write_grid_yaml
-
     console = console or Console()
     search = parse_search(spec, grid_path)
     base = base_trial(spec, search, grid_path)
     run_dir = Path(run_dir)
     write_grid_yaml(spec, run_dir)
-    found = finished_samples(run_dir, base, search)
-    previous = found if resume else []
-    if found and not resume:
-        console.print(
-            f"{run_dir} holds {len(found)} finished samples of this search; the search starts over "
-            f"(equal samples are cache hits; --resume counts them instead)",
-            highlight=False,
-        )
+    previous = _previous_samples(run_dir, base, search, resume, console)
     remaining = search.num_samples - len(previous)
     console.print(
         f"search: {search.num_samples} samples of {', '.join(search.space)} on {base.model} / "
@@ -299,45 +290,57 @@ def run_search(
     )
     progress = Progress(total=max(0, remaining), metric=search.metric, mode=search.mode, console=console)
     if remaining > 0:
-        res = spec.resources
-        launch = {
-            "run_dir": str(run_dir.resolve()),
-            "launcher": res.launcher,
-            "gpus": res.gpus_per_trial,
-            "cpus": res.cpus_per_trial,
-            "retries": res.retries,
-            "force": False,
-        }
-
-        def param_space() -> dict:  # built once Ray is up: the domains are Ray objects
-            return {
-                "trial": base.model_dump(mode="json"),
-                "launch": launch,
-                **{key: domain.to_ray() for key, domain in search.space.items()},
-            }
-
-        def tune_extra() -> dict:
-            extra = {"search_alg": make_searcher(search, previous)}
-            if search.early_stopping:
-                extra["scheduler"] = make_scheduler(search, spec)
-            return extra
-
-        run_on_ray(
-            param_space,
-            run_dir,
-            address=address,
-            name=f"{spec.name}-tune",
-            resources=res,
-            max_concurrent=search.max_concurrent or res.max_concurrent,
-            retries=res.retries,
-            progress=progress,
-            tune_config_extra=tune_extra,
-            num_samples=remaining,
-        )
+        _search_on_ray(spec, search, base, previous, run_dir, remaining, address=address, progress=progress)
     # the outcome of this invocation's samples, as `run` reports them
     seen = [TrialConfig.model_validate(r["config"]) for r in _results_of(run_dir, progress.outcomes)]
     again = "run the same command with --resume to finish the search"
-    code = finish(seen, run_dir, progress, console, again) if progress.outcomes else 0
+    code = summarise(progress, seen, run_dir, console, again) if progress.outcomes else 0
+    return _write_best(spec, search, base, grid_path, run_dir, console) or code
+
+
+def _previous_samples(run_dir: Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
+    """The finished samples the search counts: all of them with --resume, none without (they are cache hits)."""
+    found = finished_samples(run_dir, base, search)
+    if found and not resume:
+        console.print(
+            f"{run_dir} holds {len(found)} finished samples of this search; the search starts over "
+            f"(equal samples are cache hits; --resume counts them instead)",
+            highlight=False,
+        )
+    return found if resume else []
+
+
+def _search_on_ray(spec, search, base, previous, run_dir: Path, num_samples: int, *, address, progress) -> None:
+    """`num_samples` new samples drawn by Optuna (told about `previous`), each run as one cell on Ray Tune."""
+    res = spec.resources
+    launch = launch_of(res, retries=res.retries, force=False)
+
+    def space() -> dict:  # built once Ray is up: the domains are Ray objects
+        domains = {key: domain.to_ray() for key, domain in search.space.items()}
+        return param_space(run_dir, launch, trial=base.model_dump(mode="json"), **domains)
+
+    def tune_extra() -> dict:
+        extra = {"search_alg": make_searcher(search, previous)}
+        if search.early_stopping:
+            extra["scheduler"] = make_asha(search, spec)
+        return extra
+
+    run_on_ray(
+        space,
+        run_dir,
+        address=address,
+        name=f"{spec.name}-tune",
+        resources=res,
+        max_concurrent=search.max_concurrent or res.max_concurrent,
+        retries=res.retries,
+        progress=progress,
+        tune_config_extra=tune_extra,
+        num_samples=num_samples,
+    )
+
+
+def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, run_dir: Path, console) -> int:
+    """Print the top samples and write RUN_DIR/best.yaml; 1 if no sample finished, else 0."""
     samples = finished_samples(run_dir, base, search)
     if not samples:
         console.print("[red]no sample finished[/]: nothing to write to best.yaml", highlight=False)
@@ -346,13 +349,13 @@ def run_search(
     samples.sort(key=lambda s: -sign * s[1])
     console.print(top_table(samples, search))
     point, score, best = samples[0]
-    rundir.write_text_atomic(run_dir / BEST_YAML, best_yaml(spec, search, best, grid_path, len(samples)))
+    rundir.write_atomic(run_dir / rundir.BEST_YAML, best_yaml(spec, search, best, grid_path, len(samples)))
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
     console.print(
-        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {run_dir / BEST_YAML}",
+        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {run_dir / rundir.BEST_YAML}",
         highlight=False,
     )
-    return code
+    return 0
 
 
 def _results_of(run_dir: Path, outcomes: dict) -> list[dict]:

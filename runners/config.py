@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from runners.rundir import METRIC_GROUPS, Loss, Method, normalise_settings
+
 AXES = ("model", "dataset", "template", "loss", "lora_rank")
 
 
@@ -81,8 +83,8 @@ class TrialConfig(_Frozen):
     model: str = Field(description="Model name (an entry of `models:` or a built-in).")
     dataset: str = Field(description="Dataset name (an entry of `datasets:` or a built-in).")
     template: str = Field(description="Template name (an entry of `templates:` or a built-in).")
-    loss: Literal["full", "summary_only", "none"] = Field(
-        "summary_only",
+    loss: Loss = Field(
+        Loss.SUMMARY_ONLY,
         description="`full`: loss on prompt + summary; `summary_only`: on the summary and its EOS; `none`: zero-shot.",
     )
     lora_rank: int = Field(16, ge=0, description="LoRA rank r (0 when no adapter is trained).")
@@ -91,9 +93,7 @@ class TrialConfig(_Frozen):
     dataset_entry: DatasetEntry
     template_entry: TemplateEntry
     # --- method ---
-    method: Literal["qlora", "lora", "full", "zero_shot"] = Field(
-        "qlora", description="4-bit base + LoRA, LoRA, all weights, or no training."
-    )
+    method: Method = Field(Method.QLORA, description="4-bit base + LoRA, LoRA, all weights, or no training.")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] | None = Field(None, description="Overrides the model entry's LoRA target modules.")
@@ -148,26 +148,16 @@ class TrialConfig(_Frozen):
         """Reset settings the method ignores, so equal experiments share one id (e.g. one zero-shot per cell)."""
         if not isinstance(data, dict):
             return data
-        data = dict(data)
-        method = data.get("method", "qlora")
-        if method == "zero_shot":
-            data["loss"] = "none"
-            for name in TRAINING_FIELDS:
-                data.pop(name, None)
-        if method in ("zero_shot", "full"):
-            data["lora_rank"] = 0
-            for name in LORA_FIELDS:
-                data.pop(name, None)
-        if method != "qlora":
-            for name in QUANT_FIELDS:
-                data.pop(name, None)
-        return data
+        try:
+            return normalise_settings(data)
+        except ValueError:
+            return data  # an unknown method: the field's own validation names it
 
     @model_validator(mode="after")
     def _check(self) -> TrialConfig:
-        if self.method in ("qlora", "lora") and self.lora_rank < 1:
+        if self.method.has_adapter and self.lora_rank < 1:
             raise ValueError(f"method {self.method} needs lora_rank >= 1 (got {self.lora_rank})")
-        if self.method != "zero_shot" and self.loss == "none":
+        if self.method.trains and self.loss == Loss.NONE:
             raise ValueError(f"loss none is only for method zero_shot; {self.method} needs full or summary_only")
         unknown = sorted(set(self.metrics) - set(METRIC_GROUPS))
         if unknown:
@@ -184,42 +174,13 @@ class TrialConfig(_Frozen):
     def trial_id(self) -> str:
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
         parts = [self.model, self.dataset, self.template]
-        if self.method != "zero_shot":
-            parts.append(self.loss)
+        if self.method.trains:
+            parts.append(self.loss.value)
         if self.lora_rank:
             parts.append(f"r{self.lora_rank}")
-        parts.append(self.method.replace("_", ""))
+        parts.append(self.method.value.replace("_", ""))
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:80]
         return f"{slug}-{digest}"
-
-    def axis_values(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in (*AXES, "method")}
-
-
-TRAINING_FIELDS = (
-    "learning_rate",
-    "lr_scheduler",
-    "warmup_ratio",
-    "weight_decay",
-    "max_grad_norm",
-    "optimizer",
-    "epochs",
-    "max_steps",
-    "batch_size",
-    "grad_accum",
-    "gradient_checkpointing",
-    "group_by_length",
-    "n_train",
-    "logging_steps",
-    "eval_steps",
-    "lora_alpha",
-    "lora_dropout",
-    "target_modules",
-    "precision",
-)
-LORA_FIELDS = ("lora_alpha", "lora_dropout", "target_modules")
-QUANT_FIELDS = ("quant_type", "double_quant", "compute_dtype")
-METRIC_GROUPS = ("rouge", "bleu", "meteor", "bertscore")
 
 
 def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:
@@ -234,7 +195,7 @@ def format_errors(errors: list[dict], where: str, prefix: tuple = ()) -> list[st
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key"
-        if e["type"] == "literal_error":
+        if e["type"] in ("literal_error", "enum"):
             msg = f"must be one of {e['ctx']['expected']}"
         got = e.get("input")
         shown = "" if e["type"] in ("missing", "model_type") or isinstance(got, dict) else f" (got {got!r})"

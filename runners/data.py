@@ -8,6 +8,8 @@ import logging
 import random
 import re
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from runners.config import ConfigError, DatasetEntry
@@ -200,55 +202,58 @@ FOODS = ["pizza", "pasta", "sushi", "salad", "soup", "curry", "burgers"]
 PROBLEMS = ["the printer is broken", "the internet is down", "the heating does not work", "a window is stuck"]
 
 
-def _meeting(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
-    d1, d2 = r.sample(DAYS, 2)
-    t, p, item = r.choice(TIMES), r.choice(PLACES), r.choice(ITEMS)
-    turns = [
-        f"{a}: Hi {b}, can we meet on {d1}?",
-        f"{b}: Sorry, {d1} is bad for me. How about {d2} at {t}?",
-        f"{a}: {d2} at {t} works. Let's meet at {p}.",
-        f"{b}: Great. I will bring {item}.",
-    ]
-    return turns, f"{a} and {b} will meet on {d2} at {t} at {p}. {b} will bring {item}."
+@dataclass(frozen=True)
+class Scenario:
+    """One kind of synthetic dialogue: slots drawn at random, then turns and a summary that mention them."""
+
+    draw: Callable[[random.Random], dict]  # the slots, drawn in a fixed order (the rows depend on it)
+    dialogue: str  # the turns, one per line, with {a}, {b} (the speakers) and the slots
+    summary: str
 
 
-def _order(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
-    f1, f2 = r.sample(FOODS, 2)
-    n, t = r.randint(2, 6), r.choice(TIMES)
-    turns = [
-        f"{a}: Hello, I would like to order {f1} for {n} people.",
-        f"{b}: Sorry, we have no {f1} today.",
-        f"{a}: Then {f2}, please. Can you deliver it at {t}?",
-        f"{b}: Yes, {f2} for {n} at {t}.",
-    ]
-    return turns, f"{a} orders {f2} for {n} people from {b}, delivered at {t}, because there is no {f1}."
+def _two(r: random.Random, pool: list[str], first: str, second: str) -> dict:
+    return dict(zip((first, second), r.sample(pool, 2), strict=True))
 
 
-def _repair(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
-    problem, day, t = r.choice(PROBLEMS), r.choice(DAYS), r.choice(TIMES)
-    turns = [
-        f"{a}: {b}, {problem} again.",
-        f"{b}: Oh no. I can send someone to fix it.",
-        f"{a}: When can they come?",
-        f"{b}: On {day} at {t}. Is that fine?",
-        f"{a}: Yes, thank you.",
-    ]
-    return turns, f"{a} tells {b} that {problem}. {b} will send someone on {day} at {t}."
-
-
-def _trip(r: random.Random, a: str, b: str) -> tuple[list[str], str]:
-    p1, p2 = r.sample(PLACES, 2)
-    day, item = r.choice(DAYS), r.choice(ITEMS)
-    turns = [
-        f"{a}: Are we still going to {p1} on {day}?",
-        f"{b}: I think {p2} is better, {p1} is closed.",
-        f"{a}: Fine, {p2} then. Should I take {item}?",
-        f"{b}: Yes please, take {item}.",
-    ]
-    return turns, f"{a} and {b} will go to {p2} on {day} instead of {p1}. {a} will take {item}."
-
-
-SCENARIOS = (_meeting, _order, _repair, _trip)
+SCENARIOS = (
+    Scenario(
+        lambda r: {**_two(r, DAYS, "d1", "d2"), "t": r.choice(TIMES), "p": r.choice(PLACES), "item": r.choice(ITEMS)},
+        """\
+{a}: Hi {b}, can we meet on {d1}?
+{b}: Sorry, {d1} is bad for me. How about {d2} at {t}?
+{a}: {d2} at {t} works. Let's meet at {p}.
+{b}: Great. I will bring {item}.""",
+        "{a} and {b} will meet on {d2} at {t} at {p}. {b} will bring {item}.",
+    ),
+    Scenario(
+        lambda r: {**_two(r, FOODS, "f1", "f2"), "n": r.randint(2, 6), "t": r.choice(TIMES)},
+        """\
+{a}: Hello, I would like to order {f1} for {n} people.
+{b}: Sorry, we have no {f1} today.
+{a}: Then {f2}, please. Can you deliver it at {t}?
+{b}: Yes, {f2} for {n} at {t}.""",
+        "{a} orders {f2} for {n} people from {b}, delivered at {t}, because there is no {f1}.",
+    ),
+    Scenario(
+        lambda r: {"problem": r.choice(PROBLEMS), "day": r.choice(DAYS), "t": r.choice(TIMES)},
+        """\
+{a}: {b}, {problem} again.
+{b}: Oh no. I can send someone to fix it.
+{a}: When can they come?
+{b}: On {day} at {t}. Is that fine?
+{a}: Yes, thank you.""",
+        "{a} tells {b} that {problem}. {b} will send someone on {day} at {t}.",
+    ),
+    Scenario(
+        lambda r: {**_two(r, PLACES, "p1", "p2"), "day": r.choice(DAYS), "item": r.choice(ITEMS)},
+        """\
+{a}: Are we still going to {p1} on {day}?
+{b}: I think {p2} is better, {p1} is closed.
+{a}: Fine, {p2} then. Should I take {item}?
+{b}: Yes please, take {item}.""",
+        "{a} and {b} will go to {p2} on {day} instead of {p1}. {a} will take {item}.",
+    ),
+)
 
 
 def synthetic_examples(split: str, n: int, seed: int) -> list[dict]:
@@ -257,6 +262,8 @@ def synthetic_examples(split: str, n: int, seed: int) -> list[dict]:
     rows = []
     for i in range(n):
         a, b = r.sample(NAMES, 2)
-        turns, summary = SCENARIOS[i % len(SCENARIOS)](r, a, b)
-        rows.append({"id": f"synthetic-{split}-{i:04d}", "dialogue": "\n".join(turns), "summary": summary})
+        scenario = SCENARIOS[i % len(SCENARIOS)]
+        slots = {"a": a, "b": b, **scenario.draw(r)}
+        dialogue, summary = scenario.dialogue.format(**slots), scenario.summary.format(**slots)
+        rows.append({"id": f"synthetic-{split}-{i:04d}", "dialogue": dialogue, "summary": summary})
     return rows

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from runners import rundir
 from runners.config import ConfigError, TrialConfig
+from runners.rundir import Method
 
 
 def load_trained(trial_dir: Path):
@@ -20,17 +21,17 @@ def load_trained(trial_dir: Path):
         raise ConfigError(f"{trial_dir}: not a trial folder (no {rundir.TRIAL_JSON}); pass RUN_DIR/<trial_id>")
     cfg = TrialConfig.model_validate(json.loads((trial_dir / rundir.TRIAL_JSON).read_text()))
     adapter = trial_dir / rundir.ADAPTER
-    if cfg.method != "zero_shot" and not adapter.exists():
+    if cfg.method.trains and not adapter.exists():
         raise ConfigError(f"{trial_dir}: the trial has no {rundir.ADAPTER}/ (did it finish? status in result.json)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg)
-    if cfg.method == "full":
+    if cfg.method == Method.FULL:
         # Full fine-tuning saved the whole model in adapter/.
         cfg_full = cfg.model_copy(update={"model_entry": cfg.model_entry.model_copy(update={"source": str(adapter)})})
-        model = load_model(cfg_full.model_copy(update={"method": "zero_shot"}), device)
+        model = load_model(cfg_full.model_copy(update={"method": Method.ZERO_SHOT}), device)
     else:
         model = load_model(cfg, device)
-        if cfg.method in ("lora", "qlora"):
+        if cfg.method.has_adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter)
@@ -39,13 +40,10 @@ def load_trained(trial_dir: Path):
 
 
 def summarize(trial_dir: Path, dialogues: list[str]) -> list[str]:
+    """A summary of each dialogue by the trial's model, generated as its evaluation was."""
     from runners.generate import generate
-    from runners.masking import Encoded, encode_prompt
+    from runners.masking import encode_prompts
 
     cfg, model, tokenizer, device = load_trained(trial_dir)
-    prompts = []
-    for text in dialogues:
-        ids, _ = encode_prompt(tokenizer, cfg.template_entry, text.strip(), cfg.max_source_length)
-        prompts.append(Encoded(ids, [], len(ids), decoder_only=cfg.model_entry.kind == "causal"))
-    texts, _, _ = generate(model, tokenizer, prompts, cfg, device)
+    texts, _, _ = generate(model, tokenizer, encode_prompts(dialogues, tokenizer, cfg), cfg, device)
     return texts

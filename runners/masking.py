@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
-from runners.config import ConfigError, TemplateEntry
+from runners.config import ConfigError, TemplateEntry, TrialConfig
+from runners.rundir import Loss
 from runners.templates import render_prompt
 
 IGNORE = -100
@@ -25,6 +26,22 @@ class Encoded:
     dialogue_truncated: bool = False
     summary_truncated: bool = False
     decoder_only: bool = True
+
+    @property
+    def prompt_ids(self) -> list[int]:
+        """The ids generation starts from (for an encoder-decoder model, the encoder's input)."""
+        return self.input_ids[: self.prompt_len] if self.decoder_only else self.input_ids
+
+    @property
+    def n_targets(self) -> int:
+        """Positions a loss could be taken on: the whole sequence, or the decoder's for an encoder-decoder model."""
+        return len(self.input_ids) if self.decoder_only else len(self.labels)
+
+
+def supervised_ids(example: Encoded) -> list[int]:
+    """The token ids the loss is taken on (labels other than IGNORE): what `ftgrid audit` shows."""
+    tokens = example.input_ids if example.decoder_only else example.labels
+    return [t for t, label in zip(tokens, example.labels, strict=True) if label != IGNORE]
 
 
 def encode_prompt(tokenizer, template: TemplateEntry, dialogue: str, max_len: int) -> tuple[list[int], bool]:
@@ -62,6 +79,17 @@ def encode_summary(tokenizer, template: TemplateEntry, summary: str, max_len: in
     return ids[: max_len - 1] + [tokenizer.eos_token_id], truncated
 
 
+def encode_prompts(dialogues: list[str], tokenizer, cfg: TrialConfig) -> list[Encoded]:
+    """What generation starts from: each dialogue's prompt ids (no labels), shortened as for training, so the
+    prompt a model is evaluated on is the prompt it was trained on. Evaluation and `ftgrid summarize` use this."""
+    decoder_only = cfg.model_entry.kind == "causal"
+    prompts = []
+    for dialogue in dialogues:
+        ids, cut = encode_prompt(tokenizer, cfg.template_entry, dialogue.strip(), cfg.max_source_length)
+        prompts.append(Encoded(ids, [], len(ids), dialogue_truncated=cut, decoder_only=decoder_only))
+    return prompts
+
+
 def encode_example(
     tokenizer,
     template: TemplateEntry,
@@ -80,9 +108,9 @@ def encode_example(
         # Encoder-decoder models are trained on the target only, whatever `loss` says.
         return Encoded(prompt_ids, summary_ids, len(prompt_ids), cut_dialogue, cut_summary, decoder_only=False)
     input_ids = prompt_ids + summary_ids
-    if loss == "full":
+    if loss == Loss.FULL:
         labels = list(input_ids)
-    elif loss == "summary_only":
+    elif loss == Loss.SUMMARY_ONLY:
         labels = [IGNORE] * len(prompt_ids) + summary_ids
     else:
         raise ValueError(f"loss {loss!r} cannot be trained")

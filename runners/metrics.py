@@ -13,7 +13,8 @@ from __future__ import annotations
 import importlib.util
 from statistics import mean
 
-ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+from runners.rundir import ROUGE_TYPES
+
 PROTOCOL = {
     "rouge": "rouge_score, stemmer on, rougeLsum over newline-split sentences, best reference per example",
     "bleu": "sacrebleu corpus_bleu, 13a tokenisation, exp smoothing, all references",

@@ -251,7 +251,7 @@ def load_model(cfg: TrialConfig, device):
     on_gpu = device.type == "cuda"
     auto = AutoModelForSeq2SeqLM if entry.kind == "seq2seq" else AutoModelForCausalLM
     kwargs = dict(revision=entry.revision, trust_remote_code=entry.trust_remote_code)
-    if cfg.method == "qlora":
+    if cfg.method.quantised:
         compute = torch_dtype(cfg.compute_dtype, on_gpu=on_gpu)
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
@@ -264,9 +264,9 @@ def load_model(cfg: TrialConfig, device):
         kwargs["dtype"] = compute
     else:
         # Trainable weights stay fp32 (mixed precision autocasts); inference-only models use the compute dtype.
-        kwargs["dtype"] = torch_dtype(cfg.compute_dtype, on_gpu=on_gpu) if cfg.method == "zero_shot" else torch.float32
+        kwargs["dtype"] = torch_dtype(cfg.compute_dtype, on_gpu=on_gpu) if not cfg.method.trains else torch.float32
     model = auto.from_pretrained(resolve_source(entry), **kwargs)
-    if cfg.method != "qlora":
+    if not cfg.method.quantised:
         model.to(device)
     return model
 
@@ -275,7 +275,7 @@ def apply_lora(model, cfg: TrialConfig):
     """Wrap for training: k-bit preparation (qlora), LoRA adapters (qlora/lora), or all weights (full)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
-    if cfg.method == "qlora":
+    if cfg.method.quantised:
         model = prepare_model_for_kbit_training(
             model,
             use_gradient_checkpointing=cfg.gradient_checkpointing,
@@ -283,9 +283,9 @@ def apply_lora(model, cfg: TrialConfig):
         )
     elif cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if cfg.method == "lora":
+        if cfg.method.has_adapter:
             model.enable_input_require_grads()
-    if cfg.method == "full":
+    if not cfg.method.has_adapter:
         return model
     targets = cfg.target_modules or cfg.model_entry.target_modules
     lora = LoraConfig(

@@ -14,6 +14,7 @@ import math
 import random
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -69,7 +70,8 @@ def make_optimizer(model, cfg: TrialConfig):
     return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(optimizer, cfg: TrialConfig, steps: int):
+def make_lr_schedule(optimizer, cfg: TrialConfig, steps: int):
+    """Linear warmup for `warmup_ratio` of the steps, then the configured decay."""
     from transformers import get_scheduler
 
     warmup = int(round(cfg.warmup_ratio * steps))
@@ -113,85 +115,127 @@ def eval_loss(model, examples: list[Encoded], cfg: TrialConfig, pad_id: int, acc
     return float(total / count.clamp(min=1))
 
 
+@dataclass
+class _Loop:
+    """Where a training run stands: counters, the loss and useful tokens since the last log line, and timing."""
+
+    cfg: TrialConfig
+    accelerator: object
+    steps: int  # optimiser steps to take
+    n_examples: int
+    log_file: object  # train_log.jsonl on the main process, None elsewhere
+    step: int = 0
+    epoch: int = 0
+    micro: int = 0  # micro-batches seen by this process
+    final_loss: float | None = None
+    useful_tokens: int = 0
+    eval_s: float = 0.0
+    window_loss: float = 0.0
+    window_batches: int = 0
+    window_tokens: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    window_start: float = field(default_factory=time.perf_counter)
+
+    def add(self, loss: torch.Tensor, batch: dict) -> None:
+        """Count one micro-batch."""
+        self.window_loss += loss.detach().float().item()
+        self.window_batches += 1
+        self.window_tokens += int(batch["attention_mask"].sum())
+        self.micro += 1
+
+    def epochs_done(self) -> float:
+        return round(self.micro * self.cfg.batch_size * self.accelerator.num_processes / self.n_examples, 3)
+
+    def due(self, every: int | None) -> bool:
+        """Whether this optimiser step is one of every `every` (or the last)."""
+        return bool(every) and (self.step % every == 0 or self.step == self.steps)
+
+    def log_window(self, lr: float) -> None:
+        """A train_log.jsonl line: the mean loss, learning rate and useful tokens/s since the last one."""
+        now = time.perf_counter()
+        device = self.accelerator.device
+        tokens = int(self.accelerator.reduce(torch.tensor(self.window_tokens, device=device), "sum"))
+        self.final_loss = self.window_loss / self.window_batches
+        line = {
+            "step": self.step,
+            "loss": round(self.final_loss, 5),
+            "lr": lr,
+            "tokens_per_s": round(tokens / (now - self.window_start), 1),
+            "epoch": self.epochs_done(),
+        }
+        self.useful_tokens += tokens
+        _write_line(self.log_file, line)
+        self.window_loss, self.window_batches, self.window_tokens, self.window_start = 0.0, 0, 0, now
+
+    def log_eval(self, compute) -> None:
+        """An eval-loss line; the time it takes is not training time."""
+        eval_start = time.perf_counter()
+        _write_line(self.log_file, {"step": self.step, "eval_loss": round(compute(), 5)})
+        self.window_start = time.perf_counter()
+        self.eval_s += self.window_start - eval_start
+
+    def block(self) -> dict:
+        """The `train` block of result.json."""
+        wall = time.perf_counter() - self.started
+        return {
+            "steps": self.step,
+            "epochs": self.epochs_done(),
+            "final_loss": self.final_loss,
+            "train_tokens": self.useful_tokens,
+            "train_tokens_per_s": round(self.useful_tokens / (wall - self.eval_s), 1),
+            "eval_loss_s": round(self.eval_s, 2),
+            "wall_s": round(wall, 2),
+        }
+
+
 def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, accelerator, log_path: Path) -> dict:
     """Fine-tune `model` in place; returns the `train` block of result.json."""
     steps = total_steps(cfg, len(train_examples), accelerator.num_processes)
     compute_loss = labelled_loss if projects_only_labelled(model) else (lambda m, batch: m(**batch).loss)
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps)
+    scheduler = make_lr_schedule(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
     log_file = log_path.open("w") if accelerator.is_main_process else None
-    step, epoch, micro = 0, 0, 0
-    window_loss, window_batches, window_tokens = 0.0, 0, 0
-    useful_tokens, final_loss, eval_s = 0, None, 0.0
-    started = window_start = time.perf_counter()
+    loop = _Loop(cfg, accelerator, steps, len(train_examples), log_file)
     try:
-        while step < steps:
-            loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=epoch))
+        while loop.step < steps:
+            loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=loop.epoch))
             for batch in loader:
-                with accelerator.accumulate(model):
-                    loss = compute_loss(model, batch)
-                    if not torch.isfinite(loss):
-                        raise TrainingError(
-                            f"loss became {loss.item()} at step {step + 1}: lower learning_rate "
-                            f"(now {cfg.learning_rate}) or use precision fp32/bf16"
-                        )
-                    accelerator.backward(loss)
-                    if accelerator.sync_gradients:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    optimizer.zero_grad()
-                window_loss += loss.detach().float().item()
-                window_batches += 1
-                window_tokens += int(batch["attention_mask"].sum())
-                micro += 1
+                loss = _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg, loop.step)
+                loop.add(loss, batch)
                 if not accelerator.sync_gradients:
                     continue
-                step += 1
-                if step % cfg.logging_steps == 0 or step == steps:
-                    now = time.perf_counter()
-                    tokens = int(accelerator.reduce(torch.tensor(window_tokens, device=accelerator.device), "sum"))
-                    final_loss = window_loss / window_batches
-                    line = {
-                        "step": step,
-                        "loss": round(final_loss, 5),
-                        "lr": scheduler.get_last_lr()[0],
-                        "tokens_per_s": round(tokens / (now - window_start), 1),
-                        "epoch": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
-                    }
-                    useful_tokens += tokens
-                    _write_line(log_file, line)
-                    window_loss, window_batches, window_tokens, window_start = 0.0, 0, 0, now
-                if cfg.eval_steps and eval_examples and (step % cfg.eval_steps == 0 or step == steps):
-                    eval_start = time.perf_counter()
-                    _write_line(
-                        log_file,
-                        {
-                            "step": step,
-                            "eval_loss": round(eval_loss(model, eval_examples, cfg, pad_id, accelerator), 5),
-                        },
-                    )
-                    window_start = time.perf_counter()  # eval time is not training time
-                    eval_s += window_start - eval_start
-                if step >= steps:
+                loop.step += 1
+                if loop.due(cfg.logging_steps):
+                    loop.log_window(scheduler.get_last_lr()[0])
+                if eval_examples and loop.due(cfg.eval_steps):
+                    loop.log_eval(lambda: eval_loss(model, eval_examples, cfg, pad_id, accelerator))
+                if loop.step >= steps:
                     break
-            epoch += 1
+            loop.epoch += 1
     finally:
         if log_file:
             log_file.close()
-    wall = time.perf_counter() - started
-    train_s = wall - eval_s
-    return {
-        "steps": step,
-        "epochs": round(micro * cfg.batch_size * accelerator.num_processes / len(train_examples), 3),
-        "final_loss": final_loss,
-        "train_tokens": useful_tokens,
-        "train_tokens_per_s": round(useful_tokens / train_s, 1),
-        "eval_loss_s": round(eval_s, 2),
-        "wall_s": round(wall, 2),
-    }
+    return loop.block()
+
+
+def _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg: TrialConfig, step: int):
+    """Forward and backward on one micro-batch; the optimiser steps when the accumulation is complete."""
+    with accelerator.accumulate(model):
+        loss = compute_loss(model, batch)
+        if not torch.isfinite(loss):
+            raise TrainingError(
+                f"loss became {loss.item()} at step {step + 1}: lower learning_rate "
+                f"(now {cfg.learning_rate}) or use precision fp32/bf16"
+            )
+        accelerator.backward(loss)
+        if accelerator.sync_gradients:
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad()
+    return loss
 
 
 def _write_line(handle, line: dict) -> None:

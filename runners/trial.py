@@ -1,17 +1,20 @@
-"""One trial, top to bottom: tokenizer → data → prompts and masks → model (+4-bit, +LoRA) → train →
-generate → score → result.json. Runs the same in-process (`ftgrid trial`), under `accelerate launch`
-(`python -m runners.trial --config trial.json --out DIR`) and inside a Ray trial."""
+"""One trial, top to bottom: prepare the data, fit the model, evaluate it, assemble result.json.
+
+Runs the same in-process (`ftgrid trial`), under `accelerate launch` (`python -m runners.trial --config
+trial.json --out DIR`, one process per device) and inside a Ray trial. `result.json` is written last, by the
+main process only: its presence with status ok means the trial finished.
+"""
 
 from __future__ import annotations
 
 import argparse
-import datetime as dt
+import hashlib
 import json
 import logging
 import random
 import sys
 import time
-import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runners import rundir
@@ -20,7 +23,90 @@ from runners.config import ConfigError, TrialConfig
 log = logging.getLogger("ftgrid.trial")
 
 
-def build_dataset(rows: list[dict], tokenizer, cfg: TrialConfig, loss: str):
+@dataclass
+class TrialData:
+    """The rows of one trial and what the trainer and the generator see of them."""
+
+    train_rows: list[dict]
+    eval_rows: list[dict]
+    train_set: list = field(default_factory=list)  # Encoded examples, masked as `loss` says
+    eval_prompts: list = field(default_factory=list)  # Encoded prompts that generation starts from
+    eval_set: list = field(default_factory=list)  # Encoded examples for the eval loss (eval_steps only)
+    counts: dict = field(default_factory=dict)  # rows used, dropped, folded, truncated
+
+
+def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
+    """Fine-tune and evaluate one grid cell; writes the trial folder and returns result.json's content
+    (an empty dict on the processes other than the main one)."""
+    from runners.models import load_tokenizer
+
+    started_at, clock = rundir.now(), time.perf_counter()
+    accelerator = make_accelerator(cfg)
+    out_dir = Path(out_dir)
+    start_folder(cfg, out_dir)
+    tokenizer = load_tokenizer(cfg)
+    data = prepare_data(cfg, tokenizer)
+    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir)
+    evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
+    if not is_main_process():
+        return {}
+    result = assemble_result(cfg, data, train_block, evaluation, accelerator, out_dir)
+    result.update(started_at=started_at, finished_at=rundir.now(), wall_s=round(time.perf_counter() - clock, 2))
+    rundir.write_json(out_dir / rundir.RESULT_JSON, result)  # written last: its presence means done
+    return result
+
+
+def make_accelerator(cfg: TrialConfig):
+    """The Accelerator of this process: bf16 (or fp16) mixed precision on a GPU unless the config says
+    otherwise, fp32 on a CPU; seeds every random generator with the trial's seed."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    on_gpu = torch.cuda.is_available()
+    precision = cfg.precision
+    if precision == "auto":
+        precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if on_gpu else "fp32"
+    accelerator = Accelerator(
+        mixed_precision="no" if precision == "fp32" else precision,
+        gradient_accumulation_steps=cfg.grad_accum,
+        cpu=not on_gpu,
+    )
+    set_seed(cfg.seed)
+    return accelerator
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the trial's files (the only process, or rank 0 of several)."""
+    from accelerate import PartialState
+
+    return PartialState().is_main_process
+
+
+def start_folder(cfg: TrialConfig, out_dir: Path) -> None:
+    """The trial folder with its trial.json, and no result.json of an earlier run: a rerun replaces, never mixes."""
+    if is_main_process():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / rundir.RESULT_JSON).unlink(missing_ok=True)
+        rundir.write_json(out_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
+
+
+def select_rows(cfg: TrialConfig) -> tuple[list[dict], list[dict], dict]:
+    """Training rows (a seeded shuffle, first n_train) and evaluation rows (first n_eval, file order)."""
+    from runners.data import load_splits
+
+    train_rows, eval_rows, counts = load_splits(cfg.dataset_entry, cfg.dataset)
+    train_rows = list(train_rows)
+    random.Random(cfg.seed).shuffle(train_rows)
+    if cfg.n_train:
+        train_rows = train_rows[: cfg.n_train]
+    if cfg.n_eval:
+        eval_rows = eval_rows[: cfg.n_eval]
+    return train_rows, eval_rows, counts
+
+
+def encode_rows(rows: list[dict], tokenizer, cfg: TrialConfig, loss: str) -> list:
+    """Training examples: input ids and labels exactly as the trainer sees them (see `runners.masking`)."""
     from runners.masking import encode_example
 
     return [
@@ -38,18 +124,112 @@ def build_dataset(rows: list[dict], tokenizer, cfg: TrialConfig, loss: str):
     ]
 
 
-def select_rows(cfg: TrialConfig):
-    """Training rows (a seeded shuffle, first n_train) and evaluation rows (first n_eval, file order)."""
-    from runners.data import load_splits
+def prepare_data(cfg: TrialConfig, tokenizer) -> TrialData:
+    """Load the rows, encode the training examples and the evaluation prompts, and count what was cut."""
+    from runners.masking import encode_prompts
 
-    train_rows, eval_rows, counts = load_splits(cfg.dataset_entry, cfg.dataset)
-    train_rows = list(train_rows)
-    random.Random(cfg.seed).shuffle(train_rows)
-    if cfg.n_train:
-        train_rows = train_rows[: cfg.n_train]
-    if cfg.n_eval:
-        eval_rows = eval_rows[: cfg.n_eval]
-    return train_rows, eval_rows, counts
+    train_rows, eval_rows, counts = select_rows(cfg)
+    data = TrialData(train_rows, eval_rows, counts=counts)
+    if cfg.method.trains:
+        data.train_set = encode_rows(train_rows, tokenizer, cfg, cfg.loss)
+        if cfg.eval_steps:
+            data.eval_set = encode_rows(eval_rows, tokenizer, cfg, cfg.loss)
+    data.eval_prompts = encode_prompts([r["dialogue"] for r in eval_rows], tokenizer, cfg)
+    counts.update(
+        n_train=len(data.train_set),
+        n_eval=len(eval_rows),
+        train_dialogue_truncated=sum(e.dialogue_truncated for e in data.train_set),
+        train_summary_truncated=sum(e.summary_truncated for e in data.train_set),
+        eval_dialogue_truncated=sum(e.dialogue_truncated for e in data.eval_prompts),
+    )
+    return data
+
+
+def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path):
+    """The base model, fine-tuned as the method says and saved to adapter/ (zero-shot: loaded only).
+    Returns (model ready to generate, the `train` block of result.json)."""
+    from runners.models import apply_lora, count_params, load_model
+    from runners.train import train
+
+    model = load_model(cfg, accelerator.device)
+    block = {"steps": 0, "final_loss": None, "train_tokens_per_s": None, "wall_s": 0.0}
+    if cfg.method.trains:
+        model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
+        model = apply_lora(model, cfg)
+        block = train(
+            model, data.train_set, data.eval_set, cfg, tokenizer.pad_token_id, accelerator, out_dir / rundir.TRAIN_LOG
+        )
+        model = accelerator.unwrap_model(model)
+        if is_main_process():
+            model.save_pretrained(out_dir / rundir.ADAPTER)
+            tokenizer.save_pretrained(out_dir / rundir.ADAPTER)
+        if cfg.model_entry.kind == "seq2seq":
+            block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
+        if cfg.gradient_checkpointing:
+            # Generation wants its KV cache back (transformers 5 renamed the method and deprecated the old name).
+            disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
+            disable()
+    elif is_main_process():
+        rundir.write_atomic(out_dir / rundir.TRAIN_LOG, "")
+    model.config.use_cache = True
+    trainable, total = count_params(model)
+    block.update(
+        trainable_params=trainable if cfg.method.trains else 0,
+        total_params=total,
+        peak_memory_mb=peak_memory_mb(accelerator.device),
+    )
+    return model, block
+
+
+def evaluate(cfg: TrialConfig, model, tokenizer, data: TrialData, accelerator) -> dict:
+    """Generate a summary for every evaluation prompt, split across the processes and gathered back in order.
+    Returns predictions, generated lengths and timing (complete on every process)."""
+    from accelerate.utils import gather_object
+
+    from runners.generate import generate
+
+    indices = list(range(len(data.eval_prompts)))
+    with accelerator.split_between_processes(indices) as mine:
+        texts, lengths, timing = generate(
+            model, tokenizer, [data.eval_prompts[i] for i in mine], cfg, accelerator.device
+        )
+    return {"predictions": gather_object(texts), "gen_lens": gather_object(lengths), "timing": timing}
+
+
+def assemble_result(cfg: TrialConfig, data: TrialData, train_block: dict, evaluation: dict, accelerator, out_dir):
+    """Score the predictions, write predictions.jsonl, and return result.json's content (without times)."""
+    from runners.metrics import PROTOCOL, score
+
+    references = [r["summaries"] for r in data.eval_rows]
+    predictions = evaluation["predictions"]
+    metrics, per_example, unavailable = score(predictions, references, cfg.metrics, evaluation["gen_lens"])
+    rows = [
+        {"id": r["id"], "dialogue": r["dialogue"], "prediction": p, "references": r["summaries"], **s}
+        for r, p, s in zip(data.eval_rows, predictions, per_example, strict=True)
+    ]
+    rundir.write_jsonl(out_dir / rundir.PREDICTIONS, rows)
+    ids_sha = hashlib.sha256("\n".join(sorted(r["id"] for r in data.eval_rows)).encode()).hexdigest()[:16]
+    evaluated = {
+        "n_examples": len(data.eval_rows),
+        "split": cfg.dataset_entry.eval_split,
+        "ids_sha256": ids_sha,
+        "num_processes": accelerator.num_processes,
+        **evaluation["timing"],
+    }
+    return {
+        "trial_id": cfg.trial_id,
+        "status": rundir.Status.OK.value,
+        "error": None,
+        "config": cfg.model_dump(mode="json"),
+        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "metrics_unavailable": unavailable,
+        "train": train_block,
+        "eval": evaluated,
+        "data": data.counts,
+        "protocol": PROTOCOL,
+        "device": device_name(accelerator.device),
+        "versions": rundir.package_versions(),
+    }
 
 
 def peak_memory_mb(device) -> float:
@@ -62,126 +242,7 @@ def peak_memory_mb(device) -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
-def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
-    """Fine-tune and evaluate one grid cell; writes the trial folder and returns result.json's content."""
-    import hashlib
-
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import gather_object, set_seed
-
-    from runners.generate import generate
-    from runners.metrics import PROTOCOL, score
-    from runners.models import apply_lora, count_params, load_model, load_tokenizer
-    from runners.train import train
-
-    started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    wall_start = time.perf_counter()
-    on_gpu = torch.cuda.is_available()
-    precision = (
-        cfg.precision
-        if cfg.precision != "auto"
-        else ("bf16" if on_gpu and torch.cuda.is_bf16_supported() else "fp16" if on_gpu else "fp32")
-    )
-    accelerator = Accelerator(
-        mixed_precision="no" if precision == "fp32" else precision,
-        gradient_accumulation_steps=cfg.grad_accum,
-        cpu=not on_gpu,
-    )
-    main = accelerator.is_main_process
-    out_dir = Path(out_dir)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / rundir.RESULT_JSON).unlink(missing_ok=True)  # a rerun replaces an old result, never mixes
-        rundir.write_json(out_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
-    set_seed(cfg.seed)
-
-    tokenizer = load_tokenizer(cfg)
-    train_rows, eval_rows, data_counts = select_rows(cfg)
-    training = cfg.method != "zero_shot"
-    train_set = build_dataset(train_rows, tokenizer, cfg, cfg.loss) if training else []
-    eval_prompts = build_dataset(eval_rows, tokenizer, cfg, "full")
-    for e in eval_prompts:  # generation starts from the prompt alone
-        e.input_ids, e.labels = e.input_ids[: e.prompt_len], []
-    data_counts.update(
-        n_train=len(train_set),
-        n_eval=len(eval_rows),
-        train_dialogue_truncated=sum(e.dialogue_truncated for e in train_set),
-        train_summary_truncated=sum(e.summary_truncated for e in train_set),
-        eval_dialogue_truncated=sum(e.dialogue_truncated for e in eval_prompts),
-    )
-
-    model = load_model(cfg, accelerator.device)
-    train_block = {"steps": 0, "final_loss": None, "train_tokens_per_s": None, "wall_s": 0.0}
-    if training:
-        model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
-        model = apply_lora(model, cfg)
-        eval_set = build_dataset(eval_rows, tokenizer, cfg, cfg.loss) if cfg.eval_steps else []
-        train_block = train(
-            model, train_set, eval_set, cfg, tokenizer.pad_token_id, accelerator, out_dir / rundir.TRAIN_LOG
-        )
-        model = accelerator.unwrap_model(model)
-        if main:
-            model.save_pretrained(out_dir / rundir.ADAPTER)
-            tokenizer.save_pretrained(out_dir / rundir.ADAPTER)
-    elif main:
-        rundir.write_text_atomic(out_dir / rundir.TRAIN_LOG, "")
-    trainable, total = count_params(model)
-    train_block.update(
-        trainable_params=trainable if training else 0,
-        total_params=total,
-        peak_memory_mb=peak_memory_mb(accelerator.device),
-    )
-    if cfg.model_entry.kind == "seq2seq" and training:
-        train_block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
-
-    if cfg.gradient_checkpointing and training:
-        # Generation wants its KV cache back (transformers 5 renamed the method and deprecated the old name).
-        disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
-        disable()
-    model.config.use_cache = True
-    with accelerator.split_between_processes(list(range(len(eval_prompts)))) as mine:
-        texts, lengths, timing = generate(model, tokenizer, [eval_prompts[i] for i in mine], cfg, accelerator.device)
-    predictions = gather_object(texts)
-    gen_lens = gather_object(lengths)
-    if not main:
-        return {}
-    references = [r["summaries"] for r in eval_rows]
-    metrics, per_example, unavailable = score(predictions, references, cfg.metrics, gen_lens)
-    rows = [
-        {"id": r["id"], "dialogue": r["dialogue"], "prediction": p, "references": r["summaries"], **s}
-        for r, p, s in zip(eval_rows, predictions, per_example, strict=True)
-    ]
-    rundir.write_jsonl(out_dir / rundir.PREDICTIONS, rows)
-    ids_sha = hashlib.sha256("\n".join(sorted(r["id"] for r in eval_rows)).encode()).hexdigest()[:16]
-    result = {
-        "trial_id": cfg.trial_id,
-        "status": "ok",
-        "error": None,
-        "config": cfg.model_dump(mode="json"),
-        "metrics": {k: round(v, 4) for k, v in metrics.items()},
-        "metrics_unavailable": unavailable,
-        "train": train_block,
-        "eval": {
-            "n_examples": len(eval_rows),
-            "split": cfg.dataset_entry.eval_split,
-            "ids_sha256": ids_sha,
-            "num_processes": accelerator.num_processes,
-            **timing,
-        },
-        "data": data_counts,
-        "protocol": PROTOCOL,
-        "device": _device_name(accelerator.device),
-        "versions": rundir.package_versions(),
-        "started_at": started_at,
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "wall_s": round(time.perf_counter() - wall_start, 2),
-    }
-    rundir.write_json(out_dir / rundir.RESULT_JSON, result)  # written last: its presence means done
-    return result
-
-
-def _device_name(device) -> str:
+def device_name(device) -> str:
     import platform
 
     import torch
@@ -191,35 +252,16 @@ def _device_name(device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def failure_result(cfg: TrialConfig, error: BaseException) -> dict:
-    tail = "".join(traceback.format_exception(error)).strip().splitlines()[-15:]
-    return {
-        "trial_id": cfg.trial_id,
-        "status": "failed",
-        "error": f"{type(error).__name__}: {error}",
-        "traceback": "\n".join(tail),
-        "config": cfg.model_dump(mode="json"),
-        "versions": rundir.package_versions(),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-
-
 def execute(cfg: TrialConfig, out_dir: Path) -> tuple[int, dict]:
     """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
     try:
         return 0, run_trial(cfg, out_dir)
-    except Exception as err:
-        result = failure_result(cfg, err)
-        if _is_main_process():
+    except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
+        result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), err)
+        if is_main_process():
             rundir.write_json(Path(out_dir) / rundir.RESULT_JSON, result)
         log.error("trial %s failed: %s", cfg.trial_id, result["error"])
         return (2 if isinstance(err, ConfigError) else 1), result
-
-
-def _is_main_process() -> bool:
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
 
 
 def main(argv: list[str] | None = None) -> int:

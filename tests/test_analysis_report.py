@@ -68,7 +68,7 @@ def test_report_writes_markdown_html_and_figures(report_run):
     run, paths = report_run
     assert paths["report.md"] == run / "report.md" and paths["report.html"] == run / "report.html"
     figures = [name for name in paths if name.startswith("figures/")]
-    assert "figures/learning_curves.png" in figures and "figures/rouge1_vs_lora_rank.png" in figures
+    assert "figures/learning_curves.png" in figures and "figures/rougeL_vs_lora_rank.png" in figures  # the main metric
     markdown = paths["report.md"].read_text()
     for name in figures:
         assert f"]({name})" in markdown and paths[name].read_bytes().startswith(b"\x89PNG")

@@ -63,7 +63,7 @@ def test_pivot_averages_the_axes_left_out_and_says_so(loss_by_rank):
     assert table.loc[8, "loss=full"] == pytest.approx(30.5)  # mean over custom (30) and alpaca (31)
     assert table.loc[16, "loss=summary_only"] == pytest.approx(36.5)
     assert "template" in note and "2 trials" in note
-    full_table, full_note = pivot_table(loss_by_rank, rows=["lora_rank", "template"], cols="loss")
+    full_table, full_note = pivot_table(loss_by_rank, rows=["lora_rank", "template"], cols="loss", metric="rouge1")
     assert full_table.loc[(16, "alpaca"), "loss=summary_only"] == 37.0
     assert full_note == ""
 

@@ -2,14 +2,14 @@
 
 import pytest
 
-from grid.spec import load_trials
+from grid.spec import load_grid
 from runners.trial import execute
 
 pytestmark = pytest.mark.gpu
 
 
 def test_qlora_trial_on_cuda(tiny_grid, tmp_path):
-    _, trials = load_trials(
+    _, trials = load_grid(
         tiny_grid(),
         sets={"method": "qlora", "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True, "max_steps": 6},
     )
@@ -27,7 +27,7 @@ def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs two GPUs")
-    _, trials = load_trials(tiny_grid(), sets={"method": "qlora"})
+    _, trials = load_grid(tiny_grid(), sets={"method": "qlora"})
     cfg = trials[0]
     trial_json = tmp_path / "trial.json"
     trial_json.write_text(cfg.model_dump_json())

@@ -1,5 +1,5 @@
-"""grid.schedule: a grid on real Ray Tune (CPU, tiny models): one folder per cell, caching, failure isolation,
-resume after a killed driver, launchers that agree, and no Ray process left behind."""
+"""grid.launch and grid.sweep: a grid on real Ray Tune (CPU, tiny models): one folder per cell, caching,
+failure isolation, resume after a killed driver, launchers that agree, and no Ray process left behind."""
 
 import json
 import os
@@ -14,8 +14,9 @@ import pytest
 from conftest import quiet, ray_processes, recording, wait_until_gone
 from rich.console import Console
 
-from grid.schedule import LogTail, launch_trial, run_grid
-from grid.spec import load_trials
+from grid.launch import Launch, LogTail, launch_trial
+from grid.spec import load_grid
+from grid.sweep import run_grid
 from runners import rundir
 from runners.config import ConfigError
 
@@ -48,7 +49,7 @@ def mtimes(run_dir: Path) -> dict[str, int]:
 # --- no Ray ------------------------------------------------------------------------------------------------
 def test_dry_run_prints_the_trials_without_ray(tiny_grid, tmp_path):
     path = tiny_grid(GRID_AXES)
-    spec, trials = load_trials(path)
+    spec, trials = load_grid(path)
     console = Console(record=True, width=250)
     assert run_grid(spec, trials, tmp_path / "run", dry_run=True, console=console) == 0
     text = console.export_text()
@@ -59,16 +60,16 @@ def test_dry_run_prints_the_trials_without_ray(tiny_grid, tmp_path):
 
 
 def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_path):
-    _, trials = load_trials(tiny_grid())
+    _, trials = load_grid(tiny_grid())
     cfg = trials[0]
     # Warm the model cache first: building a built-in model on first use draws from the global RNG after the
     # trial's set_seed, so a cold-cache run differs from every later one whatever the launcher.
-    launch_trial(cfg, tmp_path / "warm" / cfg.trial_id, launcher="inline")
+    launch_trial(cfg, tmp_path / "warm" / cfg.trial_id, Launch(launcher="inline"))
     outcomes = {}
     for launcher in ("accelerate", "inline"):
         logged = []
         trial_dir = tmp_path / launcher / cfg.trial_id
-        code, result = launch_trial(cfg, trial_dir, launcher=launcher, on_log=logged.append)
+        code, result = launch_trial(cfg, trial_dir, Launch(launcher=launcher), on_log=logged.append)
         assert code == 0 and result["status"] == "ok", result.get("error")
         assert [row["step"] for row in logged] == [2, 4]  # train_log lines streamed as they appear
         assert (trial_dir / "trial.log").stat().st_size > 0
@@ -79,12 +80,12 @@ def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_pa
 
 
 def test_a_child_that_dies_without_a_result_gets_a_failed_one_from_its_log(tiny_grid, tmp_path, monkeypatch):
-    import grid.schedule as schedule
+    import grid.launch as launch
 
-    _, trials = load_trials(tiny_grid())
+    _, trials = load_grid(tiny_grid())
     script = "import sys; print('loading…'); print('CUDA out of memory. Tried to allocate 2 GiB'); sys.exit(3)"
-    monkeypatch.setattr(schedule, "launch_command", lambda *a: [sys.executable, "-c", script])
-    code, result = launch_trial(trials[0], tmp_path / "t", launcher="accelerate")
+    monkeypatch.setattr(launch, "launch_command", lambda *a: [sys.executable, "-c", script])
+    code, result = launch_trial(trials[0], tmp_path / "t", Launch(launcher="accelerate"))
     assert code == 3
     assert result["status"] == "failed"
     assert "exited with code 3" in result["error"] and "CUDA out of memory" in result["error"]
@@ -106,7 +107,7 @@ def test_log_tail_reads_complete_lines_only(tmp_path):
 
 # --- real Ray ----------------------------------------------------------------------------------------------
 def test_a_grid_asking_for_missing_gpus_is_bad_input_and_ray_is_shut_down(tiny_grid, tmp_path, ray_tmp):
-    spec, trials = load_trials(tiny_grid(extra="resources:\n  gpus_per_trial: 1\n"))
+    spec, trials = load_grid(tiny_grid(extra="resources:\n  gpus_per_trial: 1\n"))
     with pytest.raises(ConfigError, match="gpus_per_trial"):
         run_grid(spec, trials, tmp_path / "run", console=quiet())
     assert not wait_until_gone(lambda: ray_processes(ray_tmp))
@@ -115,7 +116,7 @@ def test_a_grid_asking_for_missing_gpus_is_bad_input_and_ray_is_shut_down(tiny_g
 @pytest.mark.slow
 def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_path, ray_tmp):
     run_dir = tmp_path / "run"
-    spec, trials = load_trials(tiny_grid(GRID_AXES, extra="resources:\n  launcher: inline\n"))
+    spec, trials = load_grid(tiny_grid(GRID_AXES, extra="resources:\n  launcher: inline\n"))
     assert len(trials) == 8
 
     assert run_grid(spec, trials, run_dir, max_concurrent=2, console=quiet()) == 0
@@ -141,7 +142,7 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
         "model: [tiny-llama, broken]\n  dataset: [synthetic]\n  template: [custom]\n"
         "  loss: [summary_only]\n  lora_rank: [2]\n  method: [lora]"
     )
-    spec2, trials2 = load_trials(tiny_grid(axes, extra=BROKEN))
+    spec2, trials2 = load_grid(tiny_grid(axes, extra=BROKEN))
     assert trials2[0].trial_id in done
     console = recording()
     assert run_grid(spec2, trials2, run_dir, retries=1, console=console) == 1
@@ -153,19 +154,8 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
 
 
 def _driver(grid: Path, run_dir: Path) -> list[str]:
-    """`python -m grid run`, or the same call through the Python API while the CLI verb is not wired."""
-    from grid import cli
-
-    if any(
-        getattr(c, "name", None) == "run" or getattr(c.callback, "__name__", "") == "run"
-        for c in cli.app.registered_commands
-    ):
-        return [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run_dir)]
-    code = (
-        "import sys; from pathlib import Path; from grid.spec import load_trials; from grid.schedule import run_grid; "
-        f"spec, trials = load_trials(Path({str(grid)!r})); sys.exit(run_grid(spec, trials, Path({str(run_dir)!r})))"
-    )
-    return [sys.executable, "-c", code]
+    """`ftgrid run GRID --out RUN_DIR`, the command a user types."""
+    return [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run_dir)]
 
 
 @pytest.mark.slow
@@ -175,7 +165,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny_grid, tmp_path, ray_tmp):
         "  loss: [summary_only]\n  lora_rank: [2, 4, 8]\n  method: [lora]"
     )
     grid = tiny_grid(axes, extra="  seed: 7\n")
-    spec, trials = load_trials(grid)
+    spec, trials = load_grid(grid)
     run_dir = tmp_path / "run"
     with open(tmp_path / "driver.log", "w") as log:
         driver = subprocess.Popen(_driver(grid, run_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

@@ -8,7 +8,7 @@ import pytest
 import sacrebleu
 from rouge_score import rouge_scorer
 
-from grid.spec import load_trials
+from grid.spec import load_grid
 from runners.trial import execute
 
 RESULT_KEYS = {"trial_id", "status", "error", "config", "metrics", "train", "eval", "versions", "protocol"}
@@ -17,7 +17,7 @@ TRAIN_KEYS = {"steps", "final_loss", "train_tokens_per_s", "peak_memory_mb", "tr
 
 
 def run(grid_path, tmp_path, **sets):
-    _, trials = load_trials(grid_path, sets=sets)
+    _, trials = load_grid(grid_path, sets=sets)
     cfg = trials[0]
     return execute(cfg, tmp_path / "run" / cfg.trial_id) + (tmp_path / "run" / cfg.trial_id,)
 
@@ -99,7 +99,7 @@ def test_qlora_puts_4bit_layers_under_the_adapter(tiny_grid):
 
     from runners.models import apply_lora, load_model
 
-    _, trials = load_trials(tiny_grid(), sets={"method": "qlora"})
+    _, trials = load_grid(tiny_grid(), sets={"method": "qlora"})
     model = apply_lora(load_model(trials[0], torch.device("cpu")), trials[0])
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
@@ -125,7 +125,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
 
 def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
     grid = tiny_grid(extra="models:\n  broken: {source: /nonexistent/model}\n")
-    _, trials = load_trials(grid, picks={"model": "broken"})
+    _, trials = load_grid(grid, picks={"model": "broken"})
     code, result = execute(trials[0], tmp_path / trials[0].trial_id)
     assert code == 1 and result["status"] == "failed" and "/nonexistent/model" in result["error"]
 

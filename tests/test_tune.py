@@ -4,8 +4,9 @@ that loads as a grid, and --resume feeds the finished samples back to Optuna and
 import pytest
 from conftest import recording
 
-from grid.spec import load_spec, load_trials
+from grid.spec import load_grid, load_spec
 from grid.tune import base_trial, finished_samples, parse_search, run_search
+from runners import rundir
 from runners.config import ConfigError
 
 ONE_CELL = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  method: [lora]"
@@ -55,6 +56,12 @@ def test_a_bad_search_block_names_its_yaml_path(tiny_grid, block, message):
     assert str(path) in str(info.value)
 
 
+@pytest.mark.parametrize("metric", sorted(rundir.METRICS))
+def test_a_search_may_optimise_every_metric_a_result_has(tiny_grid, metric):
+    path = tiny_grid(ONE_CELL, extra=f"search:\n  metric: {metric}\n  space: {{lora_rank: {{choice: [2]}}}}\n")
+    assert parse_search(load_spec(path), path).metric == metric
+
+
 def test_a_search_runs_on_one_cell_and_on_the_validation_split(tiny_grid):
     path = tiny_grid(ONE_CELL.replace("[custom]", "[custom, alpaca]"), extra=SEARCH.format(n=2))
     with pytest.raises(ConfigError, match="axes.template: a search runs on one cell"):
@@ -81,7 +88,7 @@ def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ra
 
     best_path = run_dir / "best.yaml"
     assert best_path.read_text().startswith("# ftgrid run best.yaml")
-    best_spec, best_trials = load_trials(best_path)
+    best_spec, best_trials = load_grid(best_path)
     assert len(best_trials) == 1 and best_spec.search is None
     best = max(samples, key=lambda s: s[1])
     assert best_trials[0].learning_rate == best[0]["learning_rate"]

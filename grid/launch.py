@@ -1,0 +1,273 @@
+"""One trial's process: the `accelerate launch` command, the child process with its watchdog and log tail
+(or the inline thread), the failed result of a process that died, and one cell's caching, lock and retries.
+
+Nothing here knows Ray: a Ray trial calls `run_cell`, and so could any other scheduler.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from runners import rundir
+from runners.config import TrialConfig
+
+log = logging.getLogger("ftgrid.launch")
+
+# Killed with its parent, a child process would train on as an orphan and race the rerun for its folder.
+# This watchdog (its own session, so it outlives the parent's process group) kills the child's process
+# group as soon as its parent — the Ray worker — is gone, and exits when the child ends.
+_WATCHDOG = """
+import os, signal, sys, time
+parent, group = int(sys.argv[1]), int(sys.argv[2])
+while True:
+    try:
+        os.killpg(group, 0)
+    except (ProcessLookupError, PermissionError):
+        break
+    if os.getppid() != parent:
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        break
+    time.sleep(0.5)
+"""
+
+OnLog = Callable[[dict], None] | None
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How each trial of a run is launched and retried: the grid's `resources:` with the command line's say."""
+
+    launcher: str = "accelerate"  # a child process per trial, or `inline` in the calling process (CPU)
+    gpus: float = 0  # per trial: a fraction shares a GPU; whole numbers above 1 run one process per GPU
+    cpus: float = 1  # per trial: sizes the child's torch thread pools
+    retries: int = 0  # further attempts of a failed trial (not of bad input)
+    force: bool = False  # rerun trials that already finished
+
+
+def num_processes(gpus: float) -> int:
+    """Processes `accelerate launch` starts: one per whole GPU, one for a fraction of a GPU or for the CPU."""
+    return max(1, math.floor(gpus + 1e-9)) if gpus > 0 else 1
+
+
+def launch_command(trial_json: Path, trial_dir: Path, gpus: float) -> list[str]:
+    """The `accelerate launch` command line of one trial."""
+    n = num_processes(gpus)
+    # The trial picks its own precision, so accelerate's is off.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(n)]
+    cmd += ["--dynamo_backend", "no", "--mixed_precision", "no"]
+    if gpus <= 0:
+        cmd.append("--cpu")
+    elif n > 1:
+        cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]  # several trials may share a node
+    return cmd + ["-m", "runners.trial", "--config", str(trial_json), "--out", str(trial_dir)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def child_env(cpus: float) -> dict[str, str]:
+    """The child's environment: ours, with torch's thread pools sized to the trial's CPU share."""
+    env = dict(os.environ)
+    threads = str(max(1, int(cpus)))
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return env
+
+
+class LogTail:
+    """New complete lines of a JSONL file that another process is writing (restarts when it is truncated)."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = Path(path), 0
+
+    def read(self) -> list[dict]:
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size < self.offset:
+            self.offset = 0
+        if size == self.offset:
+            return []
+        with self.path.open("rb") as handle:
+            handle.seek(self.offset)
+            chunk = handle.read()
+        complete = chunk[: chunk.rfind(b"\n") + 1]
+        self.offset += len(complete)
+        rows = []
+        for line in complete.decode("utf-8", "replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return rows
+
+    def stream(self, on_log: OnLog) -> None:
+        """Pass each new line to `on_log`."""
+        for row in self.read():
+            if on_log is not None:
+                on_log(row)
+
+
+def launch_trial(
+    cfg: TrialConfig, trial_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None, poll_s: float = 0.5
+) -> tuple[int, dict]:
+    """Run one trial once and return (exit code, result.json content).
+
+    `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
+    output goes to trial.log; `inline`: `runners.trial.execute` in this process (small CPU runs, tests).
+    Each new train_log.jsonl line is passed to `on_log` while the trial runs. A child that dies without
+    writing result.json gets a `failed` one built from the tail of trial.log.
+    """
+    trial_dir = Path(trial_dir)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    for name in (rundir.RESULT_JSON, rundir.TRAIN_LOG):  # never mistake a previous attempt's files for this one's
+        (trial_dir / name).unlink(missing_ok=True)
+    rundir.write_json(trial_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
+    tail = LogTail(trial_dir / rundir.TRAIN_LOG)
+    if launch.launcher == "inline":
+        code = _run_inline(cfg, trial_dir, tail, on_log, poll_s)
+    else:
+        cmd = launch_command(trial_dir / rundir.TRIAL_JSON, trial_dir, launch.gpus)
+        code = _run_child(cmd, trial_dir, launch.cpus, tail, on_log, poll_s)
+    result = rundir.read_result(trial_dir)
+    if result is None or (code != 0 and result.get("status") == rundir.Status.OK):
+        result = failure_from_log(cfg, trial_dir, code)
+        rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+    elif code == 0 and result.get("status") != rundir.Status.OK:
+        code = 1
+    return code, result
+
+
+def _run_child(cmd: list[str], trial_dir: Path, cpus: float, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+    with (trial_dir / rundir.TRIAL_LOG).open("ab") as out:
+        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.flush()
+        child = subprocess.Popen(
+            cmd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            cwd=trial_dir,
+            env=child_env(cpus),
+            start_new_session=True,
+        )
+    watchdog = subprocess.Popen(
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        while child.poll() is None:
+            tail.stream(on_log)
+            time.sleep(poll_s)
+        tail.stream(on_log)
+        return child.returncode
+    finally:  # stopped early (a scheduler's decision, Ctrl-C): take the whole child process group down
+        if child.poll() is None:
+            _kill_group(child)
+        watchdog.wait()
+
+
+def _kill_group(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGTERM)
+        child.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(child.pid, signal.SIGKILL)
+        child.wait()
+    except ProcessLookupError:
+        pass
+
+
+def _run_inline(cfg: TrialConfig, trial_dir: Path, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+    from runners.trial import execute
+
+    with (trial_dir / rundir.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
+        out.write(f"$ inline runners.trial.execute in process {os.getpid()}\n")
+    handler = logging.FileHandler(trial_dir / rundir.TRIAL_LOG)  # records the loggers let through
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    box: dict = {}
+
+    def target() -> None:
+        try:
+            box["code"], _ = execute(cfg, trial_dir)
+        except BaseException as err:
+            logging.getLogger("ftgrid.trial").exception("trial crashed: %s", err)
+            box["code"] = 1
+
+    worker = threading.Thread(target=target, name=f"trial-{cfg.trial_id}", daemon=True)
+    try:
+        worker.start()
+        while worker.is_alive():
+            tail.stream(on_log)
+            worker.join(poll_s)
+        tail.stream(on_log)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    return box.get("code", 1)
+
+
+def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
+    """The failed result of a trial process that ended without writing one: why, and the tail of trial.log."""
+    try:
+        lines = (trial_dir / rundir.TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-30:]
+    except OSError:
+        lines = []
+    if code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+        why = f"killed by {name}" + (" (out of memory?)" if -code == signal.SIGKILL else "")
+    else:
+        why = f"exited with code {code}"
+    last = next((line.strip() for line in reversed(lines) if line.strip()), "")
+    error = f"trial process {why} without a result" + (f": {last}" if last else "")
+    return rundir.failed_result(
+        cfg.trial_id, cfg.model_dump(mode="json"), error, traceback="\n".join(lines), exit_code=code
+    )
+
+
+def run_cell(cfg: TrialConfig, run_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None) -> tuple[dict, bool]:
+    """One cell with caching and retries: (result.json content, whether it came from the cache).
+
+    Holds RUN_DIR/<trial_id>/.lock while it runs; a finished trial (status ok) is returned as it is unless
+    `launch.force`. A failed attempt is retried `launch.retries` times, except for bad input (exit code 2).
+    """
+    trial_dir = Path(run_dir) / cfg.trial_id
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    with (trial_dir / rundir.LOCK).open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        if not launch.force and rundir.is_finished(trial_dir):
+            return rundir.read_result(trial_dir), True
+        for attempt in range(launch.retries + 1):
+            if attempt:
+                log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, launch.retries + 1)
+            code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log)
+            if code in (0, 2):
+                break
+        if attempt:
+            result["attempts"] = attempt + 1
+            rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+        return result, False

@@ -1,0 +1,257 @@
+"""The Ray Tune driver: start or join Ray, refuse resources no node has, run a Tuner whose trials each run one
+cell (`grid.launch.run_cell`), feed the progress display, record trials Ray lost, and always shut Ray down.
+
+Ray is imported inside functions only, so commands that never schedule (`ftgrid table`) stay fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+
+from grid.launch import Launch, run_cell
+from grid.runfolder import refresh_results_csv
+from runners import rundir
+from runners.config import ConfigError, TrialConfig
+
+log = logging.getLogger("ftgrid.ray")
+
+FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
+
+
+def launch_of(resources, *, retries: int, force: bool) -> Launch:
+    """How every trial of a run is launched, from the grid's `resources:` and the command line."""
+    return Launch(resources.launcher, resources.gpus_per_trial, resources.cpus_per_trial, retries, force)
+
+
+def param_space(run_dir: Path, launch: Launch, **space) -> dict:
+    """Tune's param space: where and how each trial runs (plain values, as Ray records them) and the space."""
+    return {"run_dir": str(Path(run_dir).resolve()), "launch": dataclasses.asdict(launch), **space}
+
+
+def trial_config(config: dict) -> TrialConfig:
+    """Ray's trial dict back into a TrialConfig: the cell (`trial`) with any sampled settings on top."""
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "launch", "run_dir")}
+    return TrialConfig.model_validate({**config["trial"], **sampled})
+
+
+def ray_trial(config: dict) -> None:
+    """The Ray Tune trainable: run one cell, stream its log lines to Tune, report its final result."""
+    from ray import tune
+
+    launch = Launch(**config["launch"])
+    result, cached = run_cell(trial_config(config), Path(config["run_dir"]), launch, on_log=tune.report)
+    tune.report(final_report(result, cached))
+
+
+def final_report(result: dict, cached: bool) -> dict:
+    """What Tune sees at the end of a trial: the FINAL marker, status, the metrics and the last training numbers."""
+    # no "trial_id" key: Tune fills it with its own id
+    report = {FINAL: True, "status": result.get("status"), "cached": cached, "error": result.get("error")}
+    report.update({k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))})
+    train = result.get("train") or {}
+    if train.get("steps") is not None:
+        report["step"] = train["steps"]
+    if train.get("final_loss") is not None:
+        report["loss"] = train["final_loss"]
+    return report
+
+
+def our_trial_id(ray_trial_obj) -> str:
+    """Our trial id of a Ray trial (its folder name in RUN_DIR); Ray's own id if the config does not validate."""
+    try:
+        return trial_config(ray_trial_obj.config).trial_id
+    except Exception:  # noqa: BLE001 — a bad sample fails inside the trial, with a message there
+        return f"ray-{ray_trial_obj.trial_id}"
+
+
+def start_ray(address: str | None) -> None:
+    """Join the cluster at `address`, or start a local Ray sized to this machine."""
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    import ray
+
+    started = time.perf_counter()
+    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    log.info("ray started in %.1f s: %s", time.perf_counter() - started, ray.cluster_resources())
+
+
+def check_resources(gpus: float, cpus: float) -> str | None:
+    """Why no trial could ever start on this cluster, or None."""
+    import ray
+
+    have = ray.cluster_resources()
+    if gpus > 1 and gpus != int(gpus):
+        return f"resources.gpus_per_trial: {gpus}: above 1 it must be a whole number (one process per GPU)"
+    for name, key, asked in (("GPU", "gpus_per_trial", gpus), ("CPU", "cpus_per_trial", cpus)):
+        if asked > have.get(name, 0):
+            return f"resources.{key}: each trial asks for {asked} {name}(s) but the Ray cluster has {have.get(name, 0)}"
+    return None
+
+
+def progress_callback(progress, run_dir: Path):
+    """A Tune callback (driver side) that feeds Progress and rewrites results.csv as trials end."""
+    from ray import tune
+
+    class _Callback(tune.Callback):
+        def __init__(self, progress, run_dir):
+            self.progress, self.run_dir = progress, run_dir
+
+        # Tune pickles its run config into the experiment state; the live view (a console, locks) stays here.
+        def __getstate__(self):
+            return {"progress": None, "run_dir": self.run_dir}
+
+        def on_trial_start(self, iteration, trials, trial, **info):
+            if self.progress is not None:
+                self.progress.started(our_trial_id(trial))
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if self.progress is None:
+                return
+            if result.get(FINAL):
+                self.progress.finished(our_trial_id(trial), result)
+                refresh_results_csv(self.run_dir)
+            else:
+                self.progress.reported(our_trial_id(trial), result)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            trial_id = our_trial_id(trial)
+            if self.progress is not None and trial_id in self.progress.running:  # no final report came
+                self.progress.stopped(trial_id)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            trial_id = our_trial_id(trial)
+            if self.progress is not None and trial_id in self.progress.running:
+                error = f"Ray trial error: {_ray_error(trial)}"
+                self.progress.finished(trial_id, {"status": rundir.Status.FAILED, "error": error})
+
+    return _Callback(progress, run_dir)
+
+
+def _ray_error(trial) -> str:
+    text = getattr(trial, "error_msg", None) or ""
+    if not text and getattr(trial, "error_file", None):
+        with contextlib.suppress(OSError):
+            text = Path(trial.error_file).read_text()
+    return text.strip() or "the Ray worker died"
+
+
+def grid_search(values: list):
+    """Ray Tune's grid search over `values` (one Ray trial each)."""
+    from ray import tune
+
+    return tune.grid_search(values)
+
+
+def tune_trials(
+    param_space: dict,
+    run_dir: Path,
+    *,
+    name: str,
+    resources: dict,
+    max_concurrent: int | None,
+    retries: int,
+    progress,
+    tune_config_extra: dict | None = None,
+    num_samples: int = 1,
+):
+    """Run a Tuner over `param_space` and return its ResultGrid; the caller owns Ray."""
+    from ray import tune
+
+    # A worker process kept for the next trial saves its start and imports (seconds each on a small machine);
+    # not when a scheduler may stop trials early, as a stopped inline trial's thread could still be running.
+    reuse = "scheduler" not in (tune_config_extra or {})
+
+    def dirname(trial) -> str:
+        return f"{our_trial_id(trial)}-{trial.trial_id}"  # Ray's id too: two equal samples are two Ray trials
+
+    tuner = tune.Tuner(
+        tune.with_resources(ray_trial, resources),
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            num_samples=num_samples,
+            max_concurrent_trials=max_concurrent,
+            reuse_actors=reuse,
+            trial_name_creator=our_trial_id,
+            trial_dirname_creator=dirname,
+            **(tune_config_extra or {}),
+        ),
+        run_config=tune.RunConfig(
+            name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
+            storage_path=str((Path(run_dir) / rundir.RAY_DIR).resolve()),
+            verbose=0,
+            callbacks=[progress_callback(progress, run_dir)],
+            # trial failures are retried inside the trial (run_cell); this covers a lost worker or node
+            failure_config=tune.FailureConfig(max_failures=retries),
+        ),
+    )
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
+    # train_log lines stream in before a trial has its final metric or its first eval_loss
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    with progress.live():
+        return tuner.fit()
+
+
+def record_ray_errors(results, run_dir: Path) -> None:
+    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one."""
+    from grid.progress import one_line
+
+    for res in results:
+        if res.error is None:
+            continue
+        try:
+            cfg = trial_config(res.config)
+        except Exception:  # noqa: BLE001 — a sample that does not validate has no trial folder
+            continue
+        trial_dir = Path(run_dir) / cfg.trial_id
+        if rundir.read_result(trial_dir) is None:
+            error = f"Ray trial error: {one_line(str(res.error))}"
+            result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), error)
+            rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+
+
+def run_on_ray(
+    param_space,
+    run_dir: Path,
+    *,
+    address: str | None,
+    name: str,
+    resources,
+    max_concurrent: int | None,
+    retries: int,
+    progress,
+    tune_config_extra=None,
+    num_samples: int = 1,
+) -> None:
+    """Start (or join) Ray, run the Tuner, and always shut Ray down — on errors and Ctrl-C too.
+
+    `param_space` and `tune_config_extra` may be callables: search domains and searchers are Ray objects,
+    built once Ray is up.
+    """
+    import ray
+
+    try:
+        start_ray(address)
+        problem = check_resources(resources.gpus_per_trial, resources.cpus_per_trial)
+        if problem:
+            raise ConfigError(problem)
+        space = param_space() if callable(param_space) else param_space
+        extra = tune_config_extra() if callable(tune_config_extra) else tune_config_extra
+        results = tune_trials(
+            space,
+            run_dir,
+            name=name,
+            resources={"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
+            max_concurrent=max_concurrent,
+            retries=retries,
+            progress=progress,
+            tune_config_extra=extra,
+            num_samples=num_samples,
+        )
+        record_ray_errors(results, run_dir)
+    finally:
+        ray.shutdown()
