@@ -23,6 +23,7 @@ from pathlib import Path
 
 from runners import rundir
 from runners.config import TrialConfig
+from runners.trial import RunOptions
 
 log = logging.getLogger("ftgrid.launch")
 
@@ -58,6 +59,12 @@ class Launch:
     cpus: float = 1  # per trial: sizes the child's torch thread pools
     retries: int = 0  # further attempts of a failed trial (not of bad input)
     force: bool = False  # rerun trials that already finished
+    processes: int | None = None  # data-parallel processes per trial (default: one per whole GPU, else one)
+    checkpoint_steps: int | None = None  # a resumable training checkpoint every N optimiser steps
+
+    @property
+    def num_processes(self) -> int:
+        return self.processes or num_processes(self.gpus)
 
 
 def num_processes(gpus: float) -> int:
@@ -65,17 +72,26 @@ def num_processes(gpus: float) -> int:
     return max(1, math.floor(gpus + 1e-9)) if gpus > 0 else 1
 
 
-def launch_command(trial_json: Path, trial_dir: Path, gpus: float) -> list[str]:
-    """The `accelerate launch` command line of one trial."""
-    n = num_processes(gpus)
+def launch_command(trial_dir: Path, launch: Launch, placement: dict | None = None) -> list[str]:
+    """The `accelerate launch` command line of one trial.
+
+    Several processes go through torchrun (`--multi_gpu`) on GPUs and CPUs alike: each process finds no CUDA
+    device on a CPU node and joins a gloo group instead of an NCCL one (`runners.trial.make_accelerator`).
+    """
+    n = launch.num_processes
     # The trial picks its own precision, so accelerate's is off.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(n)]
     cmd += ["--dynamo_backend", "no", "--mixed_precision", "no"]
-    if gpus <= 0:
-        cmd.append("--cpu")
-    elif n > 1:
+    if n > 1:
         cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]  # several trials may share a node
-    return cmd + ["-m", "runners.trial", "--config", str(trial_json), "--out", str(trial_dir)]
+    elif launch.gpus <= 0:
+        cmd.append("--cpu")
+    cmd += ["-m", "runners.trial", "--config", str(trial_dir / rundir.TRIAL_JSON), "--out", str(trial_dir)]
+    if launch.checkpoint_steps:
+        cmd += ["--checkpoint-steps", str(launch.checkpoint_steps)]
+    if placement:
+        cmd += ["--placement", json.dumps(placement)]
+    return cmd
 
 
 def _free_port() -> int:
@@ -84,12 +100,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(cpus: float) -> dict[str, str]:
-    """The child's environment: ours, with torch's thread pools sized to the trial's CPU share."""
+def child_env(launch: Launch) -> dict[str, str]:
+    """The child's environment: ours, with torch's thread pools sized to each process's CPU share, and no GPU
+    for a trial that asked for none."""
     env = dict(os.environ)
-    threads = str(max(1, int(cpus)))
+    threads = str(max(1, int(launch.cpus / launch.num_processes)))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if launch.gpus <= 0:
+        env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
 
@@ -129,26 +148,35 @@ class LogTail:
 
 
 def launch_trial(
-    cfg: TrialConfig, trial_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None, poll_s: float = 0.5
+    cfg: TrialConfig,
+    trial_dir: Path,
+    launch: Launch = Launch(),
+    *,
+    on_log: OnLog = None,
+    placement: dict | None = None,
+    poll_s: float = 0.5,
 ) -> tuple[int, dict]:
     """Run one trial once and return (exit code, result.json content).
 
     `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
     output goes to trial.log; `inline`: `runners.trial.execute` in this process (small CPU runs, tests).
     Each new train_log.jsonl line is passed to `on_log` while the trial runs. A child that dies without
-    writing result.json gets a `failed` one built from the tail of trial.log.
+    writing result.json gets a `failed` one built from the tail of trial.log. `placement` (where the scheduler
+    put the trial) goes into result.json.
     """
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    for name in (rundir.RESULT_JSON, rundir.TRAIN_LOG):  # never mistake a previous attempt's files for this one's
-        (trial_dir / name).unlink(missing_ok=True)
+    # Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
+    (trial_dir / rundir.RESULT_JSON).unlink(missing_ok=True)
+    if not (trial_dir / rundir.CHECKPOINTS).is_dir():
+        (trial_dir / rundir.TRAIN_LOG).unlink(missing_ok=True)
     rundir.write_json(trial_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
     tail = LogTail(trial_dir / rundir.TRAIN_LOG)
     if launch.launcher == "inline":
-        code = _run_inline(cfg, trial_dir, tail, on_log, poll_s)
+        options = RunOptions(launch.checkpoint_steps, placement or {})
+        code = _run_inline(cfg, trial_dir, options, tail, on_log, poll_s)
     else:
-        cmd = launch_command(trial_dir / rundir.TRIAL_JSON, trial_dir, launch.gpus)
-        code = _run_child(cmd, trial_dir, launch.cpus, tail, on_log, poll_s)
+        code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, tail, on_log, poll_s)
     result = rundir.read_result(trial_dir)
     if result is None or (code != 0 and result.get("status") == rundir.Status.OK):
         result = failure_from_log(cfg, trial_dir, code)
@@ -158,7 +186,7 @@ def launch_trial(
     return code, result
 
 
-def _run_child(cmd: list[str], trial_dir: Path, cpus: float, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
     with (trial_dir / rundir.TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
@@ -168,7 +196,7 @@ def _run_child(cmd: list[str], trial_dir: Path, cpus: float, tail: LogTail, on_l
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=trial_dir,
-            env=child_env(cpus),
+            env=child_env(launch),
             start_new_session=True,
         )
     watchdog = subprocess.Popen(
@@ -201,7 +229,7 @@ def _kill_group(child: subprocess.Popen) -> None:
         pass
 
 
-def _run_inline(cfg: TrialConfig, trial_dir: Path, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+def _run_inline(cfg: TrialConfig, trial_dir: Path, options, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
     from runners.trial import execute
 
     with (trial_dir / rundir.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
@@ -213,7 +241,7 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, tail: LogTail, on_log: OnLog,
 
     def target() -> None:
         try:
-            box["code"], _ = execute(cfg, trial_dir)
+            box["code"], _ = execute(cfg, trial_dir, options)
         except BaseException as err:
             logging.getLogger("ftgrid.trial").exception("trial crashed: %s", err)
             box["code"] = 1
@@ -249,7 +277,9 @@ def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
     )
 
 
-def run_cell(cfg: TrialConfig, run_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None) -> tuple[dict, bool]:
+def run_cell(
+    cfg: TrialConfig, run_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None, placement: dict | None = None
+) -> tuple[dict, bool]:
     """One cell with caching and retries: (result.json content, whether it came from the cache).
 
     Holds RUN_DIR/<trial_id>/.lock while it runs; a finished trial (status ok) is returned as it is unless
@@ -264,7 +294,7 @@ def run_cell(cfg: TrialConfig, run_dir: Path, launch: Launch = Launch(), *, on_l
         for attempt in range(launch.retries + 1):
             if attempt:
                 log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, launch.retries + 1)
-            code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log)
+            code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log, placement=placement)
             if code in (0, 2):
                 break
         if attempt:

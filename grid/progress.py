@@ -82,6 +82,9 @@ class Progress:
             self._end(Outcome(trial_id, Ending.CACHED if result.get("cached") else Ending.OK, _number(score)))
         else:
             self._end(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
+        warnings = result.get("warnings") or []
+        for warning in warnings.splitlines() if isinstance(warnings, str) else warnings:
+            self.console.print(f"[yellow]warning[/] {trial_id}: {warning}", highlight=False, soft_wrap=True)
 
     def stopped(self, trial_id: str) -> None:
         """Ended without a final report: a scheduler (ASHA) stopped it early."""
@@ -178,27 +181,35 @@ def summarise(
 ) -> int:
     """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code:
     0, or 1 if a trial failed or did not run."""
-    for cfg in trials:
-        known = progress.outcomes.get(cfg.trial_id)
-        result = rundir.read_result(Path(run_dir) / cfg.trial_id)
-        if known is not None and (known.status == Ending.CACHED or (known.status == Ending.STOPPED and result is None)):
-            continue
-        if result is None:
-            progress.settle(Outcome(cfg.trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
-        elif result.get("status") == rundir.Status.OK:
-            score = (result.get("metrics") or {}).get(progress.metric)
-            progress.settle(Outcome(cfg.trial_id, Ending.OK, _number(score)))
-        else:
-            progress.settle(Outcome(cfg.trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
+    results = {cfg.trial_id: rundir.read_result(Path(run_dir) / cfg.trial_id) for cfg in trials}
+    for trial_id, result in results.items():
+        _settle(progress, trial_id, result)
     progress.running.clear()
     refresh_results_csv(run_dir)
     totals = progress.totals()
     if totals[Ending.FAILED] or totals[Ending.NOT_RUN] or totals[Ending.STOPPED]:
         console.print(progress.summary_table())
     line = " · ".join(f"{v} {k}" for k, v in totals.items() if v or k in (Ending.OK, Ending.FAILED))
+    warned = sum(bool(result and result.get("warnings")) for result in results.values())
+    if warned:
+        line += f" · [yellow]{warned} with warnings[/] (in their result.json)"
     if progress.best:
         line += f" · best {progress.metric} {progress.best[0]:.2f} ({progress.best[1]})"
     console.print(f"[bold]done[/]: {line} → {run_dir}", highlight=False)
     if totals[Ending.NOT_RUN]:
         console.print(again, highlight=False)
     return 1 if totals[Ending.FAILED] or totals[Ending.NOT_RUN] else 0
+
+
+def _settle(progress: Progress, trial_id: str, result: dict | None) -> None:
+    """A trial's outcome from its result.json, unless this invocation already knows it for sure."""
+    known = progress.outcomes.get(trial_id)
+    if known is not None and (known.status == Ending.CACHED or (known.status == Ending.STOPPED and result is None)):
+        return
+    if result is None:
+        progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
+    elif result.get("status") == rundir.Status.OK:
+        score = (result.get("metrics") or {}).get(progress.metric)
+        progress.settle(Outcome(trial_id, Ending.OK, _number(score)))
+    else:
+        progress.settle(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))

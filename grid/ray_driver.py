@@ -26,7 +26,15 @@ FINAL = "final"  # set in the last report of a Ray trial (its result); train_log
 
 def launch_of(resources, *, retries: int, force: bool) -> Launch:
     """How every trial of a run is launched, from the grid's `resources:` and the command line."""
-    return Launch(resources.launcher, resources.gpus_per_trial, resources.cpus_per_trial, retries, force)
+    return Launch(
+        launcher=resources.launcher,
+        gpus=resources.gpus_per_trial,
+        cpus=resources.cpus_per_trial,
+        retries=retries,
+        force=force,
+        processes=resources.processes_per_trial,
+        checkpoint_steps=resources.checkpoint_steps,
+    )
 
 
 def param_space(run_dir: Path, launch: Launch, **space) -> dict:
@@ -45,14 +53,33 @@ def ray_trial(config: dict) -> None:
     from ray import tune
 
     launch = Launch(**config["launch"])
-    result, cached = run_cell(trial_config(config), Path(config["run_dir"]), launch, on_log=tune.report)
+    cfg = trial_config(config)
+    result, cached = run_cell(cfg, Path(config["run_dir"]), launch, on_log=tune.report, placement=placement())
     tune.report(final_report(result, cached))
+
+
+def placement() -> dict:
+    """Where Ray put the calling trial: its node (id, address) and the GPU ids Ray assigned to it."""
+    import ray
+
+    context = ray.get_runtime_context()
+    node_id = context.get_node_id()
+    node = next((n for n in ray.nodes() if n["NodeID"] == node_id), {})
+    address = f"{node.get('NodeManagerAddress', '?')}:{node.get('NodeManagerPort', '?')}"
+    return {
+        "node_id": node_id,
+        "node_address": address,  # the raylet's host:port, unique per node even with several on one machine
+        "node_ip": node.get("NodeManagerAddress") or ray.util.get_node_ip_address(),
+        "ray_gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+    }
 
 
 def final_report(result: dict, cached: bool) -> dict:
     """What Tune sees at the end of a trial: the FINAL marker, status, the metrics and the last training numbers."""
     # no "trial_id" key: Tune fills it with its own id
     report = {FINAL: True, "status": result.get("status"), "cached": cached, "error": result.get("error")}
+    if result.get("warnings"):  # one string: Tune's loggers take numbers and strings, not lists
+        report["warnings"] = "\n".join(result["warnings"])
     report.update({k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))})
     train = result.get("train") or {}
     if train.get("steps") is not None:
@@ -81,15 +108,19 @@ def start_ray(address: str | None) -> None:
 
 
 def check_resources(gpus: float, cpus: float) -> str | None:
-    """Why no trial could ever start on this cluster, or None."""
+    """Why no trial could ever start on this cluster, or None: a trial runs on one node, so what it asks for
+    must fit the largest node, not only the cluster's total."""
     import ray
 
-    have = ray.cluster_resources()
-    if gpus > 1 and gpus != int(gpus):
-        return f"resources.gpus_per_trial: {gpus}: above 1 it must be a whole number (one process per GPU)"
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
     for name, key, asked in (("GPU", "gpus_per_trial", gpus), ("CPU", "cpus_per_trial", cpus)):
-        if asked > have.get(name, 0):
-            return f"resources.{key}: each trial asks for {asked} {name}(s) but the Ray cluster has {have.get(name, 0)}"
+        most = max((node.get(name, 0) for node in nodes), default=0)
+        if asked > most:
+            total = sum(node.get(name, 0) for node in nodes)
+            return (
+                f"resources.{key}: each trial asks for {asked} {name}(s) but the largest Ray node has {most:g} "
+                f"({len(nodes)} node(s), {total:g} {name}(s) in all)"
+            )
     return None
 
 
@@ -154,7 +185,7 @@ def tune_trials(
     name: str,
     resources: dict,
     max_concurrent: int | None,
-    retries: int,
+    max_restarts: int,
     progress,
     tune_config_extra: dict | None = None,
     num_samples: int = 1,
@@ -185,8 +216,9 @@ def tune_trials(
             storage_path=str((Path(run_dir) / rundir.RAY_DIR).resolve()),
             verbose=0,
             callbacks=[progress_callback(progress, run_dir)],
-            # trial failures are retried inside the trial (run_cell); this covers a lost worker or node
-            failure_config=tune.FailureConfig(max_failures=retries),
+            # a failed trial is retried inside its Ray trial (run_cell); this restarts one whose worker or node
+            # was lost, and the trial resumes from its last checkpoint
+            failure_config=tune.FailureConfig(max_failures=max_restarts),
         ),
     )
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
@@ -222,7 +254,6 @@ def run_on_ray(
     name: str,
     resources,
     max_concurrent: int | None,
-    retries: int,
     progress,
     tune_config_extra=None,
     num_samples: int = 1,
@@ -247,7 +278,7 @@ def run_on_ray(
             name=name,
             resources={"cpu": resources.cpus_per_trial, "gpu": resources.gpus_per_trial},
             max_concurrent=max_concurrent,
-            retries=retries,
+            max_restarts=resources.max_restarts,
             progress=progress,
             tune_config_extra=extra,
             num_samples=num_samples,

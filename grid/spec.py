@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from runners.config import (
     AXES,
@@ -45,6 +45,28 @@ class Resources(BaseModel):
         None, ge=1, description="Most trials running at once (default: as resources allow)."
     )
     retries: int = Field(0, ge=0, description="Times a failed trial is tried again.")
+    processes_per_trial: int | None = Field(
+        None, ge=1, description="Data-parallel processes per trial (default: one per whole GPU, else one)."
+    )
+    checkpoint_steps: int | None = Field(
+        None, ge=1, description="Save a resumable training checkpoint every N optimiser steps (the last one is kept)."
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Times a trial whose Ray worker or node was lost starts again (from its checkpoint)."
+    )
+
+    @model_validator(mode="after")
+    def _processes_fit_gpus(self) -> Resources:
+        gpus, processes = self.gpus_per_trial, self.processes_per_trial
+        if gpus > 1 and gpus != int(gpus):
+            raise ValueError(f"gpus_per_trial {gpus:g}: above 1 it must be a whole number (one process per GPU)")
+        if processes and gpus >= 1 and processes != int(gpus):
+            raise ValueError(f"processes_per_trial {processes} with gpus_per_trial {gpus:g}: one process per GPU")
+        if processes and processes > 1 and 0 < gpus < 1:
+            raise ValueError(f"processes_per_trial {processes} with a fraction of a GPU ({gpus:g}): one process")
+        if processes and processes > 1 and self.launcher == "inline":
+            raise ValueError(f"processes_per_trial {processes}: launcher inline runs one process; use accelerate")
+        return self
 
 
 class Override(BaseModel):

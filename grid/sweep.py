@@ -76,7 +76,6 @@ def run_grid(
             name=spec.name,
             resources=res,
             max_concurrent=max_concurrent or res.max_concurrent,
-            retries=retries,
             progress=progress,
         )
     return summarise(progress, trials, run_dir, console)

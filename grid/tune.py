@@ -332,7 +332,6 @@ def _search_on_ray(spec, search, base, previous, run_dir: Path, num_samples: int
         name=f"{spec.name}-tune",
         resources=res,
         max_concurrent=search.max_concurrent or res.max_concurrent,
-        retries=res.retries,
         progress=progress,
         tune_config_extra=tune_extra,
         num_samples=num_samples,

@@ -35,6 +35,7 @@ PREDICTIONS = "predictions.jsonl"  # one line per evaluated example
 TRAIN_LOG = "train_log.jsonl"  # one line per logging step (and per eval-loss step)
 TRIAL_LOG = "trial.log"  # the trial process's stdout and stderr
 ADAPTER = "adapter"  # the LoRA adapter (or the full weights) and the tokenizer
+CHECKPOINTS = "checkpoints"  # the last resumable training checkpoint, while the trial trains
 LOCK = ".lock"  # held while a trial runs, so two drivers never share a trial folder
 
 
@@ -175,6 +176,8 @@ RESULT_KEYS = (
     "started_at",
     "finished_at",
     "wall_s",
+    "placement",
+    "warnings",
 )
 # Keys of each predictions.jsonl line, besides the per-example metrics.
 PREDICTION_KEYS = ("id", "dialogue", "prediction", "references", "bleu_stats")

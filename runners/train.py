@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from runners.checkpoint import Checkpoints
 from runners.config import TrialConfig
 from runners.masking import IGNORE, Encoded, collate
 
@@ -115,6 +116,12 @@ def eval_loss(model, examples: list[Encoded], cfg: TrialConfig, pad_id: int, acc
     return float(total / count.clamp(min=1))
 
 
+# The loop counters a checkpoint saves and a resumed run restores.
+COUNTERS = tuple(
+    ["step", "epoch", "batch", "micro", "final_loss", "train_tokens", "window_loss", "window_batches", "window_tokens"]
+)
+
+
 @dataclass
 class _Loop:
     """Where a training run stands: counters, the loss and useful tokens since the last log line, and timing."""
@@ -123,18 +130,29 @@ class _Loop:
     accelerator: object
     steps: int  # optimiser steps to take
     n_examples: int
-    log_file: object  # train_log.jsonl on the main process, None elsewhere
-    step: int = 0
+    log_file: object = None  # train_log.jsonl on the main process, None elsewhere
+    step: int = 0  # optimiser steps taken
     epoch: int = 0
-    micro: int = 0  # micro-batches seen by this process
+    batch: int = 0  # micro-batches of this epoch taken (the data position a checkpoint saves)
+    micro: int = 0  # micro-batches taken by this process
     final_loss: float | None = None
-    useful_tokens: int = 0
-    eval_s: float = 0.0
+    train_tokens: int = 0  # useful tokens trained on, all processes, since step 0
     window_loss: float = 0.0
     window_batches: int = 0
     window_tokens: int = 0
+    resumed_from: int | None = None
+    run_tokens: int = 0  # useful tokens trained on by this run (since a resume): the speed's numerator
+    eval_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     window_start: float = field(default_factory=time.perf_counter)
+
+    def counters(self) -> dict:
+        return {name: getattr(self, name) for name in COUNTERS}
+
+    def restore(self, counters: dict) -> None:
+        for name in COUNTERS:
+            setattr(self, name, counters[name])
+        self.resumed_from = self.step
 
     def add(self, loss: torch.Tensor, batch: dict) -> None:
         """Count one micro-batch."""
@@ -142,6 +160,7 @@ class _Loop:
         self.window_batches += 1
         self.window_tokens += int(batch["attention_mask"].sum())
         self.micro += 1
+        self.batch += 1
 
     def epochs_done(self) -> float:
         return round(self.micro * self.cfg.batch_size * self.accelerator.num_processes / self.n_examples, 3)
@@ -151,11 +170,14 @@ class _Loop:
         return bool(every) and (self.step % every == 0 or self.step == self.steps)
 
     def log_window(self, lr: float) -> None:
-        """A train_log.jsonl line: the mean loss, learning rate and useful tokens/s since the last one."""
+        """A train_log.jsonl line: the loss averaged over the window's micro-batches of every process, the learning
+        rate and the useful tokens/s of all processes since the last line."""
         now = time.perf_counter()
-        device = self.accelerator.device
-        tokens = int(self.accelerator.reduce(torch.tensor(self.window_tokens, device=device), "sum"))
-        self.final_loss = self.window_loss / self.window_batches
+        acc = self.accelerator
+        totals = torch.tensor([[self.window_loss, self.window_batches, self.window_tokens]], dtype=torch.float64)
+        per_process = acc.gather(totals.to(acc.device)).cpu()  # one row per process, in rank order
+        loss_sum, batches, tokens = per_process.sum(dim=0).tolist()
+        self.final_loss = loss_sum / batches
         line = {
             "step": self.step,
             "loss": round(self.final_loss, 5),
@@ -163,7 +185,10 @@ class _Loop:
             "tokens_per_s": round(tokens / (now - self.window_start), 1),
             "epoch": self.epochs_done(),
         }
-        self.useful_tokens += tokens
+        if acc.num_processes > 1:  # each process's own mean: `loss` is their average, weighted by micro-batches
+            line["process_losses"] = [round(row[0] / row[1], 5) for row in per_process.tolist()]
+        self.train_tokens += int(tokens)
+        self.run_tokens += int(tokens)
         _write_line(self.log_file, line)
         self.window_loss, self.window_batches, self.window_tokens, self.window_start = 0.0, 0, 0, now
 
@@ -177,30 +202,49 @@ class _Loop:
     def block(self) -> dict:
         """The `train` block of result.json."""
         wall = time.perf_counter() - self.started
-        return {
+        block = {
             "steps": self.step,
             "epochs": self.epochs_done(),
             "final_loss": self.final_loss,
-            "train_tokens": self.useful_tokens,
-            "train_tokens_per_s": round(self.useful_tokens / (wall - self.eval_s), 1),
+            "train_tokens": self.train_tokens,
+            "train_tokens_per_s": round(self.run_tokens / max(wall - self.eval_s, 1e-9), 1),
             "eval_loss_s": round(self.eval_s, 2),
             "wall_s": round(wall, 2),
+            "num_processes": self.accelerator.num_processes,
         }
+        if self.resumed_from is not None:
+            block["resumed_from_step"] = self.resumed_from
+        return block
 
 
-def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, accelerator, log_path: Path) -> dict:
-    """Fine-tune `model` in place; returns the `train` block of result.json."""
+def train(
+    model,
+    train_examples,
+    eval_examples,
+    cfg: TrialConfig,
+    pad_id: int,
+    accelerator,
+    log_path: Path,
+    checkpoints: Checkpoints | None = None,
+) -> dict:
+    """Fine-tune `model` in place, from the latest checkpoint if there is one; returns the `train` block of
+    result.json."""
     steps = total_steps(cfg, len(train_examples), accelerator.num_processes)
     compute_loss = labelled_loss if projects_only_labelled(model) else (lambda m, batch: m(**batch).loss)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_schedule(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    log_file = log_path.open("w") if accelerator.is_main_process else None
-    loop = _Loop(cfg, accelerator, steps, len(train_examples), log_file)
+    loop = _Loop(cfg, accelerator, steps, len(train_examples))
+    counters = checkpoints.load(model, optimizer, scheduler) if checkpoints else None
+    if counters:
+        loop.restore(counters)
+    loop.log_file = _open_log(log_path, accelerator.is_main_process, loop.resumed_from)
     try:
         while loop.step < steps:
             loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=loop.epoch))
+            if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
+                loader = accelerator.skip_first_batches(loader, loop.batch)
             for batch in loader:
                 loss = _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg, loop.step)
                 loop.add(loss, batch)
@@ -211,13 +255,43 @@ def train(model, train_examples, eval_examples, cfg: TrialConfig, pad_id: int, a
                     loop.log_window(scheduler.get_last_lr()[0])
                 if eval_examples and loop.due(cfg.eval_steps):
                     loop.log_eval(lambda: eval_loss(model, eval_examples, cfg, pad_id, accelerator))
+                if checkpoints and checkpoints.due(loop.step, steps):
+                    checkpoints.save(model, optimizer, scheduler, loop.counters())
                 if loop.step >= steps:
                     break
-            loop.epoch += 1
+            loop.epoch, loop.batch = loop.epoch + 1, 0
     finally:
-        if log_file:
-            log_file.close()
+        if loop.log_file:
+            loop.log_file.close()
     return loop.block()
+
+
+def _open_log(path: Path, main: bool, resumed_from: int | None):
+    """train_log.jsonl for writing (main process only): new, or, after a resume, its lines up to the checkpoint
+    followed by a line that says so."""
+    if not main:
+        return None
+    if resumed_from is None:
+        return path.open("w")
+    kept = [line for line in _read_lines(path) if line.get("step", 0) <= resumed_from]
+    handle = path.open("w")
+    for line in [*kept, {"step": resumed_from, "resumed_from_checkpoint": resumed_from}]:
+        _write_line(handle, line)
+    return handle
+
+
+def _read_lines(path: Path) -> list[dict]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = []
+    for raw in text.splitlines():
+        try:
+            lines.append(json.loads(raw))
+        except ValueError:
+            continue  # the last line of a killed run may be cut short
+    return lines
 
 
 def _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg: TrialConfig, step: int):

@@ -23,6 +23,14 @@ from runners.config import ConfigError, TrialConfig
 log = logging.getLogger("ftgrid.trial")
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How this run of a trial behaves, as opposed to what it computes: not part of the trial's identity."""
+
+    checkpoint_steps: int | None = None  # save a resumable training checkpoint every N optimiser steps
+    placement: dict = field(default_factory=dict)  # where the scheduler put the trial: node, the GPU ids it gave
+
+
 @dataclass
 class TrialData:
     """The rows of one trial and what the trainer and the generator see of them."""
@@ -35,24 +43,29 @@ class TrialData:
     counts: dict = field(default_factory=dict)  # rows used, dropped, folded, truncated
 
 
-def run_trial(cfg: TrialConfig, out_dir: Path) -> dict:
+def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
     """Fine-tune and evaluate one grid cell; writes the trial folder and returns result.json's content
     (an empty dict on the processes other than the main one)."""
+    from runners.checkpoint import Checkpoints
     from runners.models import load_tokenizer
 
-    started_at, clock = rundir.now(), time.perf_counter()
+    started_at, clock, window = rundir.now(), time.perf_counter(), [time.time()]
     accelerator = make_accelerator(cfg)
     out_dir = Path(out_dir)
     start_folder(cfg, out_dir)
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(cfg, tokenizer)
-    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir)
+    checkpoints = Checkpoints(out_dir, options.checkpoint_steps, accelerator)
+    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints)
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return {}
     result = assemble_result(cfg, data, train_block, evaluation, accelerator, out_dir)
+    placement = where_it_ran(options.placement, accelerator, [*window, time.time()])
+    result.update(placement=placement, warnings=placement_warnings(placement))
     result.update(started_at=started_at, finished_at=rundir.now(), wall_s=round(time.perf_counter() - clock, 2))
     rundir.write_json(out_dir / rundir.RESULT_JSON, result)  # written last: its presence means done
+    checkpoints.clear()
     return result
 
 
@@ -145,9 +158,9 @@ def prepare_data(cfg: TrialConfig, tokenizer) -> TrialData:
     return data
 
 
-def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path):
-    """The base model, fine-tuned as the method says and saved to adapter/ (zero-shot: loaded only).
-    Returns (model ready to generate, the `train` block of result.json)."""
+def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path, checkpoints=None):
+    """The base model, fine-tuned as the method says (from its latest checkpoint, if a run before was cut short)
+    and saved to adapter/ (zero-shot: loaded only). Returns (model ready to generate, result.json's `train`)."""
     from runners.models import apply_lora, count_params, load_model
     from runners.train import train
 
@@ -156,13 +169,15 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
     if cfg.method.trains:
         model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
         model = apply_lora(model, cfg)
+        log_path = out_dir / rundir.TRAIN_LOG
         block = train(
-            model, data.train_set, data.eval_set, cfg, tokenizer.pad_token_id, accelerator, out_dir / rundir.TRAIN_LOG
+            model, data.train_set, data.eval_set, cfg, tokenizer.pad_token_id, accelerator, log_path, checkpoints
         )
         model = accelerator.unwrap_model(model)
         if is_main_process():
             model.save_pretrained(out_dir / rundir.ADAPTER)
             tokenizer.save_pretrained(out_dir / rundir.ADAPTER)
+            log.info("saved the trained weights to %s", out_dir / rundir.ADAPTER)
         if cfg.model_entry.kind == "seq2seq":
             block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
         if cfg.gradient_checkpointing:
@@ -252,10 +267,44 @@ def device_name(device) -> str:
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
-def execute(cfg: TrialConfig, out_dir: Path) -> tuple[int, dict]:
+def where_it_ran(placement: dict, accelerator, window: list[float]) -> dict:
+    """result.json's `placement`: what the scheduler said (node, Ray's GPU ids) and what this process saw (host,
+    CUDA_VISIBLE_DEVICES, the CUDA devices torch found, processes), and the trial's start and end (epoch seconds)."""
+    import os
+    import socket
+
+    import torch
+
+    return {
+        **placement,
+        "hostname": socket.gethostname(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_device_count": torch.cuda.device_count(),
+        "device": device_name(accelerator.device),
+        "num_processes": accelerator.num_processes,
+        "distributed": str(accelerator.distributed_type).rsplit(".", 1)[-1],
+        "window": [round(t, 3) for t in window],
+    }
+
+
+def placement_warnings(placement: dict) -> list[str]:
+    """What a user should know about where the trial ran: GPUs the scheduler gave that CUDA could not see."""
+    given = placement.get("ray_gpu_ids") or []
+    seen = placement.get("cuda_device_count", 0)
+    if given and seen == 0:
+        node = placement.get("node_ip") or placement.get("hostname")
+        visible = placement.get("cuda_visible_devices")
+        return [
+            f"ran on CPU: Ray gave GPU(s) {', '.join(map(str, given))} on node {node}, but CUDA sees no device there "
+            f"(CUDA_VISIBLE_DEVICES={visible}); check the node's driver and its `ray start --num-gpus`"
+        ]
+    return []
+
+
+def execute(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, dict]:
     """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
     try:
-        return 0, run_trial(cfg, out_dir)
+        return 0, run_trial(cfg, out_dir, options)
     except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
         result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), err)
         if is_main_process():
@@ -269,10 +318,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m runners.trial")
     parser.add_argument("--config", required=True, type=Path, help="trial.json (a dumped TrialConfig)")
     parser.add_argument("--out", required=True, type=Path, help="the trial folder")
+    parser.add_argument("--checkpoint-steps", type=int, help="save a resumable checkpoint every N optimiser steps")
+    parser.add_argument("--placement", type=json.loads, default={}, help="JSON: where the scheduler put the trial")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.model_validate(json.loads(args.config.read_text()))
-    code, _ = execute(cfg, args.out)
+    code, _ = execute(cfg, args.out, RunOptions(args.checkpoint_steps, args.placement))
     return code
 
 

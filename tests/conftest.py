@@ -2,7 +2,12 @@
 
 import io
 import os
+import re
 import shutil
+import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +25,9 @@ os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
 os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("FTGRID_CACHE", str(_SESSION_TMP / "cache"))  # export FTGRID_CACHE to reuse built models
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Processes the tests start (trainers, Ray nodes and their workers) import this checkout, installed or not.
+_ROOT = str(Path(__file__).resolve().parents[1])
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (_ROOT, os.environ.get("PYTHONPATH")) if p)
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -113,3 +121,97 @@ def recording() -> Console:
 def quiet() -> Console:
     """A console that prints nowhere (the progress lines of a run)."""
     return Console(file=io.StringIO(), width=200)
+
+
+def kill_tree(procs: list[psutil.Process]) -> None:
+    """SIGKILL processes and every descendant of theirs."""
+    everyone = []
+    for proc in procs:
+        try:
+            everyone += [proc, *proc.children(recursive=True)]
+        except psutil.Error:
+            continue
+    for proc in everyone:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            continue
+
+
+def processes_mentioning(marker: str) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+class LocalCluster:
+    """A real Ray cluster of several nodes on this machine, each started with `ray start` as on separate
+    machines (logical GPUs need no hardware). Node deaths are noticed within seconds."""
+
+    HEALTH_CHECKS = {  # the head's GCS declares a silent node dead after ~3 s, not the default ~30 s
+        "RAY_health_check_initial_delay_ms": "0",
+        "RAY_health_check_period_ms": "1000",
+        "RAY_health_check_timeout_ms": "1000",
+        "RAY_health_check_failure_threshold": "3",
+    }
+
+    def __init__(self, tmp: str):
+        self.tmp = tmp
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.address = f"127.0.0.1:{s.getsockname()[1]}"
+        self.ray = str(Path(sys.executable).parent / "ray")
+
+    def _start(self, args: list[str], env: dict | None = None) -> None:
+        common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+        proc = subprocess.run(
+            [self.ray, "start", *args, *common], capture_output=True, text=True, env={**os.environ, **(env or {})}
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+    def start_head(self, cpus: int, gpus: int) -> None:
+        port = self.address.rsplit(":", 1)[1]
+        args = ["--head", f"--port={port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={self.tmp}"]
+        self._start([*args, "--include-dashboard=false"], self.HEALTH_CHECKS)
+
+    def add_node(self, cpus: int, gpus: int) -> None:
+        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}"])
+
+    def raylets(self) -> list[tuple[str, psutil.Process]]:
+        """(node id, raylet process) of every live node, the head first."""
+        found = []
+        for proc in processes_mentioning(self.tmp):
+            try:
+                if proc.name() == "raylet":
+                    node_id = re.search(r"--node_id=(\w+)", " ".join(proc.cmdline())).group(1)
+                    found.append((proc.create_time(), node_id, proc))
+            except psutil.Error:
+                continue
+        return [(node_id, proc) for _, node_id, proc in sorted(found, key=lambda f: f[0])]
+
+    def kill_node(self, node_id: str) -> None:
+        """The node disappears at once, as a reclaimed machine does: its raylet and workers are SIGKILLed."""
+        kill_tree([proc for nid, proc in self.raylets() if nid == node_id])
+
+    def stop(self) -> list[psutil.Process]:
+        """Every process of this cluster killed; those still alive after waiting (none, normally)."""
+        kill_tree(processes_mentioning(self.tmp))
+        return wait_until_gone(lambda: processes_mentioning(self.tmp))
+
+
+@pytest.fixture
+def local_cluster():
+    """Start nodes with `cluster.start_head(...)` / `cluster.add_node(...)`; afterwards nothing of it is left."""
+    tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray puts Unix sockets here
+    cluster = LocalCluster(tmp)
+    try:
+        yield cluster
+    finally:
+        left = cluster.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        assert not left, f"Ray processes left behind: {[p.pid for p in left]}"

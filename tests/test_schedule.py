@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
-from conftest import quiet, ray_processes, recording, wait_until_gone
+from conftest import processes_mentioning, quiet, ray_processes, recording, wait_until_gone
 from rich.console import Console
 
 from grid.launch import Launch, LogTail, launch_trial
@@ -25,17 +24,6 @@ GRID_AXES = (
     "  loss: [summary_only, full]\n  lora_rank: [2, 4]\n  method: [lora]"
 )
 BROKEN = "models:\n  broken: {source: /nonexistent}\n"
-
-
-def processes_mentioning(marker: str) -> list[psutil.Process]:
-    found = []
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if marker in " ".join(proc.info["cmdline"] or []) and proc.pid != os.getpid():
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
 
 
 def results(run_dir: Path) -> dict[str, dict]:

@@ -1,0 +1,175 @@
+"""The cluster path on a real two-node Ray cluster on this machine (`ray start --head` + `ray start --address`,
+logical GPUs): `ftgrid run --address` places trials on both nodes, shares fractional GPUs, gives whole GPUs to
+one trial at a time and runs it with one process per GPU, falls back to the CPU with a warning where CUDA sees
+no device, resumes after the driver is killed, and a trial whose node dies resumes from its checkpoint on the
+node that survives. Every check reads the placement each result.json records."""
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SETTINGS, LocalCluster, processes_mentioning, wait_until_gone, write_yaml
+
+pytestmark = pytest.mark.slow
+
+AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n"
+    "  loss: [summary_only, full]\n  lora_rank: [{ranks}]"
+)
+
+
+def grid_file(tmp_path: Path, name: str, ranks: str, resources: str, max_steps: int = 4) -> Path:
+    settings = TINY_SETTINGS.replace("max_steps: 4", f"max_steps: {max_steps}")
+    text = f"name: {name}\naxes:\n  {AXES.format(ranks=ranks)}\n{settings}resources:\n{resources}"
+    return write_yaml(tmp_path / f"{name}.yaml", text)
+
+
+def ftgrid_run(grid: Path, run_dir: Path, address: str, log: Path) -> subprocess.Popen:
+    """`ftgrid run GRID --address HEAD --out RUN_DIR`, as a user types it, in its own process group."""
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", address, "--out", str(run_dir)]
+    with log.open("a") as out:
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def results(run_dir: Path) -> dict[str, dict]:
+    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/result.json")}
+
+
+def wait_for(condition, what: str, timeout: float = 300, driver: subprocess.Popen | None = None, log=None):
+    deadline = time.monotonic() + timeout
+    while not (found := condition()):
+        if driver is not None and driver.poll() is not None:
+            pytest.fail(f"the driver exited ({driver.returncode}) before {what}:\n{log.read_text()[-3000:]}")
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
+    return found
+
+
+def overlapping(a: dict, b: dict) -> bool:
+    (start_a, end_a), (start_b, end_b) = a["placement"]["window"], b["placement"]["window"]
+    return start_a < end_b and start_b < end_a
+
+
+def most_at_once(trials: list[dict]) -> int:
+    """The largest number of these trials that ran at one instant."""
+    events = sorted((t, d) for r in trials for t, d in zip(r["placement"]["window"], (1, -1), strict=True))
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Two nodes of 2 CPUs and 2 (logical) GPUs each, shared by the tests of this module."""
+    cluster = LocalCluster(tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short: Ray puts Unix sockets here
+    try:
+        cluster.start_head(cpus=2, gpus=2)
+        cluster.add_node(cpus=2, gpus=2)
+        yield cluster
+    finally:
+        left = cluster.stop()
+        shutil.rmtree(cluster.tmp, ignore_errors=True)
+        assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
+
+
+def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(two_nodes, tmp_path):
+    grid = grid_file(tmp_path, "half", "2, 4, 8", "  gpus_per_trial: 0.5\n  cpus_per_trial: 1\n")
+    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
+    driver = ftgrid_run(grid, run_dir, two_nodes.address, log)
+    try:
+        wait_for(lambda: any(r["status"] == "ok" for r in results(run_dir).values()), "a trial", driver=driver, log=log)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {k: r["finished_at"] for k, r in results(run_dir).items() if r["status"] == "ok"}
+    assert 1 <= len(before) < 6
+    # the job's workers go with their driver, and no trainer trains on as an orphan
+    assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)), timeout=60)
+
+    again = ftgrid_run(grid, run_dir, two_nodes.address, log)
+    assert again.wait(timeout=600) == 0, log.read_text()[-3000:]
+    done = results(run_dir)
+    assert len(done) == 6 and all(r["status"] == "ok" for r in done.values())
+    for trial_id, finished_at in before.items():  # not run twice
+        assert done[trial_id]["finished_at"] == finished_at
+        assert (run_dir / trial_id / "trial.log").read_text().count("$ ") == 1
+
+    placed = [r["placement"] for r in done.values()]
+    assert len({p["node_id"] for p in placed}) == 2, "trials ran on both nodes"
+    assert all(len(p["ray_gpu_ids"]) == 1 and p["cuda_visible_devices"] == p["ray_gpu_ids"][0] for p in placed)
+    shared = False
+    for (node, gpu), group in itertools.groupby(
+        sorted(done.values(), key=lambda r: (r["placement"]["node_id"], r["placement"]["ray_gpu_ids"])),
+        key=lambda r: (r["placement"]["node_id"], r["placement"]["ray_gpu_ids"][0]),
+    ):
+        group = list(group)
+        assert most_at_once(group) <= 2, f"GPU {gpu} of node {node} held by more than two 0.5-GPU trials"
+        shared |= any(overlapping(a, b) for a, b in itertools.combinations(group, 2))
+    assert shared, "no two trials shared a GPU at the same time"
+    for node, group in itertools.groupby(sorted(done.values(), key=lambda r: r["placement"]["node_id"]),
+                                         key=lambda r: r["placement"]["node_id"]):  # fmt: skip
+        assert most_at_once(list(group)) <= 2, f"node {node} ran more trials at once than its 2 CPUs allow"
+    # CUDA sees none of the GPUs Ray handed out here: each trial ran on the CPU and says so
+    for result in done.values():
+        assert result["placement"]["cuda_device_count"] == 0
+        assert result["warnings"] and "ran on CPU" in result["warnings"][0]
+    assert "with warnings" in log.read_text()
+
+
+def test_whole_gpus_go_to_one_trial_at_a_time_with_a_process_each(two_nodes, tmp_path):
+    grid = grid_file(tmp_path, "two", "2", "  gpus_per_trial: 2\n  cpus_per_trial: 2\n")
+    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
+    assert ftgrid_run(grid, run_dir, two_nodes.address, log).wait(timeout=600) == 0, log.read_text()[-3000:]
+    done = list(results(run_dir).values())
+    assert len(done) == 2 and all(r["status"] == "ok" for r in done)
+    for result in done:
+        placement = result["placement"]
+        assert sorted(placement["ray_gpu_ids"]) == ["0", "1"] and placement["cuda_visible_devices"] == "0,1"
+        # one process per GPU, data-parallel: on this CPU machine each joins a gloo group
+        assert placement["num_processes"] == 2 and placement["distributed"] == "MULTI_CPU"
+        assert result["train"]["num_processes"] == 2 and result["eval"]["num_processes"] == 2
+    assert len({r["placement"]["node_id"] for r in done}) == 2
+    for a, b in itertools.combinations(done, 2):
+        if a["placement"]["node_id"] == b["placement"]["node_id"]:
+            assert not overlapping(a, b), "two trials held the same two GPUs at once"
+
+
+def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(local_cluster, tmp_path):
+    local_cluster.start_head(cpus=2, gpus=0)
+    local_cluster.add_node(cpus=2, gpus=0)
+    (head, _), (worker, _) = local_cluster.raylets()
+    grid = grid_file(tmp_path, "lost", "2", "  cpus_per_trial: 2\n  checkpoint_steps: 5\n", max_steps=60)
+    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
+    driver = ftgrid_run(grid, run_dir, local_cluster.address, log)
+
+    def on_worker_with_checkpoint() -> str | None:
+        for trial_log in run_dir.glob("*/trial.log"):
+            if worker in trial_log.read_text() and list(trial_log.parent.glob("checkpoints/step-*/done")):
+                return trial_log.parent.name
+        return None
+
+    lost = wait_for(on_worker_with_checkpoint, "a checkpoint on the worker node", driver=driver, log=log)
+    local_cluster.kill_node(worker)
+    assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    done = results(run_dir)
+    assert len(done) == 2 and all(r["status"] == "ok" for r in done.values())
+    resumed = done[lost]
+    assert resumed["placement"]["node_id"] == head  # retried by Ray Tune on the node that survived
+    assert resumed["train"]["resumed_from_step"] >= 5 and resumed["train"]["steps"] == 60
+    lines = [json.loads(line) for line in (run_dir / lost / "train_log.jsonl").read_text().splitlines()]
+    marks = [line for line in lines if "resumed_from_checkpoint" in line]
+    assert len(marks) == 1 and marks[0]["step"] == resumed["train"]["resumed_from_step"]
+    steps = [line["step"] for line in lines if "loss" in line]
+    assert steps == sorted(set(steps)) and steps[-1] == 60  # one line per logged step, none lost, none twice
+    assert not (run_dir / lost / "checkpoints").exists()  # kept only while the trial trains

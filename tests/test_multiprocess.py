@@ -1,0 +1,97 @@
+"""Trials as real processes: two-process data-parallel training on CPU (gloo, through the `accelerate launch`
+machinery a 2-GPU trial uses), and a trial killed mid-training that resumes from its checkpoint with the loss
+curve of an uninterrupted run."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from grid.launch import Launch, launch_command, launch_trial
+from grid.spec import load_grid
+
+pytestmark = pytest.mark.slow
+
+
+def train_log(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def predictions(trial_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (trial_dir / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_order(tiny_grid, tmp_path):
+    from runners.generate import generate
+    from runners.inference import load_trained
+    from runners.masking import encode_prompts
+    from runners.trial import select_rows
+
+    _, trials = load_grid(tiny_grid(), sets={"n_eval": 7, "logging_steps": 1})  # 7: the processes get 4 and 3
+    cfg = trials[0]
+    trial_dir = tmp_path / cfg.trial_id
+    code, result = launch_trial(cfg, trial_dir, Launch(processes=2, cpus=2))
+    assert code == 0, result.get("error")
+    assert result["placement"]["num_processes"] == 2 and result["placement"]["distributed"] == "MULTI_CPU"
+    assert result["train"]["num_processes"] == 2 and result["eval"]["num_processes"] == 2
+
+    lines = [line for line in train_log(trial_dir) if "loss" in line]
+    assert [line["step"] for line in lines] == [1, 2, 3, 4]
+    for line in lines:  # each process trained on its own shard; the logged loss is their mean
+        first, second = line["process_losses"]
+        assert first != second and line["loss"] == pytest.approx((first + second) / 2, abs=1e-4)
+    assert (trial_dir / "trial.log").read_text().count("saved the trained weights") == 1
+    assert {p.name for p in (trial_dir / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+    # the evaluation was split between the processes and gathered back: every example once, in file order
+    _, eval_rows, _ = select_rows(cfg)
+    rows = predictions(trial_dir)
+    assert [r["id"] for r in rows] == [r["id"] for r in eval_rows] and len(rows) == 7
+    # and each prediction is what one process alone generates with the saved adapter
+    cfg_saved, model, tokenizer, device = load_trained(trial_dir)
+    alone, _, _ = generate(
+        model, tokenizer, encode_prompts([r["dialogue"] for r in eval_rows], tokenizer, cfg), cfg, device
+    )
+    assert [r["prediction"] for r in rows] == alone
+
+
+def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_uninterrupted_run(tiny_grid, tmp_path):
+    # lora_dropout draws random numbers every step: the same curve needs the random states restored too
+    sets = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
+    _, trials = load_grid(tiny_grid(), sets=sets)
+    cfg = trials[0]
+    reference = tmp_path / "reference" / cfg.trial_id
+    code, _ = launch_trial(cfg, reference, Launch())  # uninterrupted, no checkpoints
+    assert code == 0
+
+    trial_dir = tmp_path / "resumed" / cfg.trial_id
+    launch = Launch(checkpoint_steps=3)
+    trial_dir.mkdir(parents=True)
+    (trial_dir / "trial.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with (tmp_path / "killed.log").open("w") as out:
+        cmd = launch_command(trial_dir, launch)
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not (trial_dir / "checkpoints" / "step-000006" / "done").exists():
+        assert child.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-2000:]
+        time.sleep(0.05)
+    os.killpg(child.pid, signal.SIGKILL)  # the node is gone, mid-training
+    child.wait()
+    assert not (trial_dir / "result.json").exists()
+
+    code, result = launch_trial(cfg, trial_dir, launch)
+    assert code == 0, result.get("error")
+    resumed_from = result["train"]["resumed_from_step"]  # the last complete checkpoint when it was killed
+    assert resumed_from >= 6 and resumed_from % 3 == 0 and resumed_from < 40
+    expected = {line["step"]: line["loss"] for line in train_log(reference) if "loss" in line}
+    got = train_log(trial_dir)
+    assert [line["step"] for line in got if "resumed_from_checkpoint" in line] == [resumed_from]
+    assert {line["step"]: line["loss"] for line in got if "loss" in line} == pytest.approx(expected, abs=1e-5)
+    assert sorted(expected) == list(range(1, 41))
+    assert [r["prediction"] for r in predictions(trial_dir)] == [r["prediction"] for r in predictions(reference)]
+    assert not (trial_dir / "checkpoints").exists()
