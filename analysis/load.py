@@ -30,72 +30,69 @@ META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 KNOWN_METRICS = list(rundir.METRICS)
 
 
-def as_run_dirs(run_dirs: RunDirs) -> list[Path]:
-    """One run folder or several, as a list of paths."""
+def as_run_dirs(run_dirs: RunDirs) -> list[rundir.RunStore]:
+    """One run folder or several (paths or storage URIs), as stores."""
     if isinstance(run_dirs, (str, os.PathLike)):
-        return [Path(run_dirs)]
-    return [Path(d) for d in run_dirs]
+        return [rundir.RunStore(run_dirs)]
+    return [rundir.RunStore(d) for d in run_dirs]
 
 
-def _read_json(path: Path) -> dict:
+def _read_json(folder: rundir.RunStore, name: str) -> dict:
+    data = folder.read_bytes(name)
+    if data is None:
+        raise AnalysisError(f"{folder / name}: cannot read JSON (no such file)")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise AnalysisError(f"{path}: cannot read JSON ({exc})") from exc
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_jsonl(folder: rundir.RunStore, name: str) -> list[dict]:
+    text = folder.read_text(name)
+    if text is None:
+        raise AnalysisError(f"{folder / name}: cannot read (no such file)")
     rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise AnalysisError(f"{path}: cannot read ({exc})") from exc
-    for number, line in enumerate(lines, start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise AnalysisError(f"{path}:{number}: not a JSON line ({exc.msg})") from exc
+            raise AnalysisError(f"{folder / name}:{number}: not a JSON line ({exc.msg})") from exc
     return rows
 
 
-def trial_dirs(run_dir: str | os.PathLike) -> list[Path]:
+def trial_dirs(run_dir: str | os.PathLike | rundir.RunStore) -> list[rundir.RunStore]:
     """The finished trial folders of a run folder, sorted by name.
 
-    A run folder is a folder holding `grid.yaml`, `results.csv` or `<trial_id>/result.json`; a
-    trial folder itself (holding `result.json`) is accepted as a run of one trial. Trial folders
-    without `result.json` (still running, or killed) are skipped.
+    A run folder is a folder (or storage prefix) holding `grid.yaml`, `results.csv` or
+    `<trial_id>/result.json`; a trial folder itself (holding `result.json`) is accepted as a run of one
+    trial. Trial folders without `result.json` (still running, or killed) are skipped.
     """
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise AnalysisError(f"{run_dir}: no such run folder")
-    if (run_dir / rundir.RESULT_JSON).is_file():
-        return [run_dir]
-    subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ray/
-    finished = [p for p in subdirs if (p / rundir.RESULT_JSON).is_file()]
-    unfinished = [p.name for p in subdirs if (p / rundir.TRIAL_JSON).is_file() and p not in finished]
+    store = run_dir if isinstance(run_dir, rundir.RunStore) else rundir.RunStore(run_dir)
+    if not store.is_dir():
+        raise AnalysisError(f"{store}: no such run folder")
+    if store.exists(rundir.RESULT_JSON):
+        return [store]
+    names = store.folders()  # not .ray/
+    finished = [name for name in names if store.exists(name, rundir.RESULT_JSON)]
+    unfinished = [name for name in names if name not in finished and store.exists(name, rundir.TRIAL_JSON)]
     if unfinished:
-        log.info("%s: skipping %d trial(s) without result.json: %s", run_dir, len(unfinished), ", ".join(unfinished))
-    if (
-        not finished
-        and not unfinished
-        and not (run_dir / rundir.GRID_YAML).is_file()
-        and not (run_dir / rundir.RESULTS_CSV).is_file()
-    ):
-        raise AnalysisError(f"{run_dir}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
-    return finished
+        log.info("%s: skipping %d trial(s) without result.json: %s", store, len(unfinished), ", ".join(unfinished))
+    if not finished and not unfinished and not store.exists(rundir.GRID_YAML) and not store.exists(rundir.RESULTS_CSV):
+        raise AnalysisError(f"{store}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
+    return [store / name for name in finished]
 
 
 def _is_scalar(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _trial_row(run_dir: Path, trial_dir: Path, result: Mapping) -> tuple[dict, list[str], list[str]]:
+def _trial_row(run_dir, trial_dir: rundir.RunStore, result: Mapping) -> tuple[dict, list[str], list[str]]:
     """One trials-frame row from a result.json, with the config keys and metric names it holds."""
     config = result.get("config") or {}
-    if not config and (trial_dir / rundir.TRIAL_JSON).is_file():
-        config = _read_json(trial_dir / rundir.TRIAL_JSON)
+    if not config and trial_dir.exists(rundir.TRIAL_JSON):
+        config = _read_json(trial_dir, rundir.TRIAL_JSON)
     row = {
         "run_dir": str(run_dir),
         "trial_id": result.get("trial_id") or trial_dir.name,
@@ -133,7 +130,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     rows, config_keys, metrics = [], [], []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir / rundir.RESULT_JSON))
+            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir, rundir.RESULT_JSON))
             rows.append(row)
             config_keys += [k for k in keys if k not in config_keys]
             metrics += [m for m in names if m not in metrics]
@@ -150,13 +147,12 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
     frames = []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            path = trial_dir / name
-            if not path.is_file():
+            if not trial_dir.exists(name):
                 continue  # e.g. a failed trial has no predictions
-            frame = pd.DataFrame(_read_jsonl(path))
+            frame = pd.DataFrame(_read_jsonl(trial_dir, name))
             if frame.empty:
                 continue
-            trial_id = _read_json(trial_dir / rundir.RESULT_JSON).get("trial_id") or trial_dir.name
+            trial_id = _read_json(trial_dir, rundir.RESULT_JSON).get("trial_id") or trial_dir.name
             frame.insert(0, "trial_id", trial_id)
             frame.insert(0, "run_dir", str(run_dir))
             frames.append(frame)
@@ -177,23 +173,26 @@ def load_train_logs(run_dirs: RunDirs) -> pd.DataFrame:
     return _per_trial_lines(run_dirs, rundir.TRAIN_LOG, ["run_dir", "trial_id", "step", "loss"])
 
 
-def write_results_csv(run_dir: str | os.PathLike) -> Path:
+def _written(store: rundir.RunStore, name: str) -> Path | str:
+    """Where a written file is: a Path for a local run folder, the URI for one in storage."""
+    return store.local / name if store.local is not None else (store / name).location
+
+
+def write_results_csv(run_dir: str | os.PathLike) -> Path | str:
     """Write RUN_DIR/results.csv (one row per finished trial, the columns of `load_trials`)
-    atomically, and return its path. Each call rebuilds the file from the result.json files, so
+    atomically, and return where. Each call rebuilds the file from the result.json files, so
     calling it after every trial (even from concurrent trials) leaves a complete, readable file."""
-    run_dir = Path(run_dir)
-    trials = load_trials(run_dir)
-    path = run_dir / rundir.RESULTS_CSV
-    rundir.write_atomic(path, trials.to_csv(index=False))
-    return path
+    store = rundir.RunStore(run_dir)
+    store.write(load_trials(store.location).to_csv(index=False), rundir.RESULTS_CSV)
+    return _written(store, rundir.RESULTS_CSV)
 
 
-def write_report(out_dir: str | os.PathLike, files: Mapping[str, str | bytes]) -> dict[str, Path]:
-    """Write each `name -> content` under out_dir (atomically, text as UTF-8); return the paths."""
-    out_dir = Path(out_dir)
+def write_report(out_dir: str | os.PathLike, files: Mapping[str, str | bytes]) -> dict[str, Path | str]:
+    """Write each `name -> content` under out_dir (a path or a storage URI; atomically, text as UTF-8);
+    return where each went."""
+    store = rundir.RunStore(out_dir)
     written = {}
     for name, content in files.items():
-        path = out_dir / name
-        rundir.write_atomic(path, content)
-        written[name] = path
+        store.write(content, *name.split("/"))
+        written[name] = _written(store, name)
     return written

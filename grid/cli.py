@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -26,7 +27,9 @@ out = Console()
 err = Console(stderr=True)
 
 GridArg = Annotated[Path, typer.Argument(help="Grid YAML file.")]
-OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<grid name>).")]
+OutOpt = Annotated[
+    str | None, typer.Option("--out", help="Run folder: a path, or a storage URI such as s3://bucket/runs/x.")
+]
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")]
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
@@ -91,14 +94,11 @@ def trial(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
-    from runners.trial import execute
-
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
     run_dir = out_dir or default_run_dir(spec, smoke)
-    trial_dir = run_dir / cfg.trial_id
-    out.print(f"trial [bold]{cfg.trial_id}[/] → {trial_dir}", highlight=False)
-    code, result = execute(cfg, trial_dir)
+    out.print(f"trial [bold]{cfg.trial_id}[/] → {rundir.RunStore(run_dir) / cfg.trial_id}", highlight=False)
+    code, result = _execute_into(cfg, run_dir)
     if code == 2:
         fail_input(result["error"].removeprefix("ConfigError: "))
     if code:
@@ -115,6 +115,19 @@ def trial(
         f"{result['train']['wall_s']} s · eval: {result['eval']['n_examples']} examples, {result['eval']['wall_s']} s",
         highlight=False,
     )
+
+
+def _execute_into(cfg, run_dir: str | Path) -> tuple[int, dict]:
+    """The trial run in RUN_DIR/<trial_id>; for a run folder in storage, in a scratch folder then copied there."""
+    from runners.trial import execute
+
+    store = rundir.RunStore(run_dir)
+    if store.local is not None:
+        return execute(cfg, store.local / cfg.trial_id)
+    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
+        code, result = execute(cfg, Path(scratch))
+        (store / cfg.trial_id).upload(Path(scratch), skip=(rundir.CHECKPOINTS,))
+    return code, result
 
 
 @app.command()
@@ -176,7 +189,7 @@ def _audit_text(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
 
 @app.command()
 def summarize(
-    trial_dir: Annotated[Path, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial.")],
+    trial_dir: Annotated[str, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial (a path or a URI).")],
     text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
 ):
     """Summarise a new conversation with a trained adapter."""
@@ -186,7 +199,13 @@ def summarize(
     dialogue = sys.stdin.read() if text in (None, "-") else text
     if not dialogue.strip():
         raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
-    print(run_summarize(trial_dir, [dialogue])[0])
+    store = rundir.RunStore(trial_dir)
+    if store.local is not None:
+        print(run_summarize(store.local, [dialogue])[0])
+        return
+    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:  # the trial folder from storage, for loading
+        store.download(Path(scratch))
+        print(run_summarize(Path(scratch), [dialogue])[0])
 
 
 @app.command()
@@ -247,7 +266,7 @@ def tune(
 
 @app.command()
 def table(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s); several are combined.")],
+    run_dirs: Annotated[list[str], typer.Argument(help="Run folder(s), paths or storage URIs; several are combined.")],
     rows: Annotated[
         list[str] | None, typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")
     ] = None,
@@ -287,9 +306,9 @@ def table(
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run folder(s).")],
+    run_dirs: Annotated[list[str], typer.Argument(help="Run folder(s), paths or storage URIs.")],
     out_dir: Annotated[
-        Path | None, typer.Option("--out", help="Where to write (default: the first run folder).")
+        str | None, typer.Option("--out", help="Where to write (default: the first run folder).")
     ] = None,
     metric: Annotated[str, typer.Option(help="Main metric.")] = rundir.MAIN_METRIC,
 ):

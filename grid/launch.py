@@ -7,14 +7,17 @@ Nothing here knows Ray: a Ray trial calls `run_cell`, and so could any other sch
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -153,6 +156,7 @@ def launch_trial(
     launch: Launch = Launch(),
     *,
     on_log: OnLog = None,
+    on_poll: Callable[[], None] | None = None,
     placement: dict | None = None,
     poll_s: float = 0.5,
 ) -> tuple[int, dict]:
@@ -160,7 +164,8 @@ def launch_trial(
 
     `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
     output goes to trial.log; `inline`: `runners.trial.execute` in this process (small CPU runs, tests).
-    Each new train_log.jsonl line is passed to `on_log` while the trial runs. A child that dies without
+    Each new train_log.jsonl line is passed to `on_log` while the trial runs, and `on_poll` is called at each
+    look (e.g. to copy new checkpoints to storage). A child that dies without
     writing result.json gets a `failed` one built from the tail of trial.log. `placement` (where the scheduler
     put the trial) goes into result.json.
     """
@@ -172,11 +177,17 @@ def launch_trial(
         (trial_dir / rundir.TRAIN_LOG).unlink(missing_ok=True)
     rundir.write_json(trial_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
     tail = LogTail(trial_dir / rundir.TRAIN_LOG)
+
+    def watch() -> None:
+        tail.stream(on_log)
+        if on_poll is not None:
+            on_poll()
+
     if launch.launcher == "inline":
         options = RunOptions(launch.checkpoint_steps, placement or {})
-        code = _run_inline(cfg, trial_dir, options, tail, on_log, poll_s)
+        code = _run_inline(cfg, trial_dir, options, watch, poll_s)
     else:
-        code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, tail, on_log, poll_s)
+        code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, watch, poll_s)
     result = rundir.read_result(trial_dir)
     if result is None or (code != 0 and result.get("status") == rundir.Status.OK):
         result = failure_from_log(cfg, trial_dir, code)
@@ -186,7 +197,7 @@ def launch_trial(
     return code, result
 
 
-def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, watch: Callable[[], None], poll_s: float) -> int:
     with (trial_dir / rundir.TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
@@ -208,9 +219,9 @@ def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, tail: LogTail, o
     )
     try:
         while child.poll() is None:
-            tail.stream(on_log)
+            watch()
             time.sleep(poll_s)
-        tail.stream(on_log)
+        watch()
         return child.returncode
     finally:  # stopped early (a scheduler's decision, Ctrl-C): take the whole child process group down
         if child.poll() is None:
@@ -229,7 +240,7 @@ def _kill_group(child: subprocess.Popen) -> None:
         pass
 
 
-def _run_inline(cfg: TrialConfig, trial_dir: Path, options, tail: LogTail, on_log: OnLog, poll_s: float) -> int:
+def _run_inline(cfg: TrialConfig, trial_dir: Path, options, watch: Callable[[], None], poll_s: float) -> int:
     from runners.trial import execute
 
     with (trial_dir / rundir.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
@@ -250,9 +261,9 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, options, tail: LogTail, on_lo
     try:
         worker.start()
         while worker.is_alive():
-            tail.stream(on_log)
+            watch()
             worker.join(poll_s)
-        tail.stream(on_log)
+        watch()
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
@@ -278,26 +289,88 @@ def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
 
 
 def run_cell(
-    cfg: TrialConfig, run_dir: Path, launch: Launch = Launch(), *, on_log: OnLog = None, placement: dict | None = None
+    cfg: TrialConfig, run_dir: str | Path, launch: Launch = Launch(), *, on_log: OnLog = None, placement=None
 ) -> tuple[dict, bool]:
     """One cell with caching and retries: (result.json content, whether it came from the cache).
 
-    Holds RUN_DIR/<trial_id>/.lock while it runs; a finished trial (status ok) is returned as it is unless
-    `launch.force`. A failed attempt is retried `launch.retries` times, except for bad input (exit code 2).
+    The run folder is a path (local or shared: the trial runs in RUN_DIR/<trial_id>/) or a storage URI (the
+    trial runs in a scratch folder of this node and is copied to the storage, see `_run_remote`). Holds a lock
+    per trial while it runs; a finished trial (status ok) is returned as it is unless `launch.force`.
     """
-    trial_dir = Path(run_dir) / cfg.trial_id
+    store = rundir.RunStore(run_dir)
+    trial_dir = store.local / cfg.trial_id if store.local is not None else scratch_dir(store, cfg.trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    with (trial_dir / rundir.LOCK).open("w") as lock:
+    lock_path = trial_dir / rundir.LOCK if store.local is not None else trial_dir.with_name(f"{cfg.trial_id}.lock")
+    with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        if not launch.force and rundir.is_finished(trial_dir):
-            return rundir.read_result(trial_dir), True
-        for attempt in range(launch.retries + 1):
-            if attempt:
-                log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, launch.retries + 1)
-            code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log, placement=placement)
-            if code in (0, 2):
-                break
+        cached = None if launch.force else store.read_result(cfg.trial_id)
+        if cached and cached.get("status") == rundir.Status.OK:
+            return cached, True
+        if store.local is None:
+            return _run_remote(cfg, store / cfg.trial_id, trial_dir, launch, on_log, placement), False
+        return _attempts(cfg, trial_dir, launch, on_log, placement), False
+
+
+def _attempts(cfg: TrialConfig, trial_dir: Path, launch: Launch, on_log: OnLog, placement, on_poll=None) -> dict:
+    """Launch the trial, again after a failure up to `launch.retries` times (not after bad input, exit code 2)."""
+    for attempt in range(launch.retries + 1):
         if attempt:
-            result["attempts"] = attempt + 1
-            rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
-        return result, False
+            log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, launch.retries + 1)
+        code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log, on_poll=on_poll, placement=placement)
+        if code in (0, 2):
+            break
+    if attempt:
+        result["attempts"] = attempt + 1
+        rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+    return result
+
+
+def scratch_dir(store: rundir.RunStore, trial_id: str) -> Path:
+    """Where a trial of a run in storage works on this node: FTGRID_SCRATCH (default: the temp folder)."""
+    base = Path(os.environ.get("FTGRID_SCRATCH") or tempfile.gettempdir()) / "ftgrid-scratch"
+    return base / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
+
+
+def _run_remote(cfg: TrialConfig, remote: rundir.RunStore, scratch: Path, launch: Launch, on_log, placement):
+    """A trial of a run in storage: it works in node-local scratch, starting from the checkpoint, train_log and
+    trial.log the storage holds (a trial restarted on another node resumes); new checkpoints are copied to the
+    storage as they appear; at the end the folder is copied there with result.json last."""
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    remote.download(scratch / rundir.CHECKPOINTS, rundir.CHECKPOINTS)
+    for name in (rundir.TRAIN_LOG, rundir.TRIAL_LOG):
+        if (data := remote.read_bytes(name)) is not None:
+            (scratch / name).write_bytes(data)
+    remote.delete(rundir.RESULT_JSON)  # while it runs again, the trial does not look finished
+    try:
+        result = _attempts(cfg, scratch, launch, on_log, placement, on_poll=CheckpointSync(scratch, remote).poll)
+        remote.upload(scratch, skip=(rundir.CHECKPOINTS,))
+        if result.get("status") == rundir.Status.OK:
+            remote.delete(rundir.CHECKPOINTS)
+        return result
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+class CheckpointSync:
+    """Copies a trial's newest complete checkpoint (with its train_log) from scratch to the storage while the trial
+    trains, `done` last, then removes the older one there: the storage always holds a checkpoint to resume from."""
+
+    def __init__(self, scratch: Path, remote: rundir.RunStore):
+        self.scratch, self.remote, self.sent = scratch, remote, None
+
+    def poll(self) -> None:
+        complete = sorted((self.scratch / rundir.CHECKPOINTS).glob("step-*/done"))
+        newest = complete[-1].parent if complete else None
+        if newest is None or newest.name == self.sent:
+            return
+        try:
+            self.remote.upload(newest, rundir.CHECKPOINTS, newest.name, last="done")
+            self.remote.write((self.scratch / rundir.TRAIN_LOG).read_bytes(), rundir.TRAIN_LOG)
+        except FileNotFoundError:
+            return  # the trainer replaced it meanwhile: the next look sends the newer one
+        for old in (self.remote / rundir.CHECKPOINTS).folders():
+            if old != newest.name:
+                self.remote.delete(rundir.CHECKPOINTS, old)
+        self.sent = newest.name
+        log.info("checkpoint %s copied to %s", newest.name, self.remote)

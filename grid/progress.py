@@ -175,13 +175,14 @@ def _number(value) -> float | None:
 def summarise(
     progress: Progress,
     trials: list[TrialConfig],
-    run_dir: Path,
+    run_dir: str | Path,
     console: Console,
     again: str = "run the same command again to finish the trials that did not run",
 ) -> int:
     """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code:
     0, or 1 if a trial failed or did not run."""
-    results = {cfg.trial_id: rundir.read_result(Path(run_dir) / cfg.trial_id) for cfg in trials}
+    store = rundir.RunStore(run_dir)
+    results = {cfg.trial_id: store.read_result(cfg.trial_id) for cfg in trials}
     for trial_id, result in results.items():
         _settle(progress, trial_id, result)
     progress.running.clear()

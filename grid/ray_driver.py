@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -37,9 +38,9 @@ def launch_of(resources, *, retries: int, force: bool) -> Launch:
     )
 
 
-def param_space(run_dir: Path, launch: Launch, **space) -> dict:
+def param_space(run_dir: str | Path, launch: Launch, **space) -> dict:
     """Tune's param space: where and how each trial runs (plain values, as Ray records them) and the space."""
-    return {"run_dir": str(Path(run_dir).resolve()), "launch": dataclasses.asdict(launch), **space}
+    return {"run_dir": rundir.RunStore(run_dir).absolute(), "launch": dataclasses.asdict(launch), **space}
 
 
 def trial_config(config: dict) -> TrialConfig:
@@ -54,7 +55,7 @@ def ray_trial(config: dict) -> None:
 
     launch = Launch(**config["launch"])
     cfg = trial_config(config)
-    result, cached = run_cell(cfg, Path(config["run_dir"]), launch, on_log=tune.report, placement=placement())
+    result, cached = run_cell(cfg, config["run_dir"], launch, on_log=tune.report, placement=placement())
     tune.report(final_report(result, cached))
 
 
@@ -124,7 +125,7 @@ def check_resources(gpus: float, cpus: float) -> str | None:
     return None
 
 
-def progress_callback(progress, run_dir: Path):
+def progress_callback(progress, run_dir: str | Path):
     """A Tune callback (driver side) that feeds Progress and rewrites results.csv as trials end."""
     from ray import tune
 
@@ -180,7 +181,7 @@ def grid_search(values: list):
 
 def tune_trials(
     param_space: dict,
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     name: str,
     resources: dict,
@@ -213,7 +214,7 @@ def tune_trials(
         ),
         run_config=tune.RunConfig(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
-            storage_path=str((Path(run_dir) / rundir.RAY_DIR).resolve()),
+            **ray_storage(run_dir),
             verbose=0,
             callbacks=[progress_callback(progress, run_dir)],
             # a failed trial is retried inside its Ray trial (run_cell); this restarts one whose worker or node
@@ -228,7 +229,16 @@ def tune_trials(
         return tuner.fit()
 
 
-def record_ray_errors(results, run_dir: Path) -> None:
+def ray_storage(run_dir: str | Path) -> dict:
+    """Where Tune keeps its own state: RUN_DIR/.ray, in the run's storage (RunConfig's storage arguments)."""
+    store = rundir.RunStore(run_dir) / rundir.RAY_DIR
+    if store.local is not None:
+        return {"storage_path": store.absolute()}
+    filesystem, path = store.filesystem()
+    return {"storage_path": path, "storage_filesystem": filesystem}
+
+
+def record_ray_errors(results, run_dir: str | Path) -> None:
     """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one."""
     from grid.progress import one_line
 
@@ -239,16 +249,16 @@ def record_ray_errors(results, run_dir: Path) -> None:
             cfg = trial_config(res.config)
         except Exception:  # noqa: BLE001 — a sample that does not validate has no trial folder
             continue
-        trial_dir = Path(run_dir) / cfg.trial_id
-        if rundir.read_result(trial_dir) is None:
+        store = rundir.RunStore(run_dir)
+        if store.read_result(cfg.trial_id) is None:
             error = f"Ray trial error: {one_line(str(res.error))}"
             result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), error)
-            rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+            store.write(json.dumps(result, indent=2, default=str) + "\n", cfg.trial_id, rundir.RESULT_JSON)
 
 
 def run_on_ray(
     param_space,
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     address: str | None,
     name: str,

@@ -13,13 +13,13 @@ from runners import rundir
 log = logging.getLogger("ftgrid.runfolder")
 
 
-def write_grid_yaml(spec, run_dir: Path) -> None:
+def write_grid_yaml(spec, run_dir: str | Path) -> None:
     """RUN_DIR/grid.yaml: the resolved spec (with any --set applied) that produced this run."""
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    rundir.write_atomic(Path(run_dir) / rundir.GRID_YAML, text)
+    rundir.RunStore(run_dir).write(text, rundir.GRID_YAML)
 
 
-def refresh_results_csv(run_dir: Path) -> None:
+def refresh_results_csv(run_dir: str | Path) -> None:
     """Rebuild RUN_DIR/results.csv; a problem is logged, never raised: result.json is the record, the CSV a view."""
     from analysis.load import write_results_csv
 

@@ -34,7 +34,7 @@ def trial_table(trials: list[TrialConfig]) -> Table:
 def run_grid(
     spec,
     trials: list[TrialConfig],
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     address: str | None = None,
     max_concurrent: int | None = None,
@@ -53,14 +53,14 @@ def run_grid(
         console.print(trial_table(trials))
         console.print(f"{len(trials)} trials", highlight=False)
         return 0
-    run_dir = Path(run_dir)
+    store = rundir.RunStore(run_dir)
     res = spec.resources
     retries = res.retries if retries is None else retries
     write_grid_yaml(spec, run_dir)
     progress = Progress(total=len(trials), console=console)
     todo = []
     for cfg in trials:
-        result = None if force else rundir.read_result(run_dir / cfg.trial_id)
+        result = None if force else store.read_result(cfg.trial_id)
         if result and result.get("status") == rundir.Status.OK:
             progress.cached(cfg.trial_id, (result.get("metrics") or {}).get(progress.metric))
         else:

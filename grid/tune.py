@@ -186,11 +186,12 @@ def sample_of(result: dict, base: TrialConfig, search: SearchBlock) -> dict | No
     return point if same else None
 
 
-def finished_samples(run_dir: Path, base: TrialConfig, search: SearchBlock) -> list[tuple[dict, float, dict]]:
+def finished_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock) -> list[tuple[dict, float, dict]]:
     """(point, score, result) of every trial in RUN_DIR that finished ok as a sample of this search."""
     found = []
-    for trial_dir in sorted(p for p in Path(run_dir).glob("*") if p.is_dir()):
-        result = rundir.read_result(trial_dir)
+    store = rundir.RunStore(run_dir)
+    for name in store.folders():
+        result = store.read_result(name)
         if not result or result.get("status") != rundir.Status.OK:
             continue
         score = (result.get("metrics") or {}).get(search.metric)
@@ -265,7 +266,7 @@ def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished
 def run_search(
     spec,
     grid_path: Path,
-    run_dir: Path,
+    run_dir: str | Path,
     *,
     address: str | None = None,
     resume: bool = False,
@@ -278,7 +279,6 @@ def run_search(
     console = console or Console()
     search = parse_search(spec, grid_path)
     base = base_trial(spec, search, grid_path)
-    run_dir = Path(run_dir)
     write_grid_yaml(spec, run_dir)
     previous = _previous_samples(run_dir, base, search, resume, console)
     remaining = search.num_samples - len(previous)
@@ -298,7 +298,7 @@ def run_search(
     return _write_best(spec, search, base, grid_path, run_dir, console) or code
 
 
-def _previous_samples(run_dir: Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
+def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
     """The finished samples the search counts: all of them with --resume, none without (they are cache hits)."""
     found = finished_samples(run_dir, base, search)
     if found and not resume:
@@ -310,7 +310,7 @@ def _previous_samples(run_dir: Path, base: TrialConfig, search: SearchBlock, res
     return found if resume else []
 
 
-def _search_on_ray(spec, search, base, previous, run_dir: Path, num_samples: int, *, address, progress) -> None:
+def _search_on_ray(spec, search, base, previous, run_dir: str | Path, num_samples: int, *, address, progress) -> None:
     """`num_samples` new samples drawn by Optuna (told about `previous`), each run as one cell on Ray Tune."""
     res = spec.resources
     launch = launch_of(res, retries=res.retries, force=False)
@@ -338,7 +338,7 @@ def _search_on_ray(spec, search, base, previous, run_dir: Path, num_samples: int
     )
 
 
-def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, run_dir: Path, console) -> int:
+def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, run_dir: str | Path, console) -> int:
     """Print the top samples and write RUN_DIR/best.yaml; 1 if no sample finished, else 0."""
     samples = finished_samples(run_dir, base, search)
     if not samples:
@@ -348,19 +348,20 @@ def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, r
     samples.sort(key=lambda s: -sign * s[1])
     console.print(top_table(samples, search))
     point, score, best = samples[0]
-    rundir.write_atomic(run_dir / rundir.BEST_YAML, best_yaml(spec, search, best, grid_path, len(samples)))
+    store = rundir.RunStore(run_dir)
+    store.write(best_yaml(spec, search, best, grid_path, len(samples)), rundir.BEST_YAML)
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
     console.print(
-        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {run_dir / rundir.BEST_YAML}",
+        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {store / rundir.BEST_YAML}",
         highlight=False,
     )
     return 0
 
 
-def _results_of(run_dir: Path, outcomes: dict) -> list[dict]:
+def _results_of(run_dir: str | Path, outcomes: dict) -> list[dict]:
     results = []
     for trial_id in outcomes:
-        result = rundir.read_result(Path(run_dir) / trial_id)
+        result = rundir.RunStore(run_dir).read_result(trial_id)
         if result and result.get("config"):
             results.append(result)
     return results

@@ -59,3 +59,16 @@ def test_set_on_the_command_line_beats_the_files_overrides():
     _, trials = load_grid(CONFIGS[0].parent / "demo.yaml", sets={"max_steps": 3})
     assert {t.max_steps for t in trials if t.method != "zero_shot"} == {3}
     assert {t.learning_rate for t in trials if t.model == "tiny-llama" and t.method != "zero_shot"} == {1e-2}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS[0].parent.glob("cluster/*.yaml")), ids=lambda p: p.name)
+def test_cluster_configs_parse_and_their_commands_are_whole(path):
+    import shlex
+
+    import yaml
+
+    config = yaml.safe_load(path.read_text())
+    assert path.read_text().startswith("# ray up ") and config["head_node_type"] in config["available_node_types"]
+    keys = ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
+    for command in [c for key in keys for c in config[key]]:
+        assert shlex.split(command), command  # a quote cut short by a YAML comment would raise here

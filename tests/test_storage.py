@@ -1,0 +1,200 @@
+"""Run folders in object storage, against a real S3-compatible server on 127.0.0.1 (moto in server mode): the
+store itself, `ftgrid trial` / `summarize` / `table` on a bucket, and a grid on a two-node Ray cluster that writes
+to the bucket, is killed, resumes (a trial from the checkpoint it had copied there) and gives the same tables as a
+run of the same grid on a local disk."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
+
+from runners.rundir import RunStore
+
+BUCKET = "runs"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; credentials and endpoint in the environment, where
+    pyarrow (and every process started from here, Ray nodes included) reads them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "ftgrid-test",
+        "AWS_SECRET_ACCESS_KEY": "ftgrid-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        from pyarrow import fs
+
+        filesystem, _ = fs.FileSystem.from_uri(f"s3://{BUCKET}?allow_bucket_creation=true")
+        filesystem.create_dir(BUCKET)
+        yield f"s3://{BUCKET}"
+    finally:
+        server.kill()
+        server.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ftgrid(*args, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True, **kwargs)
+
+
+def test_a_store_reads_writes_lists_and_copies_folders_in_a_bucket_as_on_disk(s3, tmp_path):
+    for store in (RunStore(f"{s3}/store-test"), RunStore(tmp_path / "store-test")):
+        store.write('{"status": "ok"}', "t1", "result.json")
+        store.write(b"\x00weights", "t1", "adapter", "model.bin")
+        store.write("{}", "t2", "trial.json")
+        store.write("x", ".ray", "state")
+        assert store.folders() == ["t1", "t2"] and store.files("t1") == ["adapter/model.bin", "result.json"]
+        assert store.read_result("t1") == {"status": "ok"} and store.read_result("t2") is None
+        local = tmp_path / f"copy-{store.local is None}"
+        assert store.download(local, "t1") == ["adapter/model.bin", "result.json"]
+        (store / "t3").upload(local)
+        assert (store / "t3").read_bytes("adapter", "model.bin") == b"\x00weights"
+        store.delete("t1")
+        assert store.folders() == ["t2", "t3"] and store.read_bytes("t1", "result.json") is None
+
+
+def test_an_upload_cut_short_never_looks_finished(s3, tmp_path):
+    folder = tmp_path / "trial"
+    for name in ("predictions.jsonl", "train_log.jsonl", "trial.json", "result.json"):
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        (folder / name).write_text("{}")
+
+    class DropsAfterTwo(RunStore):  # the connection drops after two objects
+        written = 0
+
+        def write(self, data, *parts):
+            if DropsAfterTwo.written == 2:
+                raise ConnectionError("connection reset")
+            DropsAfterTwo.written += 1
+            super().write(data, *parts)
+
+    with pytest.raises(ConnectionError):
+        DropsAfterTwo(f"{s3}/cut/t1").upload(folder)
+    store = RunStore(f"{s3}/cut")
+    assert len(store.files("t1")) == 2 and store.read_result("t1") is None  # result.json goes last
+
+
+def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
+    run = f"{s3}/one-trial"
+    proc = ftgrid("trial", tiny_grid(), "--out", run)
+    assert proc.returncode == 0, proc.stderr
+    store = RunStore(run)
+    (trial_id,) = store.folders()
+    assert store.read_result(trial_id)["status"] == "ok"
+    assert {"adapter/adapter_config.json", "predictions.jsonl", "train_log.jsonl"} <= set(store.files(trial_id))
+    assert store.read_text("grid.yaml") and store.read_text("results.csv").count("\n") == 2
+    proc = ftgrid("summarize", f"{run}/{trial_id}", "Anna: Lunch at noon?\nBen: Yes, at the cafe.")
+    assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
+    proc = ftgrid("table", run, "--format", "csv")
+    assert proc.returncode == 0 and "rougeL" in proc.stdout, proc.stderr
+    proc = ftgrid("report", run)
+    assert proc.returncode == 0, proc.stderr
+    assert store.read_text("report.md").startswith("#") and store.files("figures")
+
+
+AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n"
+    "  loss: [summary_only, full]\n  lora_rank: [2, 4]"
+)
+
+
+@pytest.mark.slow
+def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_equal_a_local_run(
+    s3, local_cluster, tmp_path
+):
+    local_cluster.start_head(cpus=2, gpus=0)
+    local_cluster.add_node(cpus=2, gpus=0)
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 20")
+    resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 2\n"  # two waves: one ends, one is cut
+    grid = write_yaml(tmp_path / "g.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{resources}")
+    run, store, log = f"{s3}/grid", RunStore(f"{s3}/grid"), tmp_path / "driver.log"
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def finished_and_a_checkpoint_in_the_bucket() -> bool:
+        done = {t for t in store.folders() if (store.read_result(t) or {}).get("status") == "ok"}
+        return bool(done) and any(store.folders(t, "checkpoints") for t in store.folders() if t not in done)
+
+    try:
+        deadline = time.monotonic() + 300
+        while not finished_and_a_checkpoint_in_the_bucket():
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished with another checkpointed in time"
+            time.sleep(0.3)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = {t: store.read_result(t) for t in store.folders()}
+    finished = {t: r["finished_at"] for t, r in before.items() if r and r["status"] == "ok"}
+    assert 1 <= len(finished) < 4
+    for trial_id in store.folders():  # whatever the kill interrupted, a result.json means a complete folder
+        if store.read_result(trial_id):
+            assert {"predictions.jsonl", "trial.json", "train_log.jsonl"} <= set(store.files(trial_id))
+    assert not wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=60)
+
+    with log.open("a") as out:
+        assert subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode == 0, log.read_text()[-3000:]
+    results = {t: store.read_result(t) for t in store.folders()}
+    assert len(results) == 4 and all(r["status"] == "ok" for r in results.values())
+    for trial_id, finished_at in finished.items():  # not run again
+        assert results[trial_id]["finished_at"] == finished_at
+    resumed = [r for r in results.values() if r["train"].get("resumed_from_step")]
+    assert resumed, "no trial resumed from the checkpoint it had copied to the bucket"
+    for result in resumed:
+        lines = store.read_text(result["trial_id"], "train_log.jsonl").splitlines()
+        assert sum("resumed_from_checkpoint" in line for line in lines) == 1
+        assert not store.folders(result["trial_id"], "checkpoints")  # removed once the trial finished
+    assert store.read_text("results.csv").count("\n") == 5
+
+    local = tmp_path / "local"
+    cmd_local = [*cmd[:-1], str(local)]
+    assert subprocess.run(cmd_local, capture_output=True).returncode == 0
+    from analysis import cli_table
+
+    for args in ({"ci": True}, {"compare": "loss"}, {"rows": "lora_rank", "cols": "loss"}):
+        assert cli_table(run, **args) == cli_table(str(local), **args), args
+
+
+def _trainers() -> list[str]:
+    """Command lines of the trial processes running on this machine."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            line = " ".join(proc.info["cmdline"] or [])
+        except psutil.Error:
+            continue
+        if "runners.trial" in line:
+            found.append(line)
+    return found
