@@ -14,13 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runners.rundir import METRIC_GROUPS, Loss, Method, normalise_settings
+from runners.rundir import METRIC_GROUPS, ConfigError, Loss, Method, normalise_settings  # noqa: F401 (ConfigError: re-exported)
 
 AXES = ("model", "dataset", "template", "loss", "lora_rank")
-
-
-class ConfigError(ValueError):
-    """Bad input from the user (config, arguments, data). The CLI prints it and exits with code 2."""
 
 
 class _Frozen(BaseModel):

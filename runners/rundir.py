@@ -20,6 +20,11 @@ from enum import Enum
 from importlib import metadata
 from pathlib import Path
 
+
+class ConfigError(ValueError):
+    """Bad input from the user (config, arguments, data). The CLI prints it and exits with code 2."""
+
+
 # --- file names ------------------------------------------------------------------------------------------
 # RUN_DIR/
 GRID_YAML = "grid.yaml"  # the resolved grid file that produced the run
@@ -284,6 +289,11 @@ class RunStore:
     def __init__(self, location: str | Path | RunStore):
         if isinstance(location, RunStore):
             location = location.location
+        if is_uri(location) and "@" in str(location).partition("://")[2].partition("/")[0]:
+            raise ConfigError(
+                f"{str(location).partition('@')[2]}: the run folder's URI holds credentials; give them through "
+                "the environment instead (for S3: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile)"
+            )
         self.location = str(location).rstrip("/")
         self.local = None if is_uri(location) else Path(location)
         self._fs = self._root = None

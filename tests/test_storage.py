@@ -121,6 +121,12 @@ def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
     assert store.read_text("report.md").startswith("#") and store.files("figures")
 
 
+def test_credentials_in_a_uri_are_refused_before_anything_runs(tiny_grid):
+    proc = ftgrid("run", tiny_grid(), "--out", "s3://AKIAEXAMPLE:not-a-secret@runs/x")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "environment" in proc.stderr and "not-a-secret" not in proc.stderr + proc.stdout
+
+
 AXES = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n"
     "  loss: [summary_only, full]\n  lora_rank: [2, 4]"
