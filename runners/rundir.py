@@ -218,12 +218,37 @@ def failed_result(trial_id: str, config: dict, error: str | BaseException, **det
 
 
 # --- reading and writing ----------------------------------------------------------------------------------
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (other threads may be creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: Path) -> None:
+    """Give a file, or a folder and everything in it, the modes `open()` and `mkdir()` would have: 0o666 (files)
+    and 0o777 (folders) less the umask. For what other libraries write owner-only (safetensors, mkdtemp)."""
+    path, mask = Path(path), umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half."""
+    """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half.
+    The file gets the mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()

@@ -177,6 +177,7 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
         if is_main_process():
             model.save_pretrained(out_dir / rundir.ADAPTER)
             tokenizer.save_pretrained(out_dir / rundir.ADAPTER)
+            rundir.share(out_dir / rundir.ADAPTER)  # safetensors writes its files owner-only
             log.info("saved the trained weights to %s", out_dir / rundir.ADAPTER)
         if cfg.model_entry.kind == "seq2seq":
             block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
