@@ -40,8 +40,15 @@ def as_run_dirs(run_dirs: RunDirs) -> list[Path]:
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, or not UTF-8
         raise AnalysisError(f"{path}: cannot read JSON ({exc})") from exc
+
+
+def _read_result(trial_dir: Path) -> dict:
+    result = _read_json(trial_dir / rundir.RESULT_JSON)
+    if not isinstance(result, dict):
+        raise AnalysisError(f"{trial_dir / rundir.RESULT_JSON}: not a JSON object")
+    return result
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -69,7 +76,7 @@ def trial_dirs(run_dir: str | os.PathLike) -> list[Path]:
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise AnalysisError(f"{run_dir}: no such run folder")
+        raise AnalysisError(f"{run_dir}: {'not a folder' if run_dir.exists() else 'no such run folder'}")
     if (run_dir / rundir.RESULT_JSON).is_file():
         return [run_dir]
     subdirs = sorted(p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ray/
@@ -128,17 +135,24 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     config key under its own name (`model`, `dataset`, `template`, `loss`, `lora_rank`, `method`,
     `learning_rate`, ...), the metrics (`rouge1`, ..., `bleu`, `gen_len`, ...), and the `train` and
     `eval` sections flattened (`train_wall_s`, `eval_n_examples`, `eval_ids_sha256`, ...).
-    `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which.
+    `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which; `attrs["unreadable"]` the trials
+    whose result.json could not be read (`run_dir`, `trial`: the folder name, `reason`), left out of the rows.
     """
-    rows, config_keys, metrics = [], [], []
+    rows, config_keys, metrics, unreadable = [], [], [], []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir / rundir.RESULT_JSON))
+            try:
+                row, keys, names = _trial_row(run_dir, trial_dir, _read_result(trial_dir))
+            except AnalysisError as exc:
+                log.warning("left out: %s", exc)
+                unreadable.append({"run_dir": str(run_dir), "trial": trial_dir.name, "reason": str(exc)})
+                continue
             rows.append(row)
             config_keys += [k for k in keys if k not in config_keys]
             metrics += [m for m in names if m not in metrics]
     trials = pd.DataFrame(rows, columns=list(dict.fromkeys(META_COLUMNS + [c for r in rows for c in r])))
     trials.attrs["config_keys"] = config_keys
+    trials.attrs["unreadable"] = unreadable
     trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + [
         m for m in metrics if m not in KNOWN_METRICS
     ]
@@ -153,10 +167,13 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
             path = trial_dir / name
             if not path.is_file():
                 continue  # e.g. a failed trial has no predictions
+            try:
+                trial_id = _read_result(trial_dir).get("trial_id") or trial_dir.name
+            except AnalysisError:
+                continue  # an unreadable result.json: the trial is not in the trials frame either
             frame = pd.DataFrame(_read_jsonl(path))
             if frame.empty:
                 continue
-            trial_id = _read_json(trial_dir / rundir.RESULT_JSON).get("trial_id") or trial_dir.name
             frame.insert(0, "trial_id", trial_id)
             frame.insert(0, "run_dir", str(run_dir))
             frames.append(frame)
