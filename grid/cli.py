@@ -146,11 +146,11 @@ def trial(
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
-    from runners.trial import execute
+    from runners.trial import RunOptions, execute
 
     trial_dir = run_dir / cfg.trial_id
     out.print(f"trial [bold]{cfg.trial_id}[/] → {trial_dir}", highlight=False)
-    code, result = execute(cfg, trial_dir)
+    code, result = execute(cfg, trial_dir, RunOptions(save=spec.save.value))
     if code == 2:
         fail_input(result["error"].removeprefix("ConfigError: "))
     if code:
@@ -232,11 +232,11 @@ def summarize(
     text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
 ):
     """Summarise a new conversation with a trained adapter."""
+    from runners.inference import check_weights, trial_config
     from runners.inference import summarize as run_summarize
-    from runners.inference import trial_config
 
     _setup_logging()
-    trial_config(trial_dir)  # a trial folder, before waiting on stdin
+    check_weights(trial_dir, trial_config(trial_dir))  # before waiting on stdin
     dialogue = _read_stdin() if text in (None, "-") else text
     if not dialogue.strip():
         raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")

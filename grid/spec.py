@@ -28,6 +28,7 @@ from runners.config import (
 )
 from runners.data import DATASETS
 from runners.models import MODELS
+from runners.rundir import Save
 from runners.templates import TEMPLATES
 
 ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
@@ -88,6 +89,11 @@ class GridSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     name: str = Field("grid", description="A name for the run: its default run folder is runs/<name>.")
     description: str | None = None
+    save: Save = Field(
+        Save.ADAPTER,
+        description="What trials keep of their trained weights: `adapter` (every trial), `none`, or `best` "
+        "(only the best trial's by the main metric, once `ftgrid run` ends). Not part of a trial's identity.",
+    )
     models: dict[str, dict] = Field(default_factory=dict, description="Named model entries (add or override).")
     datasets: dict[str, dict] = Field(default_factory=dict, description="Named dataset entries (add or override).")
     templates: dict[str, dict] = Field(default_factory=dict, description="Named prompt templates (add or override).")

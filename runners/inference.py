@@ -27,17 +27,30 @@ def trial_config(trial_dir: Path) -> TrialConfig:
         ) from err
 
 
+def check_weights(trial_dir: Path, cfg: TrialConfig) -> None:
+    """A ConfigError unless the trial's trained weights are there: not kept (`save:`), or the trial did not finish."""
+    if not cfg.method.trains or (Path(trial_dir) / rundir.ADAPTER).is_dir():
+        return
+    weights = (rundir.read_result(trial_dir) or {}).get("weights") or {}
+    if weights.get("removed") or weights.get("why"):
+        raise ConfigError(
+            f"{trial_dir}: the trial's trained weights were not kept ({weights.get('removed') or weights['why']}); "
+            "to use it, run it again with `save: adapter` in the grid file "
+            "(ftgrid trial GRID.yaml --pick … --out RUN_DIR)"
+        )
+    raise ConfigError(f"{trial_dir}: the trial has no {rundir.ADAPTER}/ (did it finish? status in result.json)")
+
+
 def load_trained(trial_dir: Path):
     """(cfg, model, tokenizer, device) of a finished trial folder."""
     trial_dir = Path(trial_dir)
     cfg = trial_config(trial_dir)
-    adapter = trial_dir / rundir.ADAPTER
-    if cfg.method.trains and not adapter.exists():
-        raise ConfigError(f"{trial_dir}: the trial has no {rundir.ADAPTER}/ (did it finish? status in result.json)")
+    check_weights(trial_dir, cfg)
     import torch
 
     from runners.models import load_model, load_tokenizer
 
+    adapter = trial_dir / rundir.ADAPTER
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg)
     if cfg.method == Method.FULL:

@@ -75,6 +75,14 @@ class Method(Choice):
         return self is Method.QLORA
 
 
+class Save(Choice):
+    """What a trial keeps of its trained weights (the grid's `save:`; not part of a trial's identity)."""
+
+    ADAPTER = "adapter"  # every trial keeps adapter/ (the default)
+    NONE = "none"  # no trial keeps weights; everything else is written
+    BEST = "best"  # every trial saves them; at the end of `ftgrid run` only the best trial's are kept
+
+
 class Loss(Choice):
     """Which tokens the training loss is taken on."""
 
@@ -178,6 +186,8 @@ RESULT_KEYS = (
     "wall_s",
     "placement",
     "warnings",
+    "disk_mb",
+    "weights",
 )
 # Keys of each predictions.jsonl line, besides the per-example metrics.
 PREDICTION_KEYS = ("id", "dialogue", "prediction", "references", "bleu_stats")
@@ -239,6 +249,21 @@ def share(path: Path) -> None:
     for item in paths:
         if not item.is_symlink():
             item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def size_mb(path: Path, skip: tuple[str, ...] = ()) -> float:
+    """The size of a folder's files at any depth (top-level entries named in `skip` left out), in MB."""
+    total = 0
+    for folder, dirs, files in os.walk(path):
+        if Path(folder) == Path(path):
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed while we looked (a checkpoint being replaced)
+                continue
+    return round(total / 2**20, 3)
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:

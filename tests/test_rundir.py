@@ -114,6 +114,7 @@ def test_written_files_have_the_modes_open_and_mkdir_give_under_the_umask(tmp_pa
     assert mode(tmp_path / "run" / "result.json") == 0o666 & ~mask
     assert mode(tmp_path / "run") == 0o777 & ~mask
     assert mode(made) == 0o777 & ~mask and mode(made / "weights.safetensors") == 0o666 & ~mask
+    assert rundir.size_mb(made) == round(2048 / 2**20, 3) and rundir.size_mb(tmp_path, skip=("made",)) < 0.001
 
 
 def test_a_failed_result_keeps_the_error_and_the_tail_of_its_traceback():
