@@ -22,6 +22,7 @@ imports ray, torch or transformers.
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -54,6 +55,7 @@ def cli_table(
 
     _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
     trials = _selected_trials(run_dirs, where, metric)
+    left_out = unreadable_note(trials.attrs.get("unreadable", []))
     note = ""
     if compare:
         table = _comparison(trials, load.load_examples(run_dirs), compare, metric, fmt)
@@ -65,7 +67,19 @@ def cli_table(
         table, note = tables.pivot_table(trials, rows or "metric", cols or "metric", metric)
     else:
         table = tables.main_table(trials, metric=metric, examples=load.load_examples(run_dirs) if ci else None)
+    if left_out and fmt in ("csv", "json"):
+        print(left_out, file=sys.stderr)  # keep the table itself machine-readable
+    elif left_out:
+        note = f"{note} {left_out}".strip()
     return tables.format_table(table, fmt, decimals(metric), note)
+
+
+def unreadable_note(unreadable: Sequence[dict]) -> str:
+    """One line on the trials left out because their result.json could not be read ("" if none)."""
+    if not unreadable:
+        return ""
+    listed = "; ".join(f"{u['trial']} ({u['reason']})" for u in unreadable)
+    return f"Left out, result.json unreadable ({len(unreadable)}; `ftgrid run` runs them again): {listed}."
 
 
 def _check_request(fmt: str, asked: Sequence[tuple[str, object]]) -> None:
@@ -86,9 +100,11 @@ def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
 
     trials = load.load_trials(run_dirs)
     if trials.empty:
-        raise AnalysisError(f"No finished trials in {run_dirs}")
+        raise AnalysisError(f"No finished trials in {run_dirs}. {unreadable_note(trials.attrs['unreadable'])}".strip())
     if where:
+        unreadable = trials.attrs["unreadable"]
         trials = select(trials, where)
+        trials.attrs["unreadable"] = unreadable
         if trials.empty:
             raise AnalysisError(f"No trial matches {where!r}")
     if metric_names(trials):  # all trials failed: the main table still lists them

@@ -43,8 +43,15 @@ def _read_json(folder: rundir.RunStore, name: str) -> dict:
         raise AnalysisError(f"{folder / name}: cannot read JSON (no such file)")
     try:
         return json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # not JSON, or not UTF-8
         raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
+
+
+def _read_result(trial_dir: rundir.RunStore) -> dict:
+    result = _read_json(trial_dir, rundir.RESULT_JSON)
+    if not isinstance(result, dict):
+        raise AnalysisError(f"{trial_dir / rundir.RESULT_JSON}: not a JSON object")
+    return result
 
 
 def _read_jsonl(folder: rundir.RunStore, name: str) -> list[dict]:
@@ -71,7 +78,7 @@ def trial_dirs(run_dir: str | os.PathLike | rundir.RunStore) -> list[rundir.RunS
     """
     store = run_dir if isinstance(run_dir, rundir.RunStore) else rundir.RunStore(run_dir)
     if not store.is_dir():
-        raise AnalysisError(f"{store}: no such run folder")
+        raise AnalysisError(f"{store}: {'not a folder' if store.exists() else 'no such run folder'}")
     if store.exists(rundir.RESULT_JSON):
         return [store]
     names = store.folders()  # not .ray/
@@ -125,17 +132,24 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     config key under its own name (`model`, `dataset`, `template`, `loss`, `lora_rank`, `method`,
     `learning_rate`, ...), the metrics (`rouge1`, ..., `bleu`, `gen_len`, ...), and the `train` and
     `eval` sections flattened (`train_wall_s`, `eval_n_examples`, `eval_ids_sha256`, ...).
-    `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which.
+    `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which; `attrs["unreadable"]` the trials
+    whose result.json could not be read (`run_dir`, `trial`: the folder name, `reason`), left out of the rows.
     """
-    rows, config_keys, metrics = [], [], []
+    rows, config_keys, metrics, unreadable = [], [], [], []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir in trial_dirs(run_dir):
-            row, keys, names = _trial_row(run_dir, trial_dir, _read_json(trial_dir, rundir.RESULT_JSON))
+            try:
+                row, keys, names = _trial_row(run_dir, trial_dir, _read_result(trial_dir))
+            except AnalysisError as exc:
+                log.warning("left out: %s", exc)
+                unreadable.append({"run_dir": str(run_dir), "trial": trial_dir.name, "reason": str(exc)})
+                continue
             rows.append(row)
             config_keys += [k for k in keys if k not in config_keys]
             metrics += [m for m in names if m not in metrics]
     trials = pd.DataFrame(rows, columns=list(dict.fromkeys(META_COLUMNS + [c for r in rows for c in r])))
     trials.attrs["config_keys"] = config_keys
+    trials.attrs["unreadable"] = unreadable
     trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + [
         m for m in metrics if m not in KNOWN_METRICS
     ]
@@ -149,10 +163,13 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
         for trial_dir in trial_dirs(run_dir):
             if not trial_dir.exists(name):
                 continue  # e.g. a failed trial has no predictions
+            try:
+                trial_id = _read_result(trial_dir).get("trial_id") or trial_dir.name
+            except AnalysisError:
+                continue  # an unreadable result.json: the trial is not in the trials frame either
             frame = pd.DataFrame(_read_jsonl(trial_dir, name))
             if frame.empty:
                 continue
-            trial_id = _read_json(trial_dir, rundir.RESULT_JSON).get("trial_id") or trial_dir.name
             frame.insert(0, "trial_id", trial_id)
             frame.insert(0, "run_dir", str(run_dir))
             frames.append(frame)

@@ -172,16 +172,30 @@ def report_sections(
     trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.DataFrame, metric: str = MAIN_METRIC
 ) -> list[tuple[str, list[Block]]]:
     """The report's sections in order: (heading, blocks of text, tables and figures)."""
+    unreadable = trials.attrs.get("unreadable") or []
     if trials.empty:
-        raise AnalysisError("No finished trials in these run folders: nothing to report")
+        left_out = f" ({len(unreadable)} with an unreadable result.json)" if unreadable else ""
+        raise AnalysisError(f"No finished trials in these run folders{left_out}: nothing to report")
     sections = [("Grid", _grid_section(trials))]
     if not ok_trials(trials).empty:
         sections += _finished_sections(trials, examples, train_logs, metric)
     failed = trials[trials["status"] != rundir.Status.OK]
     if not failed.empty:
         sections.append(("Failed trials", [TableBlock(tables.failed_table(trials))]))
+    if unreadable:
+        sections.append(("Unreadable trials", _unreadable_section(unreadable)))
     sections.append(("Cost", _cost_section(trials)))
     return sections
+
+
+def _unreadable_section(unreadable: Sequence[dict]) -> list[Block]:
+    """The trial folders left out of every table because their result.json could not be read."""
+    frame = pd.DataFrame(unreadable, columns=["trial", "reason", "run_dir"])
+    return [
+        f"{len(frame)} trial folder(s) left out of every table and plot: their result.json could not be read "
+        "(cut short, or damaged). `ftgrid run` on the grid runs them again.",
+        TableBlock(frame),
+    ]
 
 
 def _finished_sections(

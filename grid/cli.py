@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -26,11 +28,31 @@ app = typer.Typer(
 out = Console()
 err = Console(stderr=True)
 
-GridArg = Annotated[Path, typer.Argument(help="Grid YAML file.")]
+
+def a_path(value) -> Path:
+    """A path argument as typed: an empty one is refused (Path("") would quietly mean the current folder)."""
+    if not str(value).strip():
+        raise typer.BadParameter("empty; give a path")
+    return Path(value)
+
+
+def a_location(value) -> str:
+    """A run folder as typed: a path or a storage URI (kept as text: Path would fold s3:// into s3:/)."""
+    if not str(value).strip():
+        raise typer.BadParameter("empty; give a path or a storage URI")
+    return str(value)
+
+
+GridArg = Annotated[Path, typer.Argument(help="Grid YAML file.", parser=a_path)]
 OutOpt = Annotated[
-    str | None, typer.Option("--out", help="Run folder: a path, or a storage URI such as s3://bucket/runs/x.")
+    str | None,
+    typer.Option("--out", help="Run folder: a path, or a storage URI such as s3://bucket/runs/x.", parser=a_location),
 ]
-AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")]
+AddressOpt = Annotated[
+    str | None, typer.Option(help="Ray cluster to join: auto, or the head's HOST:PORT; default: a local one.")
+]
+# What `ray.init(address=...)` takes: auto, local, a Ray client URL or the head's HOST:PORT.
+ADDRESS = re.compile(r"auto|local|ray://\S+|[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}")
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
 
@@ -44,13 +66,51 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict:
     parsed = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
+        key = key.strip()
         if not sep or not key:
             raise BadInput(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} max_steps=5")
         try:
-            parsed[key.strip()] = yaml.safe_load(value)
+            parsed[key] = yaml.safe_load(value)
         except yaml.YAMLError:
-            parsed[key.strip()] = value
+            parsed[key] = value
     return parsed
+
+
+def check_out_dir(location: str | Path, what: str = "--out") -> str | Path:
+    """A folder ftgrid may write into: a folder, or missing (it is created); never a file or inside one. A storage
+    URI is checked when it is used (refused there if it holds credentials)."""
+    if rundir.is_uri(location):
+        return location
+    path = Path(location)
+    for folder in (path, *path.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                where = "is not a folder" if folder == path else f"is inside {folder}, which is not a folder"
+                raise BadInput(f"{what} {path}: {where}; give a folder (it is created if missing)")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise BadInput(f"{what} {path}: cannot write in {folder} (permission denied); give another folder")
+            break
+    return path
+
+
+def check_address(address: str | None) -> str | None:
+    """A Ray address as `ray.init` takes it; HOST:PORT must answer (Ray itself would retry for minutes)."""
+    if address is None or address in ("auto", "local") or address.startswith("ray://"):
+        return address
+    host, _, port = address.rpartition(":")
+    if not ADDRESS.fullmatch(address) or not 0 < int(port) < 2**16:
+        raise BadInput(
+            f"--address {address!r}: expected auto (the Ray cluster this machine belongs to) or the head node's "
+            "HOST:PORT, e.g. --address 10.0.0.5:6379; leave it out to start a local Ray"
+        )
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as err:
+        raise BadInput(
+            f"--address {address}: no Ray head answers there ({err.strerror or err}); start one with "
+            f"`ray start --head --port={port}` on that machine, or check the address (`ray status` there)"
+        ) from err
+    return address
 
 
 def fail_input(message: str) -> None:
@@ -69,7 +129,11 @@ def _setup_logging(verbose: bool = False) -> None:
 def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
     from grid.spec import load_grid
 
-    spec, trials = load_grid(grid, sets=parse_pairs(sets, "--set"), picks=parse_pairs(picks, "--pick"))
+    sets, picks = parse_pairs(sets, "--set"), parse_pairs(picks, "--pick")
+    clashes = [f"--set {k}={sets[k]} and --pick {k}={v}" for k, v in picks.items() if k in sets and sets[k] != v]
+    if clashes:
+        raise BadInput(f"{'; '.join(clashes)} disagree: give each setting once (--pick for an axis)")
+    spec, trials = load_grid(grid, sets=sets, picks=picks)
     if smoke:
         from grid.smoke import smoke_trial
 
@@ -96,9 +160,9 @@ def trial(
     """Run one trial in-process, without Ray: the debug run."""
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
-    run_dir = out_dir or default_run_dir(spec, smoke)
+    run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     out.print(f"trial [bold]{cfg.trial_id}[/] → {rundir.RunStore(run_dir) / cfg.trial_id}", highlight=False)
-    code, result = _execute_into(cfg, run_dir)
+    code, result = _execute_into(cfg, run_dir, spec.save.value)
     if code == 2:
         fail_input(result["error"].removeprefix("ConfigError: "))
     if code:
@@ -117,15 +181,15 @@ def trial(
     )
 
 
-def _execute_into(cfg, run_dir: str | Path) -> tuple[int, dict]:
+def _execute_into(cfg, run_dir: str | Path, save: str) -> tuple[int, dict]:
     """The trial run in RUN_DIR/<trial_id>; for a run folder in storage, in a scratch folder then copied there."""
-    from runners.trial import execute
+    from runners.trial import RunOptions, execute
 
-    store = rundir.RunStore(run_dir)
+    store, options = rundir.RunStore(run_dir), RunOptions(save=save)
     if store.local is not None:
-        return execute(cfg, store.local / cfg.trial_id)
+        return execute(cfg, store.local / cfg.trial_id, options)
     with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
-        code, result = execute(cfg, Path(scratch))
+        code, result = execute(cfg, Path(scratch), options)
         (store / cfg.trial_id).upload(Path(scratch), skip=(rundir.CHECKPOINTS,))
     return code, result
 
@@ -135,19 +199,19 @@ def audit(
     grid: GridArg,
     pick: PickOpt = None,
     set_: SetOpt = None,
-    n: Annotated[int, typer.Option("-n", help="Number of training examples to show.")] = 3,
+    n: Annotated[int, typer.Option("-n", min=1, help="Number of training examples to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line and example.")] = False,
     smoke: SmokeOpt = False,
 ):
     """Show, per example, the prompt and the exact tokens the loss is computed on."""
-    from runners.masking import supervised_ids
-    from runners.models import load_tokenizer
-    from runners.trial import encode_rows, select_rows
-
     _setup_logging()
     _, cfg = _pick_trial(grid, pick, set_, smoke)
     if not cfg.method.trains:
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
+    from runners.masking import supervised_ids
+    from runners.models import load_tokenizer
+    from runners.trial import encode_rows, select_rows
+
     tokenizer = load_tokenizer(cfg)
     rows = select_rows(cfg)[0][:n]
     empty = 0
@@ -189,23 +253,33 @@ def _audit_text(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
 
 @app.command()
 def summarize(
-    trial_dir: Annotated[str, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial (a path or a URI).")],
+    trial_dir: Annotated[
+        str, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial (a path or a URI).", parser=a_location)
+    ],
     text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
 ):
     """Summarise a new conversation with a trained adapter."""
+    from runners.inference import check_weights, trial_config
     from runners.inference import summarize as run_summarize
 
     _setup_logging()
-    dialogue = sys.stdin.read() if text in (None, "-") else text
-    if not dialogue.strip():
-        raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
     store = rundir.RunStore(trial_dir)
-    if store.local is not None:
-        print(run_summarize(store.local, [dialogue])[0])
-        return
-    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:  # the trial folder from storage, for loading
-        store.download(Path(scratch))
-        print(run_summarize(Path(scratch), [dialogue])[0])
+    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
+        if store.local is None:  # the trial folder from storage, for loading
+            store.download(Path(scratch))
+        folder = store.local if store.local is not None else Path(scratch)
+        check_weights(folder, trial_config(folder))  # before waiting on stdin
+        dialogue = _read_stdin() if text in (None, "-") else text
+        if not dialogue.strip():
+            raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
+        print(run_summarize(folder, [dialogue])[0])
+
+
+def _read_stdin() -> str:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise BadInput(f"the conversation on stdin is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 @app.command()
@@ -225,12 +299,13 @@ def run(
     from grid.sweep import run_grid
 
     _setup_logging()
+    check_address(address)
     spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
     if smoke:
         from grid.smoke import smoke as smoke_all
 
         trials = smoke_all(trials)
-    run_dir = out_dir or default_run_dir(spec, smoke)
+    run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     code = run_grid(
         spec,
         trials,
@@ -247,7 +322,7 @@ def run(
 
 @app.command()
 def tune(
-    search: Annotated[Path, typer.Argument(help="Search YAML file (a grid file with a `search:` block).")],
+    search: Annotated[Path, typer.Argument(help="Search YAML (a grid file with a `search:` block).", parser=a_path)],
     out_dir: OutOpt = None,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
@@ -257,16 +332,18 @@ def tune(
     from grid.tune import run_search
 
     _setup_logging()
+    check_address(address)
     spec = load_spec(search)
-    code = run_search(
-        spec, search, out_dir or default_run_dir(spec, False), address=address, resume=resume, console=out
-    )
+    run_dir = check_out_dir(out_dir or default_run_dir(spec, False))
+    code = run_search(spec, search, run_dir, address=address, resume=resume, console=out)
     raise typer.Exit(code)
 
 
 @app.command()
 def table(
-    run_dirs: Annotated[list[str], typer.Argument(help="Run folder(s), paths or storage URIs; several are combined.")],
+    run_dirs: Annotated[
+        list[str], typer.Argument(help="Run folder(s), paths or storage URIs; several are combined.", parser=a_location)
+    ],
     rows: Annotated[
         list[str] | None, typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")
     ] = None,
@@ -285,6 +362,8 @@ def table(
     """Comparison tables of one or more run folders."""
     from analysis import AnalysisError, cli_table
 
+    given = [("--metric", metric), ("--compare", compare), ("--baseline", baseline), ("--best", best)]
+    _refuse_empty([*given, ("--where", where), *(("--condition", c) for c in condition or [])])
     try:
         text = cli_table(
             [str(p) for p in run_dirs],
@@ -306,15 +385,18 @@ def table(
 
 @app.command()
 def report(
-    run_dirs: Annotated[list[str], typer.Argument(help="Run folder(s), paths or storage URIs.")],
+    run_dirs: Annotated[list[str], typer.Argument(help="Run folder(s), paths or storage URIs.", parser=a_location)],
     out_dir: Annotated[
-        str | None, typer.Option("--out", help="Where to write (default: the first run folder).")
+        str | None, typer.Option("--out", help="Where to write (default: the first run folder).", parser=a_location)
     ] = None,
     metric: Annotated[str, typer.Option(help="Main metric.")] = rundir.MAIN_METRIC,
 ):
     """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""
     from analysis import AnalysisError, cli_report
 
+    _refuse_empty([("--metric", metric)])
+    if out_dir is not None:
+        check_out_dir(out_dir)
     try:
         paths = cli_report([str(p) for p in run_dirs], out_dir=out_dir, metric=metric)
     except AnalysisError as e:
@@ -322,6 +404,13 @@ def report(
     for name, path in paths.items():
         if name in (rundir.REPORT_MD, rundir.REPORT_HTML):
             out.print(f"{name}: {path}", highlight=False)
+
+
+def _refuse_empty(options: list[tuple[str, str | None]]) -> None:
+    """An option given as an empty string is a mistake (an unset shell variable?), not a request for the default."""
+    empty = dict.fromkeys(name for name, value in options if value is not None and not value.strip())
+    if empty:
+        raise BadInput(f"{', '.join(empty)}: empty value; give one (see --help) or leave the option out")
 
 
 def main() -> None:

@@ -64,6 +64,7 @@ class Launch:
     force: bool = False  # rerun trials that already finished
     processes: int | None = None  # data-parallel processes per trial (default: one per whole GPU, else one)
     checkpoint_steps: int | None = None  # a resumable training checkpoint every N optimiser steps
+    save: str = rundir.Save.ADAPTER.value  # the grid's `save:` (`none`: trials write no adapter/)
 
     @property
     def num_processes(self) -> int:
@@ -92,6 +93,8 @@ def launch_command(trial_dir: Path, launch: Launch, placement: dict | None = Non
     cmd += ["-m", "runners.trial", "--config", str(trial_dir / rundir.TRIAL_JSON), "--out", str(trial_dir)]
     if launch.checkpoint_steps:
         cmd += ["--checkpoint-steps", str(launch.checkpoint_steps)]
+    if launch.save != rundir.Save.ADAPTER:
+        cmd += ["--save", str(launch.save)]
     if placement:
         cmd += ["--placement", json.dumps(placement)]
     return cmd
@@ -184,7 +187,7 @@ def launch_trial(
             on_poll()
 
     if launch.launcher == "inline":
-        options = RunOptions(launch.checkpoint_steps, placement or {})
+        options = RunOptions(launch.checkpoint_steps, placement or {}, launch.save)
         code = _run_inline(cfg, trial_dir, options, watch, poll_s)
     else:
         code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, watch, poll_s)

@@ -25,8 +25,8 @@ log = logging.getLogger("ftgrid.ray")
 FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
 
 
-def launch_of(resources, *, retries: int, force: bool) -> Launch:
-    """How every trial of a run is launched, from the grid's `resources:` and the command line."""
+def launch_of(resources, *, retries: int, force: bool, save: str = rundir.Save.ADAPTER.value) -> Launch:
+    """How every trial of a run is launched, from the grid's `resources:` and `save:`, and the command line."""
     return Launch(
         launcher=resources.launcher,
         gpus=resources.gpus_per_trial,
@@ -35,6 +35,7 @@ def launch_of(resources, *, retries: int, force: bool) -> Launch:
         force=force,
         processes=resources.processes_per_trial,
         checkpoint_steps=resources.checkpoint_steps,
+        save=str(save),
     )
 
 

@@ -1,9 +1,12 @@
 """What the driver writes into a run folder beside the trial folders: grid.yaml (the resolved grid) and
-results.csv (one row per trial, rebuilt from the result.json files as trials end)."""
+results.csv (one row per trial, rebuilt from the result.json files as trials end); and, for `save: best`, what
+it removes at the end: the trained weights of every trial of the grid but the best."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 from pathlib import Path
 
 import yaml
@@ -27,3 +30,42 @@ def refresh_results_csv(run_dir: str | Path) -> None:
         write_results_csv(run_dir)
     except Exception as err:  # noqa: BLE001 — the summary table must never stop a run
         log.warning("could not write %s/%s: %s", run_dir, rundir.RESULTS_CSV, err)
+
+
+def keep_best_weights(run_dir: str | Path, trials, metric: str = rundir.MAIN_METRIC) -> str | None:
+    """`save: best`: remove adapter/ of every trial of the grid but the best finished one by `metric` (higher is
+    better; ties go to the first in grid order) and say so in their result.json. Returns a line for the console
+    (None when no trial that trains has finished)."""
+    store = rundir.RunStore(run_dir)
+    results = {cfg.trial_id: store.read_result(cfg.trial_id) for cfg in trials if cfg.method.trains}
+    scored = [
+        (score, trial_id)
+        for trial_id, result in results.items()
+        if result and result.get("status") == rundir.Status.OK
+        for score in [(result.get("metrics") or {}).get(metric)]
+        if isinstance(score, (int, float)) and math.isfinite(score)
+    ]
+    if not scored:
+        return None
+    best_score, best = max(scored, key=lambda s: s[0])  # the first of equal scores
+    why = f"save: best kept only the best trial's weights, {best} ({metric} {best_score:.2f})"
+    freed = [_remove_weights(store / t, r, why) for t, r in results.items() if r is not None and t != best]
+    removed = [mb for mb in freed if mb is not None]
+    line = f"save: best: kept the weights of {best} ({metric} {best_score:.2f}), "
+    line += f"removed those of {len(removed)} other trial(s) ({sum(removed):.1f} MB)"
+    if not store.files(best, rundir.ADAPTER):
+        line += f"; {best} has no weights left (removed before): run it again with `ftgrid trial` to get them"
+    return line
+
+
+def _remove_weights(trial: rundir.RunStore, result: dict, why: str) -> float | None:
+    """Remove a trial's adapter/ and record it in its result.json; the MB freed, or None if it had none."""
+    if not trial.files(rundir.ADAPTER):
+        return None
+    mb = trial.size_mb(rundir.ADAPTER)
+    trial.delete(rundir.ADAPTER)
+    weights = {**(result.get("weights") or {}), "kept": False, "removed": why}
+    result = {**result, "weights": weights, "disk_mb": trial.size_mb(skip=(rundir.CHECKPOINTS,))}
+    trial.write(json.dumps(result, indent=2, default=str) + "\n", rundir.RESULT_JSON)
+    log.info("removed the weights of %s (%.1f MB): %s", trial.name, mb, why)
+    return mb

@@ -7,12 +7,14 @@ YAML path and the allowed values.
 
 from __future__ import annotations
 
+import codecs
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runners.config import (
     AXES,
@@ -26,10 +28,14 @@ from runners.config import (
 )
 from runners.data import DATASETS
 from runners.models import MODELS
+from runners.rundir import Save
 from runners.templates import TEMPLATES
 
 ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
 SETTING_FIELDS = tuple(n for n in TrialConfig.model_fields if n not in ENTRY_FIELDS)
+LIST_FIELDS = tuple(n for n, f in TrialConfig.model_fields.items() if "list" in str(f.annotation))  # a list is a value
+# A grid's name becomes its run folder, runs/<name>: one folder name, like a trial id's slug.
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 
 class Resources(BaseModel):
@@ -81,8 +87,13 @@ class GridSpec(BaseModel):
     """A grid file."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    name: str = Field("grid", description="A name for the run.")
+    name: str = Field("grid", description="A name for the run: its default run folder is runs/<name>.")
     description: str | None = None
+    save: Save = Field(
+        Save.ADAPTER,
+        description="What trials keep of their trained weights: `adapter` (every trial), `none`, or `best` "
+        "(only the best trial's by the main metric, once `ftgrid run` ends). Not part of a trial's identity.",
+    )
     models: dict[str, dict] = Field(default_factory=dict, description="Named model entries (add or override).")
     datasets: dict[str, dict] = Field(default_factory=dict, description="Named dataset entries (add or override).")
     templates: dict[str, dict] = Field(default_factory=dict, description="Named prompt templates (add or override).")
@@ -98,17 +109,59 @@ class GridSpec(BaseModel):
     resources: Resources = Field(default_factory=Resources)
     search: dict[str, Any] | None = Field(None, description="Optuna search (used by `ftgrid tune`).")
 
+    @field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        if not RUN_NAME.fullmatch(name):
+            fixed = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:100] or "grid"
+            raise ValueError(
+                "the name becomes the run folder runs/<name>, so it must be one folder name: letters, digits, "
+                f"'.', '_' and '-', starting with a letter or digit, at most 100 characters (e.g. name: {fixed})"
+            )
+        return name
 
-def read_yaml(path: Path) -> dict:
+
+UTF_BOMS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32", codecs.BOM_UTF16_LE: "UTF-16"}
+UTF_BOMS[codecs.BOM_UTF16_BE] = "UTF-16"
+
+
+def read_text(path: Path, what: str = "a grid file (YAML)") -> str:
+    """A user's text file as a string; a path that is missing, a folder, a pipe, unreadable or not UTF-8 text
+    is a ConfigError that says what to give instead."""
     path = Path(path)
     if not path.exists():
-        raise ConfigError(f"{path}: file not found")
+        raise ConfigError(f"{path}: file not found; give {what}")
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder; give {what}")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a regular file (a pipe or a device); give {what}")
     try:
-        data = yaml.safe_load(path.read_text())
+        raw = path.read_bytes()
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror}); check its permissions") from err
+    encoding = next((name for bom, name in UTF_BOMS.items() if raw.startswith(bom)), None)
+    if encoding:
+        raise ConfigError(f"{path}: is {encoding} text; save it as UTF-8 (e.g. iconv -f {encoding} -t UTF-8)")
+    if b"\0" in raw:
+        raise ConfigError(f"{path}: not a text file (it holds NUL bytes); give {what}")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from err
+
+
+def read_yaml(path: Path) -> dict:
+    """A grid file's top-level mapping."""
+    text = read_text(path)
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level (axes:, settings:, …)")
+        got = "an empty file" if data is None else f"a {type(data).__name__}"
+        raise ConfigError(f"{path}: expected a mapping at the top level (name:, axes:, settings:, …), got {got}")
     return data
 
 
@@ -121,8 +174,8 @@ def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
     if sets:
         settings, axes = dict(spec.settings), dict(spec.axes)
         for key, value in sets.items():
-            if key in axes and not isinstance(value, list):
-                axes[key] = [value]
+            if key in axes:  # `--set lora_rank=8` fixes an axis, `--set lora_rank=[8, 16]` gives it new values
+                axes[key] = value if isinstance(value, list) and key not in LIST_FIELDS else [value]
             else:
                 settings[key] = value
         # A value given on the command line holds for every cell: it beats the file's overrides too.
@@ -181,6 +234,8 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
             problems += _cell_problems(err, spec, axes, point, where)
             continue
         trials.setdefault(cfg.trial_id, cfg)
+    if not trials and not problems:
+        raise ConfigError(_all_excluded(spec, axes, picks or {}, where))
     if problems:
         unique = list(dict.fromkeys(problems))
         raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
@@ -226,8 +281,12 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
     for key, registry in registries.items():
         names = axes.get(key, [spec.settings.get(key)])
         for i, name in enumerate(names):
-            if name is not None and name not in registry:
-                path = f"axes.{key}[{i}]" if key in axes else f"settings.{key}"
+            path = f"axes.{key}[{i}]" if key in axes else f"settings.{key}"
+            if not isinstance(name, str) and (name is not None or key in axes):
+                problems.append(
+                    f"{where}: {path}: expected a {key} name, got {name!r}; available: {', '.join(registry)}"
+                )
+            elif name is not None and name not in registry:
                 problems.append(
                     f"{where}: {path}: unknown {key} {name!r}; available: {', '.join(registry)} "
                     f"(or add an entry under `{key}s:`)"
@@ -235,13 +294,31 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
     return problems
 
 
-def _points(spec: GridSpec, axes: dict[str, list]):
-    """The cells of the cross product (axis → value, the five axes first) that no `exclude` rule removes."""
+def _product(axes: dict[str, list]):
+    """Every cell of the cross product (axis → value, the five axes first)."""
     ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
     for values in itertools.product(*(axes[k] for k in ordered)):
-        point = dict(zip(ordered, values, strict=True))
+        yield dict(zip(ordered, values, strict=True))
+
+
+def _points(spec: GridSpec, axes: dict[str, list]):
+    """The cells of the cross product that no `exclude` rule removes."""
+    for point in _product(axes):
         if not any(_matches(point, rule) for rule in spec.exclude):
             yield point
+
+
+def _all_excluded(spec: GridSpec, axes: dict[str, list], picks: dict, where: str) -> str:
+    """Why no cell is left: the `exclude` entries that removed them all (or the cell a --pick landed on)."""
+    used = sorted({next(i for i, rule in enumerate(spec.exclude) if _matches(point, rule)) for point in _product(axes)})
+    entries = " and ".join(
+        f"exclude[{i}] {yaml.safe_dump(spec.exclude[i], default_flow_style=True, sort_keys=False).strip()}"
+        for i in used
+    )
+    if picks:
+        picked = " ".join(f"--pick {k}={v}" for k, v in picks.items())
+        return f"{where}: {picked}: that cell is removed by {entries}; pick other values or drop the entry"
+    return f"{where}: exclude: no cell of the grid is left (removed by {entries}); remove or narrow an entry"
 
 
 def _matches(point: dict, rule: dict) -> bool:

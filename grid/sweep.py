@@ -12,7 +12,7 @@ from rich.table import Table
 
 from grid.progress import Progress, summarise
 from grid.ray_driver import grid_search, launch_of, param_space, run_on_ray
-from grid.runfolder import write_grid_yaml
+from grid.runfolder import keep_best_weights, write_grid_yaml
 from runners import rundir
 from runners.config import TrialConfig
 
@@ -58,17 +58,11 @@ def run_grid(
     retries = res.retries if retries is None else retries
     write_grid_yaml(spec, run_dir)
     progress = Progress(total=len(trials), console=console)
-    todo = []
-    for cfg in trials:
-        result = None if force else store.read_result(cfg.trial_id)
-        if result and result.get("status") == rundir.Status.OK:
-            progress.cached(cfg.trial_id, (result.get("metrics") or {}).get(progress.metric))
-        else:
-            todo.append(cfg)
+    todo = to_run(trials, store, force, progress)
     cached = len(trials) - len(todo)
     console.print(f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", highlight=False)
     if todo:
-        launch = launch_of(res, retries=retries, force=force)
+        launch = launch_of(res, retries=retries, force=force, save=spec.save)
         run_on_ray(
             param_space(run_dir, launch, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo])),
             run_dir,
@@ -78,4 +72,19 @@ def run_grid(
             max_concurrent=max_concurrent or res.max_concurrent,
             progress=progress,
         )
+    if spec.save == rundir.Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
+        console.print(line, highlight=False)
     return summarise(progress, trials, run_dir, console)
+
+
+def to_run(trials: list[TrialConfig], run_dir: str | Path, force: bool, progress: Progress) -> list[TrialConfig]:
+    """The trials without a finished result.json (missing, failed, or unreadable: cut short or damaged); the
+    others are counted as cached, unless `force`."""
+    store, todo = rundir.RunStore(run_dir), []
+    for cfg in trials:
+        result = None if force else store.read_result(cfg.trial_id)
+        if result and result.get("status") == rundir.Status.OK:
+            progress.cached(cfg.trial_id, (result.get("metrics") or {}).get(progress.metric))
+        else:
+            todo.append(cfg)
+    return todo

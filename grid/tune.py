@@ -313,7 +313,7 @@ def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBloc
 def _search_on_ray(spec, search, base, previous, run_dir: str | Path, num_samples: int, *, address, progress) -> None:
     """`num_samples` new samples drawn by Optuna (told about `previous`), each run as one cell on Ray Tune."""
     res = spec.resources
-    launch = launch_of(res, retries=res.retries, force=False)
+    launch = launch_of(res, retries=res.retries, force=False, save=spec.save)
 
     def space() -> dict:  # built once Ray is up: the domains are Ray objects
         domains = {key: domain.to_ray() for key, domain in search.space.items()}

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from runners import rundir
 from runners.config import ConfigError, ModelEntry, TrialConfig
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ def _build_once(target: Path, build) -> None:
             with torch.random.fork_rng(devices=[]):
                 build(tmp)
             random.setstate(state)
+            rundir.share(tmp)  # mkdtemp and safetensors make it owner-only: a shared cache is read by the team
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

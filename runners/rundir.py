@@ -81,6 +81,14 @@ class Method(Choice):
         return self is Method.QLORA
 
 
+class Save(Choice):
+    """What a trial keeps of its trained weights (the grid's `save:`; not part of a trial's identity)."""
+
+    ADAPTER = "adapter"  # every trial keeps adapter/ (the default)
+    NONE = "none"  # no trial keeps weights; everything else is written
+    BEST = "best"  # every trial saves them; at the end of `ftgrid run` only the best trial's are kept
+
+
 class Loss(Choice):
     """Which tokens the training loss is taken on."""
 
@@ -184,6 +192,8 @@ RESULT_KEYS = (
     "wall_s",
     "placement",
     "warnings",
+    "disk_mb",
+    "weights",
 )
 # Keys of each predictions.jsonl line, besides the per-example metrics.
 PREDICTION_KEYS = ("id", "dialogue", "prediction", "references", "bleu_stats")
@@ -224,12 +234,52 @@ def failed_result(trial_id: str, config: dict, error: str | BaseException, **det
 
 
 # --- reading and writing ----------------------------------------------------------------------------------
+def umask() -> int:
+    """The process's umask, read without changing it where Linux says it (other threads may be creating files)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def share(path: Path) -> None:
+    """Give a file, or a folder and everything in it, the modes `open()` and `mkdir()` would have: 0o666 (files)
+    and 0o777 (folders) less the umask. For what other libraries write owner-only (safetensors, mkdtemp)."""
+    path, mask = Path(path), umask()
+    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
+    for item in paths:
+        if not item.is_symlink():
+            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+
+
+def size_mb(path: Path, skip: tuple[str, ...] = ()) -> float:
+    """The size of a folder's files at any depth (top-level entries named in `skip` left out), in MB."""
+    total = 0
+    for folder, dirs, files in os.walk(path):
+        if Path(folder) == Path(path):
+            dirs[:] = [d for d in dirs if d not in skip]
+            files = [f for f in files if f not in skip]
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except OSError:  # removed while we looked (a checkpoint being replaced)
+                continue
+    return round(total / 2**20, 3)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half."""
+    """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half.
+    The file gets the mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as handle:
             handle.write(data.encode("utf-8") if isinstance(data, str) else data)
             handle.flush()
@@ -434,6 +484,20 @@ class RunStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(self.read_bytes(*parts, *name.split("/")))
         return names
+
+    def size_mb(self, *parts: str, skip: tuple[str, ...] = ()) -> float:
+        """The size of a folder's files at any depth (top-level entries named in `skip` left out), in MB."""
+        if self.local is not None:
+            return size_mb(self.local.joinpath(*parts), skip)
+        from pyarrow import fs as pafs
+
+        fs, _ = self.filesystem()
+        top = self._path(parts)
+        infos = fs.get_file_info(pafs.FileSelector(top, recursive=True, allow_not_found=True))
+        sizes = [
+            i.size for i in infos if i.type == pafs.FileType.File and i.path[len(top) + 1 :].split("/")[0] not in skip
+        ]
+        return round(sum(sizes) / 2**20, 3)
 
     def read_result(self, trial_id: str) -> dict | None:
         """A trial's result.json, or None if absent or unreadable (a trial killed before it finished)."""

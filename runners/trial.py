@@ -29,6 +29,11 @@ class RunOptions:
 
     checkpoint_steps: int | None = None  # save a resumable training checkpoint every N optimiser steps
     placement: dict = field(default_factory=dict)  # where the scheduler put the trial: node, the GPU ids it gave
+    save: str = rundir.Save.ADAPTER.value  # the grid's `save:`: whether adapter/ is written (`none`: not)
+
+    @property
+    def keep_weights(self) -> bool:
+        return self.save != rundir.Save.NONE
 
 
 @dataclass
@@ -56,7 +61,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions(
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(cfg, tokenizer)
     checkpoints = Checkpoints(out_dir, options.checkpoint_steps, accelerator)
-    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints)
+    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, options.keep_weights)
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return {}
@@ -64,6 +69,8 @@ def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions(
     placement = where_it_ran(options.placement, accelerator, [*window, time.time()])
     result.update(placement=placement, warnings=placement_warnings(placement))
     result.update(started_at=started_at, finished_at=rundir.now(), wall_s=round(time.perf_counter() - clock, 2))
+    result.update(weights=weights_record(cfg, out_dir, options.save))
+    result.update(disk_mb=rundir.size_mb(out_dir, skip=(rundir.CHECKPOINTS,)))  # the checkpoint goes next
     rundir.write_json(out_dir / rundir.RESULT_JSON, result)  # written last: its presence means done
     checkpoints.clear()
     return result
@@ -158,9 +165,10 @@ def prepare_data(cfg: TrialConfig, tokenizer) -> TrialData:
     return data
 
 
-def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path, checkpoints=None):
+def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path, checkpoints=None, keep=True):
     """The base model, fine-tuned as the method says (from its latest checkpoint, if a run before was cut short)
-    and saved to adapter/ (zero-shot: loaded only). Returns (model ready to generate, result.json's `train`)."""
+    and saved to adapter/ unless `keep` is off (zero-shot: loaded only). Returns (model ready to generate,
+    result.json's `train`)."""
     from runners.models import apply_lora, count_params, load_model
     from runners.train import train
 
@@ -175,9 +183,7 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
         )
         model = accelerator.unwrap_model(model)
         if is_main_process():
-            model.save_pretrained(out_dir / rundir.ADAPTER)
-            tokenizer.save_pretrained(out_dir / rundir.ADAPTER)
-            log.info("saved the trained weights to %s", out_dir / rundir.ADAPTER)
+            save_weights(model, tokenizer, out_dir / rundir.ADAPTER, keep)
         if cfg.model_entry.kind == "seq2seq":
             block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
         if cfg.gradient_checkpointing:
@@ -194,6 +200,31 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
         peak_memory_mb=peak_memory_mb(accelerator.device),
     )
     return model, block
+
+
+def save_weights(model, tokenizer, adapter: Path, keep: bool) -> None:
+    """The trained weights and the tokenizer into adapter/, readable as the umask says; with `save: none`, no
+    adapter/ at all (not even an earlier run's)."""
+    import shutil
+
+    if not keep:
+        shutil.rmtree(adapter, ignore_errors=True)
+        log.info("trained weights not kept (save: none)")
+        return
+    model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    rundir.share(adapter)  # safetensors writes its files owner-only
+    log.info("saved the trained weights to %s", adapter)
+
+
+def weights_record(cfg: TrialConfig, out_dir: Path, save: str) -> dict:
+    """result.json's `weights`: the grid's `save:`, whether adapter/ was kept, its size, and why not."""
+    adapter = Path(out_dir) / rundir.ADAPTER
+    kept = cfg.method.trains and adapter.is_dir()
+    record = {"save": str(save), "kept": kept, "mb": rundir.size_mb(adapter) if kept else 0.0}
+    if not kept:
+        record["why"] = "save: none" if cfg.method.trains else "zero_shot trains no weights"
+    return record
 
 
 def evaluate(cfg: TrialConfig, model, tokenizer, data: TrialData, accelerator) -> dict:
@@ -320,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="the trial folder")
     parser.add_argument("--checkpoint-steps", type=int, help="save a resumable checkpoint every N optimiser steps")
     parser.add_argument("--placement", type=json.loads, default={}, help="JSON: where the scheduler put the trial")
+    parser.add_argument("--save", default=rundir.Save.ADAPTER.value, choices=[s.value for s in rundir.Save])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.model_validate(json.loads(args.config.read_text()))
-    code, _ = execute(cfg, args.out, RunOptions(args.checkpoint_steps, args.placement))
+    code, _ = execute(cfg, args.out, RunOptions(args.checkpoint_steps, args.placement, args.save))
     return code
 
 

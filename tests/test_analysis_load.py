@@ -73,11 +73,25 @@ def test_a_folder_that_is_not_a_run_folder_is_refused_by_name(tmp_path, make):
         load_trials(folder)
 
 
-def test_unreadable_result_json_names_the_file(tmp_path):
-    trial_id = write_trial(tmp_path, n=5)
-    (tmp_path / trial_id / "result.json").write_text("{not json")
-    with pytest.raises(AnalysisError, match="result.json"):
-        load_trials(tmp_path)
+@pytest.mark.parametrize(
+    ("damage", "reason"),
+    [
+        (lambda p: p.write_text(p.read_text()[:40]), "cannot read JSON"),  # cut short
+        (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "utf-8"),  # not text
+        (lambda p: p.write_text("[1, 2]"), "not a JSON object"),
+    ],
+    ids=["truncated", "bytes", "list"],
+)
+def test_an_unreadable_result_json_leaves_that_trial_out_and_says_why(tmp_path, damage, reason):
+    ids = write_seed000_run(tmp_path, n=5)
+    damage(tmp_path / ids["full"] / "result.json")
+    trials = load_trials(tmp_path)
+    assert sorted(trials["trial_id"]) == sorted(i for name, i in ids.items() if name != "full")
+    [left_out] = trials.attrs["unreadable"]
+    assert left_out["trial"] == ids["full"] and left_out["run_dir"] == str(tmp_path)
+    assert "result.json" in left_out["reason"] and reason in left_out["reason"]
+    examples = load_examples(tmp_path)  # its predictions are left out with it
+    assert ids["full"] not in set(examples["trial_id"]) and len(examples) == 3 * 5
 
 
 def test_a_trial_folder_is_accepted_as_a_run_of_one(tmp_path):

@@ -4,6 +4,8 @@ one main metric everywhere, the method normalisation, atomic writes, and the pac
 import ast
 import inspect
 import json
+import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -92,6 +94,27 @@ def test_write_atomic_replaces_whole_files_and_leaves_no_temp_file(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["result.json"]
     path.write_text("[1, 2]")  # valid JSON that is not a result
     assert rundir.read_result(path.parent) is None
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002, 0o077])
+def test_written_files_have_the_modes_open_and_mkdir_give_under_the_umask(tmp_path, mask):
+    previous = os.umask(mask)
+    try:
+        assert rundir.umask() == mask
+        rundir.write_json(tmp_path / "run" / "result.json", {"status": "ok"})
+        made = tmp_path / "made"
+        made.mkdir()
+        os.chmod(made, 0o700)  # as mkdtemp makes a folder, and safetensors a file
+        (made / "weights.safetensors").write_bytes(b"0" * 2048)
+        os.chmod(made / "weights.safetensors", 0o600)
+        rundir.share(made)
+    finally:
+        os.umask(previous)
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(tmp_path / "run" / "result.json") == 0o666 & ~mask
+    assert mode(tmp_path / "run") == 0o777 & ~mask
+    assert mode(made) == 0o777 & ~mask and mode(made / "weights.safetensors") == 0o666 & ~mask
+    assert rundir.size_mb(made) == round(2048 / 2**20, 3) and rundir.size_mb(tmp_path, skip=("made",)) < 0.001
 
 
 def test_a_failed_result_keeps_the_error_and_the_tail_of_its_traceback():
