@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from runners import rundir
 from runners.config import ConfigError
@@ -30,6 +31,14 @@ OutOpt = Annotated[Path | None, typer.Option("--out", help="Run folder (default 
 AddressOpt = Annotated[str | None, typer.Option(help="Ray cluster to join (e.g. auto); default: a local one.")]
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        help="NAME[:KEY=VALUE,…]: log to mlflow (tracking_uri, experiment), tensorboard (logdir) or wandb (project, "
+        "entity, mode); repeatable; adds to the grid's tracking: block; none turns it off.",
+    ),
+]
 
 
 class BadInput(Exception):
@@ -51,7 +60,7 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict:
 
 
 def fail_input(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -88,17 +97,22 @@ def trial(
     set_: SetOpt = None,
     out_dir: OutOpt = None,
     smoke: SmokeOpt = False,
+    track: TrackOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
+    from grid.tracking import Where, check_installed, follow, with_track
     from runners.trial import execute
 
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
+    spec = with_track(spec, track)
+    check_installed(spec.tracking)
     run_dir = out_dir or default_run_dir(spec, smoke)
     trial_dir = run_dir / cfg.trial_id
     out.print(f"trial [bold]{cfg.trial_id}[/] → {trial_dir}", highlight=False)
-    code, result = execute(cfg, trial_dir)
+    with follow(spec.tracking, Where(spec.name, run_dir, "trial"), cfg, trial_dir, out):
+        code, result = execute(cfg, trial_dir)
     if code == 2:
         fail_input(result["error"].removeprefix("ConfigError: "))
     if code:
@@ -200,13 +214,16 @@ def run(
     retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
+    track: TrackOpt = None,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
     from grid.spec import load_grid
     from grid.sweep import run_grid
+    from grid.tracking import with_track
 
     _setup_logging()
     spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
+    spec = with_track(spec, track)
     if smoke:
         from grid.smoke import smoke as smoke_all
 
@@ -232,13 +249,15 @@ def tune(
     out_dir: OutOpt = None,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
+    track: TrackOpt = None,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
     from grid.spec import load_spec
+    from grid.tracking import with_track
     from grid.tune import run_search
 
     _setup_logging()
-    spec = load_spec(search)
+    spec = with_track(load_spec(search), track)
     code = run_search(
         spec, search, out_dir or default_run_dir(spec, False), address=address, resume=resume, console=out
     )
@@ -311,7 +330,7 @@ def main() -> None:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # [x] is text
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
