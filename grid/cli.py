@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from typing import Annotated
 import typer
 import yaml
 from rich.console import Console
+from rich.markup import escape
 
 from runners import rundir
 from runners.config import ConfigError
@@ -55,6 +57,14 @@ AddressOpt = Annotated[
 ADDRESS = re.compile(r"auto|local|ray://\S+|[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}")
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
+TrackOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--track",
+        help="NAME[:KEY=VALUE,…]: log to mlflow (tracking_uri, experiment), tensorboard (logdir) or wandb (project, "
+        "entity, mode); repeatable; adds to the grid's tracking: block; none turns it off.",
+    ),
+]
 
 
 class BadInput(Exception):
@@ -114,7 +124,7 @@ def check_address(address: str | None) -> str | None:
 
 
 def fail_input(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -155,14 +165,21 @@ def trial(
     set_: SetOpt = None,
     out_dir: OutOpt = None,
     smoke: SmokeOpt = False,
+    track: TrackOpt = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
+    from grid.tracking import Where, check_installed, follow, with_track
+
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
+    spec = with_track(spec, track)
+    check_installed(spec.tracking)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     out.print(f"trial [bold]{cfg.trial_id}[/] → {rundir.RunStore(run_dir) / cfg.trial_id}", highlight=False)
-    code, result = _execute_into(cfg, run_dir, spec.save.value)
+    where = Where(spec.name, run_dir, "trial")
+    with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, where, cfg, trial_dir, out):
+        code, result = _execute(cfg, trial_dir, spec.save.value)
     if code == 2:
         fail_input(result["error"].removeprefix("ConfigError: "))
     if code:
@@ -181,17 +198,23 @@ def trial(
     )
 
 
-def _execute_into(cfg, run_dir: str | Path, save: str) -> tuple[int, dict]:
-    """The trial run in RUN_DIR/<trial_id>; for a run folder in storage, in a scratch folder then copied there."""
+@contextlib.contextmanager
+def _trial_folder(run_dir: str | Path, trial_id: str):
+    """The folder a trial runs in: RUN_DIR/<trial_id> itself, or for a run folder in storage a scratch folder
+    whose files are copied there when the trial ends (result.json last)."""
+    store = rundir.RunStore(run_dir)
+    if store.local is not None:
+        yield store.local / trial_id
+        return
+    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
+        yield Path(scratch)
+        (store / trial_id).upload(Path(scratch), skip=(rundir.CHECKPOINTS,))
+
+
+def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, dict]:
     from runners.trial import RunOptions, execute
 
-    store, options = rundir.RunStore(run_dir), RunOptions(save=save)
-    if store.local is not None:
-        return execute(cfg, store.local / cfg.trial_id, options)
-    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
-        code, result = execute(cfg, Path(scratch), options)
-        (store / cfg.trial_id).upload(Path(scratch), skip=(rundir.CHECKPOINTS,))
-    return code, result
+    return execute(cfg, trial_dir, RunOptions(save=save))
 
 
 @app.command()
@@ -293,14 +316,17 @@ def run(
     retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
+    track: TrackOpt = None,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
     from grid.spec import load_grid
     from grid.sweep import run_grid
+    from grid.tracking import with_track
 
     _setup_logging()
     check_address(address)
     spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
+    spec = with_track(spec, track)
     if smoke:
         from grid.smoke import smoke as smoke_all
 
@@ -326,14 +352,16 @@ def tune(
     out_dir: OutOpt = None,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
+    track: TrackOpt = None,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
     from grid.spec import load_spec
+    from grid.tracking import with_track
     from grid.tune import run_search
 
     _setup_logging()
     check_address(address)
-    spec = load_spec(search)
+    spec = with_track(load_spec(search), track)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, False))
     code = run_search(spec, search, run_dir, address=address, resume=resume, console=out)
     raise typer.Exit(code)
@@ -419,7 +447,7 @@ def main() -> None:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # [x] is text
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

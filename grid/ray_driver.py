@@ -191,8 +191,10 @@ def tune_trials(
     progress,
     tune_config_extra: dict | None = None,
     num_samples: int = 1,
+    callbacks: list | tuple = (),
 ):
-    """Run a Tuner over `param_space` and return its ResultGrid; the caller owns Ray."""
+    """Run a Tuner over `param_space` and return its ResultGrid; the caller owns Ray. `callbacks` are more Tune
+    callbacks (the trackers' loggers, `grid.tracking`)."""
     from ray import tune
 
     # A worker process kept for the next trial saves its start and imports (seconds each on a small machine);
@@ -217,7 +219,7 @@ def tune_trials(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
             **ray_storage(run_dir),
             verbose=0,
-            callbacks=[progress_callback(progress, run_dir)],
+            callbacks=[progress_callback(progress, run_dir), *callbacks],
             # a failed trial is retried inside its Ray trial (run_cell); this restarts one whose worker or node
             # was lost, and the trial resumes from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=max_restarts),
@@ -268,6 +270,7 @@ def run_on_ray(
     progress,
     tune_config_extra=None,
     num_samples: int = 1,
+    callbacks: list | tuple = (),
 ) -> None:
     """Start (or join) Ray, run the Tuner, and always shut Ray down — on errors and Ctrl-C too.
 
@@ -293,6 +296,7 @@ def run_on_ray(
             progress=progress,
             tune_config_extra=extra,
             num_samples=num_samples,
+            callbacks=callbacks,
         )
         record_ray_errors(results, run_dir)
     finally:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grid.tracking import Tracking
 from runners.config import (
     AXES,
     ConfigError,
@@ -108,6 +109,9 @@ class GridSpec(BaseModel):
     )
     resources: Resources = Field(default_factory=Resources)
     search: dict[str, Any] | None = Field(None, description="Optuna search (used by `ftgrid tune`).")
+    tracking: Tracking = Field(
+        default_factory=Tracking, description="Experiment trackers (mlflow, tensorboard, wandb): not part of a trial."
+    )
 
     @field_validator("name")
     @classmethod

@@ -13,6 +13,7 @@ from rich.table import Table
 from grid.progress import Progress, summarise
 from grid.ray_driver import grid_search, launch_of, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, write_grid_yaml
+from grid.tracking import Where, callbacks, check_installed
 from runners import rundir
 from runners.config import TrialConfig
 
@@ -46,13 +47,14 @@ def run_grid(
     """Run every trial of a grid on Ray Tune (cached ones skipped); print a summary; return 0, or 1 if any failed.
 
     `--dry-run` prints the trial table and returns without starting Ray. `retries` and `max_concurrent`
-    default to the grid's `resources:`.
+    default to the grid's `resources:`. A tracker that is not installed is refused before anything is written.
     """
     console = console or Console()
     if dry_run:
         console.print(trial_table(trials))
         console.print(f"{len(trials)} trials", highlight=False)
         return 0
+    check_installed(spec.tracking)
     store = rundir.RunStore(run_dir)
     res = spec.resources
     retries = res.retries if retries is None else retries
@@ -71,6 +73,7 @@ def run_grid(
             resources=res,
             max_concurrent=max_concurrent or res.max_concurrent,
             progress=progress,
+            callbacks=callbacks(spec.tracking, Where(spec.name, run_dir, "run"), console),
         )
     if spec.save == rundir.Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
         console.print(line, highlight=False)

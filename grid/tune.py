@@ -34,6 +34,7 @@ from grid.progress import Progress, summarise
 from grid.ray_driver import launch_of, param_space, run_on_ray
 from grid.runfolder import write_grid_yaml
 from grid.spec import SETTING_FIELDS, expand
+from grid.tracking import Where, callbacks, check_installed
 from runners import rundir
 from runners.config import AXES, ConfigError, TrialConfig, format_validation_error
 
@@ -251,6 +252,8 @@ def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished
     for section in ("models", "datasets", "templates"):
         if getattr(spec, section):
             data[section] = getattr(spec, section)
+    if spec.tracking.enabled:
+        data["tracking"] = spec.tracking.model_dump(mode="json", exclude_none=True)
     data.update(axes=axes, settings=settings, resources=spec.resources.model_dump(mode="json"))
     score = best["metrics"][search.metric]
     split = search.eval_split or config["dataset_entry"]["eval_split"]
@@ -279,6 +282,7 @@ def run_search(
     console = console or Console()
     search = parse_search(spec, grid_path)
     base = base_trial(spec, search, grid_path)
+    check_installed(spec.tracking)
     write_grid_yaml(spec, run_dir)
     previous = _previous_samples(run_dir, base, search, resume, console)
     remaining = search.num_samples - len(previous)
@@ -290,7 +294,10 @@ def run_search(
     )
     progress = Progress(total=max(0, remaining), metric=search.metric, mode=search.mode, console=console)
     if remaining > 0:
-        _search_on_ray(spec, search, base, previous, run_dir, remaining, address=address, progress=progress)
+        trackers = callbacks(spec.tracking, Where(spec.name, run_dir, "tune"), console)
+        _search_on_ray(
+            spec, search, base, previous, run_dir, remaining, address=address, progress=progress, trackers=trackers
+        )
     # the outcome of this invocation's samples, as `run` reports them
     seen = [TrialConfig.model_validate(r["config"]) for r in _results_of(run_dir, progress.outcomes)]
     again = "run the same command with --resume to finish the search"
@@ -310,7 +317,9 @@ def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBloc
     return found if resume else []
 
 
-def _search_on_ray(spec, search, base, previous, run_dir: str | Path, num_samples: int, *, address, progress) -> None:
+def _search_on_ray(
+    spec, search, base, previous, run_dir: str | Path, num_samples: int, *, address, progress, trackers
+) -> None:
     """`num_samples` new samples drawn by Optuna (told about `previous`), each run as one cell on Ray Tune."""
     res = spec.resources
     launch = launch_of(res, retries=res.retries, force=False, save=spec.save)
@@ -335,6 +344,7 @@ def _search_on_ray(spec, search, base, previous, run_dir: str | Path, num_sample
         progress=progress,
         tune_config_extra=tune_extra,
         num_samples=num_samples,
+        callbacks=trackers,
     )
 
 

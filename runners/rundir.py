@@ -34,6 +34,8 @@ RAY_DIR = ".ray"  # Ray's own bookkeeping (experiment state, Ray's per-trial log
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
 FIGURES = "figures"
+TENSORBOARD = "tensorboard"  # with `tracking: {tensorboard: …}`: TensorBoard event files, one folder per trial id
+WANDB = "wandb"  # with `tracking: {wandb: …}`: W&B's own run folders (offline runs stay here until `wandb sync`)
 # RUN_DIR/<trial_id>/
 TRIAL_JSON = "trial.json"  # the TrialConfig
 RESULT_JSON = "result.json"  # written last: its presence with status ok means the trial finished

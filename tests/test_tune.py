@@ -75,13 +75,16 @@ def test_a_search_runs_on_one_cell_and_on_the_validation_split(tiny_grid):
 @pytest.mark.slow
 def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ray_tmp):
     run_dir = tmp_path / "run"
-    path = tiny_grid(ONE_CELL, extra=SEARCH.format(n=4))
+    path = tiny_grid(ONE_CELL, extra=SEARCH.format(n=4) + "tracking:\n  tensorboard: true\n")
     spec = load_spec(path)
     console = recording()
     assert run_search(spec, path, run_dir, console=console) == 0
     search = parse_search(spec, path)
     samples = finished_samples(run_dir, base_trial(spec, search, path), search)
     assert 1 <= len(samples) <= 4  # equal samples share one trial folder
+    # one TensorBoard run per sample, named by its trial id (an equal sample, a cache hit, adds none)
+    tracked = {p.name for p in (run_dir / "tensorboard").iterdir() if any(p.glob("events.out.tfevents.*"))}
+    assert tracked == {result["trial_id"] for _, _, result in samples}
     for point, _, result in samples:
         assert 1e-4 <= point["learning_rate"] <= 1e-2 and point["lora_rank"] in (2, 4)
         assert result["eval"]["split"] == "validation" and result["eval"]["n_examples"] == 4
