@@ -42,7 +42,7 @@ def _read_json(folder: rundir.RunStore, name: str) -> dict:
     if data is None:
         raise AnalysisError(f"{folder / name}: cannot read JSON (no such file)")
     try:
-        return json.loads(data)
+        return json.loads(data.decode("utf-8"))
     except ValueError as exc:  # not JSON, or not UTF-8
         raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
