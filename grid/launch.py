@@ -57,7 +57,7 @@ OnLog = Callable[[dict], None] | None
 class Launch:
     """How each trial of a run is launched and retried: the grid's `resources:` with the command line's say."""
 
-    launcher: str = "accelerate"  # a child process per trial, or `inline` in the calling process (CPU)
+    launcher: str = "auto"  # `accelerate` (a child process per trial), `inline` (in the calling process) or `auto`
     gpus: float = 0  # per trial: a fraction shares a GPU; whole numbers above 1 run one process per GPU
     cpus: float = 1  # per trial: sizes the child's torch thread pools
     retries: int = 0  # further attempts of a failed trial (not of bad input)
@@ -69,6 +69,15 @@ class Launch:
     @property
     def num_processes(self) -> int:
         return self.processes or num_processes(self.gpus)
+
+    @property
+    def kind(self) -> str:
+        """`inline` or `accelerate`. `auto` runs a one-process CPU trial inline: its Ray worker keeps the imported
+        trial stack from one trial to the next (seconds per trial on a small machine), while a GPU trial gets a
+        child process of its own (a clean CUDA context, its memory given back when it exits)."""
+        if self.launcher != "auto":
+            return self.launcher
+        return "inline" if self.gpus <= 0 and self.num_processes == 1 else "accelerate"
 
 
 def num_processes(gpus: float) -> int:
@@ -186,9 +195,9 @@ def launch_trial(
         if on_poll is not None:
             on_poll()
 
-    if launch.launcher == "inline":
+    if launch.kind == "inline":
         options = RunOptions(launch.checkpoint_steps, placement or {}, launch.save)
-        code = _run_inline(cfg, trial_dir, options, watch, poll_s)
+        code = _run_inline(cfg, trial_dir, options, launch, watch, poll_s)
     else:
         code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, watch, poll_s)
     result = rundir.read_result(trial_dir)
@@ -243,11 +252,16 @@ def _kill_group(child: subprocess.Popen) -> None:
         pass
 
 
-def _run_inline(cfg: TrialConfig, trial_dir: Path, options, watch: Callable[[], None], poll_s: float) -> int:
+def _run_inline(cfg: TrialConfig, trial_dir: Path, options, launch: Launch, watch, poll_s: float) -> int:
+    import torch
+
     from runners.trial import execute
 
     with (trial_dir / rundir.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
-        out.write(f"$ inline runners.trial.execute in process {os.getpid()}\n")
+        where = f" --placement {json.dumps(options.placement)}" if options.placement else ""
+        out.write(f"$ inline runners.trial.execute in process {os.getpid()}{where}\n")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, int(launch.cpus)))  # the trial's CPU share, as a child process gets it
     handler = logging.FileHandler(trial_dir / rundir.TRIAL_LOG)  # records the loggers let through
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -270,6 +284,7 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, options, watch: Callable[[], 
     finally:
         logging.getLogger().removeHandler(handler)
         handler.close()
+        torch.set_num_threads(threads)
     return box.get("code", 1)
 
 

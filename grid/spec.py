@@ -45,8 +45,10 @@ class Resources(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     gpus_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions pack small models onto one GPU.")
     cpus_per_trial: float = Field(1, gt=0, description="CPU cores reserved per trial.")
-    launcher: Literal["accelerate", "inline"] = Field(
-        "accelerate", description="`accelerate`: a child process per trial; `inline`: inside the Ray worker (CPU)."
+    launcher: Literal["auto", "accelerate", "inline"] = Field(
+        "auto",
+        description="`accelerate`: a child process per trial; `inline`: inside the Ray worker (CPU); `auto`: inline "
+        "for one-process CPU trials, accelerate otherwise.",
     )
     max_concurrent: int | None = Field(
         None, ge=1, description="Most trials running at once (default: as resources allow)."
