@@ -2,17 +2,16 @@
 
 Dynamic padding (each batch padded to its own longest example), optional length grouping, gradient
 accumulation, warmup + decay, mixed precision on GPU, a `train_log.jsonl` line every `logging_steps`
-optimiser steps with the loss, learning rate and useful (non-pad) tokens per second.
+optimiser steps with the loss, learning rate and useful (non-pad) tokens per second. The loss is
+`runners.loss.training_loss`: the model's own loss, without the logits of a whole batch.
 """
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from runners.checkpoint import Checkpoints
 from runners.config import TrialConfig
+from runners.loss import training_loss
 from runners.masking import IGNORE, Encoded, collate
 
 log = logging.getLogger(__name__)
@@ -79,37 +79,14 @@ def make_lr_schedule(optimizer, cfg: TrialConfig, steps: int):
     return get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
 
 
-def projects_only_labelled(model) -> bool:
-    """Whether this decoder-only model takes a boolean `logits_to_keep` mask (transformers 5's
-    `slice_logits_to_keep`), so the loss can skip the vocabulary projection where no label is taken."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if getattr(base.config, "is_encoder_decoder", False):
-        return False
-    module = sys.modules.get(type(base).__module__)
-    return "logits_to_keep" in inspect.signature(type(base).forward).parameters and hasattr(
-        module, "slice_logits_to_keep"
-    )
-
-
-def labelled_loss(model, batch: dict) -> torch.Tensor:
-    """The causal LM loss (mean cross-entropy over labelled next tokens, as the model computes it), with
-    logits only at the positions that predict a label. The vocabulary projection and its softmax are the
-    largest tensors of a step (49k × positions for SmolLM2): with `summary_only` most positions are prompt."""
-    targets = batch["labels"][:, 1:]
-    keep = targets != IGNORE
-    mask = torch.nn.functional.pad(keep, (0, 1), value=False)  # position t predicts token t + 1
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], logits_to_keep=mask).logits
-    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
-
-
 @torch.no_grad()
 def eval_loss(model, examples: list[Encoded], cfg: TrialConfig, pad_id: int, accelerator) -> float:
     model.eval()
     loader = accelerator.prepare(make_loader(examples, cfg, pad_id, shuffle=False))
     total, count = torch.zeros((), device=accelerator.device), torch.zeros((), device=accelerator.device)
     for batch in loader:
-        n = (batch["labels"] != -100).sum()
-        total += model(**batch).loss.float() * n
+        n = (batch["labels"] != IGNORE).sum()
+        total += training_loss(model, batch).float() * n
         count += n
     model.train()
     total, count = accelerator.reduce(total, "sum"), accelerator.reduce(count, "sum")
@@ -230,7 +207,6 @@ def train(
     """Fine-tune `model` in place, from the latest checkpoint if there is one; returns the `train` block of
     result.json."""
     steps = total_steps(cfg, len(train_examples), accelerator.num_processes)
-    compute_loss = labelled_loss if projects_only_labelled(model) else (lambda m, batch: m(**batch).loss)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_schedule(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
@@ -246,7 +222,7 @@ def train(
             if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
                 loader = accelerator.skip_first_batches(loader, loop.batch)
             for batch in loader:
-                loss = _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg, loop.step)
+                loss = _micro_step(model, batch, optimizer, scheduler, accelerator, cfg, loop.step)
                 loop.add(loss, batch)
                 if not accelerator.sync_gradients:
                     continue
@@ -294,10 +270,10 @@ def _read_lines(path: Path) -> list[dict]:
     return lines
 
 
-def _micro_step(model, batch, compute_loss, optimizer, scheduler, accelerator, cfg: TrialConfig, step: int):
+def _micro_step(model, batch, optimizer, scheduler, accelerator, cfg: TrialConfig, step: int):
     """Forward and backward on one micro-batch; the optimiser steps when the accumulation is complete."""
     with accelerator.accumulate(model):
-        loss = compute_loss(model, batch)
+        loss = training_loss(model, batch)
         if not torch.isfinite(loss):
             raise TrainingError(
                 f"loss became {loss.item()} at step {step + 1}: lower learning_rate "
