@@ -27,7 +27,7 @@ from runners.config import (
     format_errors,
     format_validation_error,
 )
-from runners.data import DATASETS
+from runners.data import DATASETS, is_local, path_entry
 from runners.models import MODELS
 from runners.rundir import Save
 from runners.templates import TEMPLATES
@@ -282,7 +282,8 @@ def _apply_picks(axes: dict[str, list], picks: dict[str, Any]) -> list[str]:
 
 
 def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, where: str) -> list[str]:
-    """Model, dataset and template names that no registry entry has."""
+    """Model, dataset and template names that no registry entry has. A dataset given by its local path
+    (`--set dataset=./data/dialogsum`) is checked and added to the dataset registry under that name."""
     problems = []
     for key, registry in registries.items():
         names = axes.get(key, [spec.settings.get(key)])
@@ -292,10 +293,15 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
                 problems.append(
                     f"{where}: {path}: expected a {key} name, got {name!r}; available: {', '.join(registry)}"
                 )
+            elif key == "dataset" and isinstance(name, str) and name not in registry and is_local(name):
+                try:
+                    registry[name] = path_entry(name)
+                except ConfigError as err:
+                    problems.append(f"{where}: {path}: {err}")
             elif name is not None and name not in registry:
                 problems.append(
                     f"{where}: {path}: unknown {key} {name!r}; available: {', '.join(registry)} "
-                    f"(or add an entry under `{key}s:`)"
+                    f"(or add an entry under `{key}s:`{', or give a local file or folder path' * (key == 'dataset')})"
                 )
     return problems
 

@@ -32,7 +32,7 @@ def load_splits(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict],
     if entry.source == "builtin:synthetic":
         raw_train = synthetic_examples("train", entry.synthetic_size, seed=0)
         raw_eval = synthetic_examples(entry.eval_split, max(entry.synthetic_size // 6, 10), seed=1)
-    elif _is_local(entry.source):
+    elif is_local(entry.source):
         raw_train, raw_eval = _load_local(entry, name)
     else:
         raw_train = _load_hub(entry, entry.train_split)
@@ -47,8 +47,27 @@ def load_splits(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict],
     return train, evaluation, counts
 
 
-def _is_local(source: str) -> bool:
+def is_local(source: str) -> bool:
+    """Whether a source (or a dataset name given where a name goes) is a local path rather than a hub id."""
     return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_SUFFIXES or Path(source).exists()
+
+
+def path_entry(value: str) -> DatasetEntry:
+    """The entry of a dataset named by its local path (`--set dataset=./data/dialogsum`): one file, or a folder
+    of `train.*` and `test.*` files, checked now and made absolute, so a trial that runs in its own folder (or
+    on another node of a shared file system) finds it. A ConfigError says what is wrong with the path."""
+    path = Path(value).expanduser()
+    if not path.exists():
+        raise ConfigError(
+            f"no such file or folder: {path}; give a dataset name, a {'/'.join(LOCAL_SUFFIXES)} file, "
+            "or a folder of train.* and test.* files"
+        )
+    if path.is_dir():
+        for split in ("train", "test"):
+            _split_file(path, split, value)
+    elif path.suffix not in LOCAL_SUFFIXES:
+        raise ConfigError(f"{path} is not one of {', '.join(LOCAL_SUFFIXES)} (nor a folder of split files)")
+    return DatasetEntry(source=str(path.resolve()))
 
 
 def _read_table(path: Path, name: str) -> list[dict]:
@@ -73,14 +92,8 @@ def _read_table(path: Path, name: str) -> list[dict]:
 def _load_local(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict]]:
     source = Path(entry.source).expanduser()
     if source.is_dir():
-        # A folder of split files: train.jsonl, test.jsonl, … (any supported suffix).
-        def split_file(split: str) -> Path:
-            for suffix in LOCAL_SUFFIXES:
-                if (source / f"{split}{suffix}").exists():
-                    return source / f"{split}{suffix}"
-            raise ConfigError(f"dataset {name!r}: no {split}{{{','.join(LOCAL_SUFFIXES)}}} in {source}")
-
-        return _read_table(split_file(entry.train_split), name), _read_table(split_file(entry.eval_split), name)
+        train, evaluation = _split_file(source, entry.train_split, name), _split_file(source, entry.eval_split, name)
+        return _read_table(train, name), _read_table(evaluation, name)
     rows = _read_table(source, name)
     if entry.eval_source:
         return rows, _read_table(Path(entry.eval_source).expanduser(), name)
@@ -89,6 +102,15 @@ def _load_local(entry: DatasetEntry, name: str) -> tuple[list[dict], list[dict]]
     random.Random(0).shuffle(order)
     n_eval = max(1, len(rows) // 10)
     return [rows[i] for i in order[n_eval:]], [rows[i] for i in order[:n_eval]]
+
+
+def _split_file(folder: Path, split: str, name: str) -> Path:
+    """A folder's file of one split: train.jsonl, test.csv, … (any supported suffix)."""
+    for suffix in LOCAL_SUFFIXES:
+        if (folder / f"{split}{suffix}").is_file():
+            return folder / f"{split}{suffix}"
+    found = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) or "nothing"
+    raise ConfigError(f"dataset {name!r}: no {split}{{{','.join(LOCAL_SUFFIXES)}}} in {folder} (found: {found})")
 
 
 def _load_hub(entry: DatasetEntry, split: str) -> list[dict]:

@@ -59,6 +59,13 @@ def test_missing_data_file_and_missing_columns(tmp_path):
     )
 
 
+def test_a_dataset_path_that_is_not_there_is_refused_before_ray_starts(tmp_path):
+    path = grid_file(tmp_path)
+    proc = ftgrid("run", path, "--set", f"dataset={tmp_path}/no/dialogsum", "--out", tmp_path / "r")
+    assert_bad_input(proc, "axes.dataset[0]", "no such file or folder", "no/dialogsum", "train.* and test.*")
+    assert not (tmp_path / "r").exists()
+
+
 def test_bad_arguments(tmp_path):
     path = grid_file(tmp_path)
     assert_bad_input(ftgrid("trial", path, "--set", "max_steps"), "KEY=VALUE")

@@ -14,6 +14,7 @@ CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"
 def test_configs_exist():
     assert {p.name for p in CONFIGS} >= {
         "demo.yaml",
+        "dialogsum_cpu.yaml",
         "phi2_dialogsum_loss_ablation.yaml",
         "phi15_tweetsumm.yaml",
         "flan_t5_full_vs_lora.yaml",

@@ -104,3 +104,28 @@ def test_repeated_ids_get_stable_distinct_ids(tmp_path):
     assert len(runs) == 1
     ids = eval(runs.pop())
     assert len(set(ids)) == 2 and all(i.startswith("x#") for i in ids)
+
+
+def test_a_dataset_given_by_its_path(tmp_path, monkeypatch):
+    from grid.spec import load_grid
+
+    rows = [{"id": f"d{i}", "dialogue": f"A: hi {i}", "summary": f"A greets {i}."} for i in range(12)]
+    folder = tmp_path / "dialogs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", rows)
+    write_jsonl(folder / "test.jsonl", rows[:3])
+    grid = tmp_path / "g.yaml"
+    grid.write_text("axes:\n  model: [tiny-llama]\n  dataset: [synthetic]\n  method: [zero_shot]\n")
+    monkeypatch.chdir(tmp_path)  # a relative path is made absolute: a trial runs in its own folder
+    _, trials = load_grid(grid, sets={"dataset": "./dialogs"})
+    assert trials[0].dataset == "./dialogs" and trials[0].dataset_entry.source == str(folder)
+    assert "dialogs" in trials[0].trial_id
+    train, evaluation, _ = load_splits(trials[0].dataset_entry, trials[0].dataset)
+    assert len(train) == 12 and [r["id"] for r in evaluation] == ["d0", "d1", "d2"]
+    (folder / "test.jsonl").unlink()
+    with pytest.raises(ConfigError, match=r"axes.dataset\[0\]: dataset './dialogs': no test\{.*found: train.jsonl"):
+        load_grid(grid, sets={"dataset": "./dialogs"})
+    with pytest.raises(ConfigError, match="no such file or folder: .*nowhere.*a folder of train"):
+        load_grid(grid, sets={"dataset": str(tmp_path / "nowhere")})
+    with pytest.raises(ConfigError, match="unknown dataset 'dialogsun'.*local file or folder path"):
+        load_grid(grid, sets={"dataset": "dialogsun"})
