@@ -209,10 +209,24 @@ def _merged(
             problems.append(f"{where}: {section}.{name}: expected a mapping of {kind.__name__} keys")
             continue
         try:
-            merged[name] = kind.model_validate({**base, **fields})
+            merged[name] = _absolute(kind.model_validate({**base, **fields}), fields)
         except ValidationError as err:
             problems += format_validation_error(err, where, (section, name))
     return merged
+
+
+def _absolute(entry: BaseModel, fields: dict) -> BaseModel:
+    """A relative local path of a user entry (`source: ./data/x.jsonl`) made absolute against the working folder:
+    a trial runs in its own folder, where the relative path would point elsewhere."""
+    paths = {
+        key: str(Path(value).expanduser().resolve())
+        for key in ("source", "eval_source")
+        if isinstance(value := fields.get(key), str)
+        and not value.startswith("builtin:")
+        and not Path(value).is_absolute()
+        and Path(value).expanduser().exists()
+    }
+    return entry.model_copy(update=paths) if paths else entry
 
 
 def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = None) -> list[TrialConfig]:

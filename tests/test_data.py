@@ -129,3 +129,20 @@ def test_a_dataset_given_by_its_path(tmp_path, monkeypatch):
         load_grid(grid, sets={"dataset": str(tmp_path / "nowhere")})
     with pytest.raises(ConfigError, match="unknown dataset 'dialogsun'.*local file or folder path"):
         load_grid(grid, sets={"dataset": "dialogsun"})
+
+
+def test_a_relative_source_of_a_named_entry_is_made_absolute(tmp_path, monkeypatch):
+    from grid.spec import load_grid
+
+    rows = [{"id": f"d{i}", "dialogue": f"A: hi {i}", "summary": f"A greets {i}."} for i in range(12)]
+    (tmp_path / "data").mkdir()
+    write_jsonl(tmp_path / "data" / "support.jsonl", rows)
+    grid = tmp_path / "g.yaml"
+    grid.write_text(
+        "datasets:\n  support: {source: data/support.jsonl}\n"
+        "axes:\n  model: [tiny-llama]\n  dataset: [support, synthetic]\n  method: [zero_shot]\n"
+    )
+    monkeypatch.chdir(tmp_path)  # the trials run in their own folders, where data/ is not
+    _, trials = load_grid(grid)
+    entries = {t.dataset: t.dataset_entry.source for t in trials}
+    assert entries == {"support": str(tmp_path / "data" / "support.jsonl"), "synthetic": "builtin:synthetic"}
