@@ -12,6 +12,7 @@ adds logits processors, a cache that is not plain full attention) runs `model.ge
 from __future__ import annotations
 
 import copy
+import inspect
 import time
 from dataclasses import dataclass, field
 
@@ -128,6 +129,9 @@ def fallback_reason(model, cfg: TrialConfig, eos: list[int]) -> str | None:
         return "sampling or beam search"
     if getattr(model.config, "is_encoder_decoder", False):
         return "encoder-decoder model"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # under a PEFT wrapper
+    if not {"cache", "position_ids", "logits_to_keep"} <= set(inspect.signature(base.forward).parameters):
+        return "the model's forward takes no cache, position_ids or logits_to_keep"
     if getattr(model, "generation_config", None) is None:
         return "no generation config"
     gen = copy.deepcopy(model.generation_config)
