@@ -27,6 +27,10 @@ TOKEN_BUDGET = 16384
 # Finished rows leave the batch (their cache rows are dropped) once they are this share of the rows present:
 # dropping copies the cache, so it is done in bulk rather than per finished row.
 COMPACT_SHARE = 0.25
+# Prompts prefilled per forward pass, by device type: one on a CPU (no padding to compute, and a prompt of a
+# few hundred tokens already keeps the matmuls busy: the forward pass of one-at-a-time generation); the whole
+# batch, left-padded, elsewhere (one large forward keeps a GPU busy).
+PREFILL_ROWS = {"cpu": 1}
 
 
 @dataclass
@@ -203,28 +207,51 @@ def _slab_layer_class():
     return _Slab
 
 
+def _forward(model, group: list[list[int]], device):
+    """Prompts through the model, left-padded when several: (their cache, last-position logits)."""
+    from transformers import DynamicCache
+
+    own = DynamicCache(config=model.config)
+    if len(group) == 1:  # exactly the forward pass of one-at-a-time `generate`: no mask, no padding
+        out = model(input_ids=torch.tensor(group, device=device), cache=own, use_cache=True, logits_to_keep=1)
+        return own, out.logits[:, -1]
+    width = max(len(ids) for ids in group)
+    ids = torch.tensor([[0] * (width - len(r)) + r for r in group], device=device)  # pad ids are masked out
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in group], device=device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as `generate` numbers left-padded rows
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=own, use_cache=True, logits_to_keep=1)
+    return own, out.logits[:, -1]
+
+
 def _prefill(model, rows: list[list[int]], max_new: int, device, slab):
-    """Each prompt alone through the model (no padding: the forward pass of one-at-a-time `generate`), its cache
-    copied right-aligned into a cache of width (longest prompt + max_new). Returns (cache, first tokens)."""
+    """The prompts through the model PREFILL_ROWS at a time, their caches copied right-aligned into one cache
+    of width (longest prompt + max_new), allocated once for the whole generation. Returns (cache, first
+    tokens)."""
     from transformers import DynamicCache
 
     width = max(len(r) for r in rows)
+    group_rows = PREFILL_ROWS.get(device.type) or len(rows)
     buffers, first = None, []
-    for b, ids in enumerate(rows):
-        own = DynamicCache(config=model.config)
-        out = model(input_ids=torch.tensor([ids], device=device), cache=own, use_cache=True, logits_to_keep=1)
-        first.append(int(out.logits[0, -1].float().argmax()))
+    for start in range(0, len(rows), group_rows):
+        group = rows[start : start + group_rows]
+        own, logits = _forward(model, group, device)
+        first += logits.float().argmax(-1).tolist()
         if buffers is None:
-            buffers = [
-                tuple(t.new_zeros((len(rows), t.shape[1], width + max_new, t.shape[3])) for t in (la.keys, la.values))
-                for la in own.layers
-            ]
+            shape = (len(rows), None, width + max_new, None)
+            buffers = [tuple(_zeros_like(t, shape) for t in (la.keys, la.values)) for la in own.layers]
+        group_width = max(len(r) for r in group)
         for (kb, vb), la in zip(buffers, own.layers, strict=True):
-            kb[b, :, width - len(ids) : width] = la.keys[0]
-            vb[b, :, width - len(ids) : width] = la.values[0]
+            for j, ids in enumerate(group, start):
+                kb[j, :, width - len(ids) : width] = la.keys[j - start, :, group_width - len(ids) :]
+                vb[j, :, width - len(ids) : width] = la.values[j - start, :, group_width - len(ids) :]
     cache = DynamicCache(config=model.config)
     cache.layers = [slab(kb, vb, width) for kb, vb in buffers]
     return cache, first
+
+
+def _zeros_like(t: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """Zeros of `t`'s dtype and device, of `shape` where given and `t`'s own sizes where None."""
+    return t.new_zeros(tuple(t.shape[k] if n is None else n for k, n in enumerate(shape)))
 
 
 @dataclass

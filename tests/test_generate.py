@@ -92,6 +92,9 @@ def test_own_greedy_loop_equals_generate_one_at_a_time(name, monkeypatch):
     with torch.no_grad():
         assert gen.greedy_batch(model, prompts, max_new, eos, torch.device("cpu"), gen.Stats()) == reference
         assert gen.greedy_batch(model, prompts[:1], 1, eos, torch.device("cpu"), gen.Stats()) == [reference[0][:1]]
+    monkeypatch.setattr(gen, "PREFILL_ROWS", {"cpu": 3})  # prefill as on a GPU: left-padded groups of prompts
+    with torch.no_grad():
+        assert gen.greedy_batch(model, prompts, max_new, eos, torch.device("cpu"), gen.Stats()) == reference
 
 
 def config(name: str, **settings) -> TrialConfig:
