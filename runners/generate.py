@@ -71,6 +71,8 @@ def generate(model, tokenizer, prompts: list[Encoded], cfg: TrialConfig, device)
     texts: list[str] = [""] * len(prompts)
     lengths: list[int] = [0] * len(prompts)
     stats, new_tokens = Stats(), 0
+    if cfg.do_sample:
+        torch.manual_seed(cfg.seed)
     started = time.perf_counter()
     for idx in token_batches([len(prompts[i].prompt_ids) for i in order], cfg):
         idx = [order[k] for k in idx]
@@ -159,8 +161,6 @@ def hf_generate_batch(model, tokenizer, batch: list[Encoded], cfg: TrialConfig, 
     """One `model.generate` call on a left-padded (decoder-only) batch: the generated ids of each row."""
     decoder_only = batch[0].decoder_only
     padded = collate(batch, tokenizer.pad_token_id, left=decoder_only)
-    if cfg.do_sample:
-        torch.manual_seed(cfg.seed + len(stats.batches))
     started = time.perf_counter()
     out = model.generate(
         input_ids=padded["input_ids"].to(device),
