@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="tiny-llama,smollm2-135m", help="built-in model names, comma-separated")
     parser.add_argument("--model", help="a local model folder (replaces --models)")
-    parser.add_argument("--n", help="test dialogues: N, or MODEL=N,... (default: tiny-llama=200,smollm2-135m=24)")
+    parser.add_argument("--n", help="test dialogues: N, or MODEL=N,... (default: tiny-llama=200,smollm2-135m=48)")
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument(
         "--eval-batch-size",
