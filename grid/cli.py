@@ -136,6 +136,33 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("ftgrid").setLevel(logging.INFO)
 
 
+# What the libraries print for themselves (warnings, progress bars) is not part of an answer: it goes to the log,
+# which is shown on stderr with -v.
+QUIET_ENV = {
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers and huggingface_hub bars
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TQDM_DISABLE": "1",  # any other tqdm bar (accelerate, peft)
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+LIBRARIES = ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "torch", "py.warnings")
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    """Library warnings (Python's `warnings` too) go to the log; without -v the log shows ftgrid's own records
+    only. Called before the libraries are imported (their bars and verbosity read the environment)."""
+    logging.captureWarnings(True)
+    if verbose:
+        return
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the log, library warnings too.")]
+
+
 def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
     from grid.spec import load_grid
 
@@ -151,7 +178,19 @@ def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
     return spec, trials[0]  # the first value of every axis not picked
 
 
-SmokeOpt = Annotated[bool, typer.Option("--smoke", help="Tiny stand-in models, synthetic data, a few steps.")]
+SmokeOpt = Annotated[
+    bool, typer.Option("--smoke", help="Tiny stand-in models, synthetic data, a few steps, resources cut to here.")
+]
+
+
+def smoke_spec(spec, address: str | None):
+    """The grid with `resources:` cut to this machine, for a smoke run on a local Ray (a cluster keeps them)."""
+    if address is not None:
+        return spec
+    from grid.ray_driver import local_node
+    from grid.smoke import smoke_resources
+
+    return spec.model_copy(update={"resources": smoke_resources(spec.resources, local_node())})
 
 
 def default_run_dir(spec, smoke: bool) -> Path:
@@ -225,9 +264,11 @@ def audit(
     n: Annotated[int, typer.Option("-n", min=1, help="Number of training examples to show.")] = 3,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line and example.")] = False,
     smoke: SmokeOpt = False,
+    verbose: VerboseOpt = False,
 ):
     """Show, per example, the prompt and the exact tokens the loss is computed on."""
-    _setup_logging()
+    _setup_logging(verbose)
+    _quiet_libraries(verbose)
     _, cfg = _pick_trial(grid, pick, set_, smoke)
     if not cfg.method.trains:
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
@@ -280,12 +321,14 @@ def summarize(
         str, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial (a path or a URI).", parser=a_location)
     ],
     text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
+    verbose: VerboseOpt = False,
 ):
     """Summarise a new conversation with a trained adapter."""
+    _setup_logging(verbose)
+    _quiet_libraries(verbose)
     from runners.inference import check_weights, trial_config
     from runners.inference import summarize as run_summarize
 
-    _setup_logging()
     store = rundir.RunStore(trial_dir)
     with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
         if store.local is None:  # the trial folder from storage, for loading
@@ -310,7 +353,13 @@ def run(
     grid: GridArg,
     out_dir: OutOpt = None,
     address: AddressOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trial table and exit.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the trials and exit (no Ray).")] = False,
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format", help="With --dry-run: table (plain lines when piped), csv or json (one record per trial)."
+        ),
+    ] = "table",
     force: Annotated[bool, typer.Option("--force", help="Rerun trials that already finished.")] = False,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1)] = None,
     retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
@@ -320,17 +369,19 @@ def run(
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
     from grid.spec import load_grid
-    from grid.sweep import run_grid
+    from grid.sweep import DRY_RUN_FORMATS, run_grid
     from grid.tracking import with_track
 
     _setup_logging()
+    if fmt not in DRY_RUN_FORMATS:
+        raise BadInput(f"--format {fmt!r}: expected one of {', '.join(DRY_RUN_FORMATS)}")
     check_address(address)
     spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
     spec = with_track(spec, track)
     if smoke:
         from grid.smoke import smoke as smoke_all
 
-        trials = smoke_all(trials)
+        spec, trials = smoke_spec(spec, address), smoke_all(trials)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     code = run_grid(
         spec,
@@ -341,6 +392,7 @@ def run(
         force=force,
         retries=retries,
         dry_run=dry_run,
+        fmt=fmt,
         console=out,
     )
     raise typer.Exit(code)
@@ -352,6 +404,10 @@ def tune(
     out_dir: OutOpt = None,
     address: AddressOpt = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted search.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the space, settings, objective, sampler and resources; exit.")
+    ] = False,
+    smoke: SmokeOpt = False,
     track: TrackOpt = None,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
@@ -362,8 +418,8 @@ def tune(
     _setup_logging()
     check_address(address)
     spec = with_track(load_spec(search), track)
-    run_dir = check_out_dir(out_dir or default_run_dir(spec, False))
-    code = run_search(spec, search, run_dir, address=address, resume=resume, console=out)
+    run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
+    code = run_search(spec, search, run_dir, address=address, resume=resume, smoke=smoke, dry_run=dry_run, console=out)
     raise typer.Exit(code)
 
 

@@ -109,6 +109,43 @@ def start_ray(address: str | None) -> None:
     log.info("ray started in %.1f s: %s", time.perf_counter() - started, ray.cluster_resources())
 
 
+def local_node() -> dict[str, float]:
+    """The CPUs and GPUs a local Ray started here would get (Ray's own detection), found without starting Ray."""
+    try:
+        from ray._private.accelerators import get_accelerator_manager_for_resource
+        from ray._private.utils import get_num_cpus
+
+        manager = get_accelerator_manager_for_resource("GPU")
+        gpus = manager.get_current_node_num_accelerators()
+        visible = manager.get_current_process_visible_accelerator_ids()
+        if visible is not None:  # as Ray counts them: CUDA_VISIBLE_DEVICES caps what it detects
+            gpus = min(gpus, len(visible))
+        cpus = get_num_cpus()
+    except Exception:  # noqa: BLE001 — Ray's private helpers moved: ask torch and the OS instead
+        import torch
+
+        gpus, cpus = torch.cuda.device_count(), os.cpu_count() or 1
+    return {"CPU": float(cpus), "GPU": float(gpus)}
+
+
+def check_fits(resources, address: str | None) -> None:
+    """Refuse, before Ray starts, what a trial asks for that the local Ray this machine would start cannot give
+    (ConfigError, exit code 2). A cluster (`address`) is checked once joined (`check_resources`)."""
+    if address is not None:
+        return
+    node = local_node()
+    for name, key, asked in (
+        ("GPU", "gpus_per_trial", resources.gpus_per_trial),
+        ("CPU", "cpus_per_trial", resources.cpus_per_trial),
+    ):
+        if asked > node[name]:
+            raise ConfigError(
+                f"resources.{key}: each trial asks for {asked:g} {name}(s) but this machine has {node[name]:g}, "
+                f"and a local Ray gets only this machine's; run it where the {name}s are, join a cluster with "
+                "--address, or try the grid here with --smoke (resources cut to this machine)"
+            )
+
+
 def check_resources(gpus: float, cpus: float) -> str | None:
     """Why no trial could ever start on this cluster, or None: a trial runs on one node, so what it asks for
     must fit the largest node, not only the cluster's total."""

@@ -3,7 +3,9 @@
 Every model becomes a tiny random-initialised model of the same architecture class, every hub dataset
 (or local file that is not there) the built-in synthetic data, and training a handful of steps. The
 model, dataset and template names stay as they are, so `--pick` and the tables read the same; the
-trial ids differ (the configs do), and the run folder gets a `-smoke` suffix.
+trial ids differ (the configs do), and the run folder gets a `-smoke` suffix. What a trial asks of the machine
+(`resources:`) is cut to what the machine that runs the smoke test has (`smoke_resources`), and a search
+(`ftgrid tune --smoke`) tries a few samples (`smoke_search`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ ARCH_HINTS = {
 }
 MODEL_TYPES = {"phi": "tiny-phi", "gpt2": "tiny-gpt2", "t5": "tiny-t5", "llama": "tiny-llama"}
 
+SMOKE_SAMPLES = 2  # samples of a search (`ftgrid tune --smoke`)
 SMOKE_SETTINGS = dict(
     max_steps=2, n_train=16, n_eval=4, max_new_tokens=12, logging_steps=1, grad_accum=1, eval_batch_size=4
 )
@@ -54,8 +57,8 @@ def smoke_trial(cfg: TrialConfig) -> TrialConfig:
 
     dataset = cfg.dataset_entry
     local = dataset.source.startswith((".", "/", "~")) or Path(dataset.source).suffix in LOCAL_SUFFIXES
-    if not (local and Path(dataset.source).expanduser().exists()):
-        dataset = DATASETS["synthetic"]
+    if not (local and Path(dataset.source).expanduser().exists()):  # same split name: a search's validation
+        dataset = DATASETS["synthetic"].model_copy(update={"eval_split": dataset.eval_split})
     update = dict(cfg.model_dump(exclude={"model_entry", "dataset_entry", "template_entry"}))
     # The stand-in's own LoRA targets: a real model's module names need not exist in the tiny one.
     update.update(
@@ -83,3 +86,34 @@ def smoke(trials: list[TrialConfig]) -> list[TrialConfig]:
         small = smoke_trial(cfg)
         out.setdefault(small.trial_id, small)
     return list(out.values())
+
+
+def smoke_resources(resources, node: dict[str, float]):
+    """`resources:` cut to a node with node["CPU"] CPUs and node["GPU"] GPUs: a trial gets at most what the node
+    has (no GPU: gpus_per_trial 0, one process, launched inline); the rest stays as the grid says."""
+    gpus = min(resources.gpus_per_trial, node["GPU"])
+    gpus = gpus if gpus <= 1 else float(int(gpus))  # above 1, whole GPUs only
+    processes = resources.processes_per_trial
+    if gpus == 0 or (processes and processes != max(int(gpus), 1)):
+        processes = None  # one process (one per GPU on a multi-GPU node)
+    update = {
+        # without a GPU, tiny trials run inside Ray's workers: no process (and imports) per trial
+        "launcher": "inline" if gpus == 0 else resources.launcher,
+        "gpus_per_trial": gpus,
+        "cpus_per_trial": min(resources.cpus_per_trial, max(node["CPU"], 1)),
+        "processes_per_trial": processes,
+    }
+    return type(resources).model_validate({**resources.model_dump(), **update})
+
+
+def smoke_search(spec, search, base: TrialConfig, node: dict[str, float] | None):
+    """(spec, search, base trial) of `ftgrid tune --smoke`: the base trial as `smoke_trial` makes it, a few
+    samples, early stopping within its steps, and resources cut to `node` (None: kept, for a cluster)."""
+    small = smoke_trial(base)
+    update: dict = {"num_samples": min(search.num_samples, SMOKE_SAMPLES)}
+    if search.early_stopping:
+        steps = small.max_steps or SMOKE_SETTINGS["max_steps"]
+        update["early_stopping"] = search.early_stopping.model_copy(update={"grace_period": 1, "max_t": steps})
+    if node is not None:
+        spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, node)})
+    return spec, search.model_copy(update=update), small

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from grid.progress import Progress, summarise
-from grid.ray_driver import launch_of, param_space, run_on_ray
+from grid.ray_driver import check_fits, launch_of, param_space, run_on_ray
 from grid.runfolder import write_grid_yaml
 from grid.spec import SETTING_FIELDS, expand
 from grid.tracking import Where, callbacks, check_installed
@@ -273,16 +273,28 @@ def run_search(
     *,
     address: str | None = None,
     resume: bool = False,
+    smoke: bool = False,
+    dry_run: bool = False,
     console: Console | None = None,
 ) -> int:
     """Run the search on Ray Tune; print and save the best configuration (RUN_DIR/best.yaml).
 
+    `smoke`: the stand-ins of `ftgrid run --smoke` and a few samples; `dry_run`: print what would run, no Ray.
     Returns 0, or 1 if no sample finished or any failed. Raises ConfigError for a bad search block.
     """
     console = console or Console()
     search = parse_search(spec, grid_path)
     base = base_trial(spec, search, grid_path)
+    if smoke:
+        from grid.ray_driver import local_node
+        from grid.smoke import smoke_search
+
+        spec, search, base = smoke_search(spec, search, base, None if address else local_node())
+    if dry_run:
+        console.print(search_plan(spec, search, base), markup=False, highlight=False, emoji=False, soft_wrap=True)
+        return 0
     check_installed(spec.tracking)
+    check_fits(spec.resources, address)
     write_grid_yaml(spec, run_dir)
     previous = _previous_samples(run_dir, base, search, resume, console)
     remaining = search.num_samples - len(previous)
@@ -303,6 +315,42 @@ def run_search(
     again = "run the same command with --resume to finish the search"
     code = summarise(progress, seen, run_dir, console, again) if progress.outcomes else 0
     return _write_best(spec, search, base, grid_path, run_dir, console) or code
+
+
+def search_plan(spec, search: SearchBlock, base: TrialConfig) -> str:
+    """What `ftgrid tune --dry-run` prints: the space, the fixed settings, the objective, the sampler and
+    scheduler, the number of samples and the resources."""
+    fixed = base.model_dump(mode="json", exclude={"model_entry", "dataset_entry", "template_entry"})
+    shown = [k for k in fixed if (k in spec.axes or k in spec.settings) and k not in search.space]
+    stop = search.early_stopping
+    scheduler = "FIFO (every sample runs all its steps)"
+    if stop:
+        max_t = stop.max_t or base.max_steps
+        scheduler = (
+            f"ASHA on {stop.metric} (lower is better; grace_period {stop.grace_period}, "
+            f"reduction_factor {stop.reduction_factor:g}, max_t {max_t})"
+        )
+    res = spec.resources.model_dump(mode="json", exclude_none=True)
+    lines = [
+        f"search {spec.name}: {search.num_samples} samples"
+        + (f", at most {search.max_concurrent} at once" if search.max_concurrent else ""),
+        "space:",
+        *(f"  {key}: {_domain(domain)}" for key, domain in search.space.items()),
+        "fixed:",
+        *(f"  {key}: {fixed[key]}" for key in shown),
+        f"metric: {search.metric} ({search.mode}) on {base.dataset}'s {base.dataset_entry.eval_split} split, "
+        f"{base.n_eval or 'all'} examples",
+        f"sampler: Optuna TPE (seed {search.seed})",
+        f"scheduler: {scheduler}",
+        f"samples: {search.num_samples}",
+        "resources: " + ", ".join(f"{k} {v}" for k, v in res.items()),
+    ]
+    return "\n".join(lines)
+
+
+def _domain(domain: Domain) -> str:
+    kind = next(k for k in ("loguniform", "uniform", "randint", "choice") if getattr(domain, k) is not None)
+    return f"{kind} {list(getattr(domain, kind))}"
 
 
 def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
@@ -382,7 +430,7 @@ def top_table(samples: list[tuple[dict, float, dict]], search: SearchBlock, n: i
     table.add_column(search.metric, justify="right")
     for key in search.space:
         table.add_column(key, justify="right")
-    table.add_column("trial_id", overflow="fold")
+    table.add_column("trial_id", no_wrap=True)
     for point, score, result in samples[:n]:
         table.add_row(f"{score:.2f}", *(_fmt(point[k]) for k in search.space), result["trial_id"])
     return table

@@ -5,12 +5,15 @@ reference per example and per ROUGE type (rouge_score's `score_multi`, as `evalu
 BLEU: `sacrebleu.corpus_bleu` over all references (13a tokenisation, exp smoothing). Each example also
 keeps sacrebleu's sufficient statistics, so corpus BLEU can be recomputed exactly on any subset or
 bootstrap resample. `load("rouge")` / `load("sacrebleu")` give the same numbers behind an
-`evaluate`-style `.compute(predictions=..., references=...)` for code written against `evaluate`.
+`evaluate`-style `.compute(predictions=..., references=...)` for code written against `evaluate`, and
+`evaluate.load(evaluate_module_path())` is a real `evaluate` metric module (`ftgrid_metric/`) whose `compute`
+gives the metrics of result.json.
 """
 
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from statistics import mean
 
 from runners.rundir import ROUGE_TYPES
@@ -21,6 +24,16 @@ PROTOCOL = {
     "scale": "0-100",
     "version": 1,
 }
+
+
+def result_metrics(corpus: dict[str, float]) -> dict[str, float]:
+    """The corpus metrics as result.json keeps them (rounded to 4 decimals)."""
+    return {k: round(v, 4) for k, v in corpus.items()}
+
+
+def evaluate_module_path() -> str:
+    """The folder of ftgrid's `evaluate` metric module: `evaluate.load(evaluate_module_path())` works offline."""
+    return str(Path(__file__).resolve().parent / "ftgrid_metric")
 
 
 def _rouge_scorer():

@@ -244,7 +244,7 @@ def evaluate(cfg: TrialConfig, model, tokenizer, data: TrialData, accelerator) -
 
 def assemble_result(cfg: TrialConfig, data: TrialData, train_block: dict, evaluation: dict, accelerator, out_dir):
     """Score the predictions, write predictions.jsonl, and return result.json's content (without times)."""
-    from runners.metrics import PROTOCOL, score
+    from runners.metrics import PROTOCOL, result_metrics, score
 
     references = [r["summaries"] for r in data.eval_rows]
     predictions = evaluation["predictions"]
@@ -267,7 +267,7 @@ def assemble_result(cfg: TrialConfig, data: TrialData, train_block: dict, evalua
         "status": rundir.Status.OK.value,
         "error": None,
         "config": cfg.model_dump(mode="json"),
-        "metrics": {k: round(v, 4) for k, v in metrics.items()},
+        "metrics": result_metrics(metrics),
         "metrics_unavailable": unavailable,
         "train": train_block,
         "eval": evaluated,

@@ -81,3 +81,29 @@ def test_every_error_line_names_the_file(tmp_path):
     path = grid_file(tmp_path, settings=TINY_SETTINGS + "  seed: many\n  warmup_ratio: 2\n")
     proc = ftgrid("trial", path)
     assert_bad_input(proc, "settings.seed", "settings.warmup_ratio")
+
+
+def test_dry_run_formats_when_piped(tmp_path):
+    """Piped (not a terminal), `--dry-run` prints one plain line per trial with its whole id; csv and json parse,
+    one record per trial with its axis values and settings."""
+    import csv
+
+    from grid.spec import load_grid
+
+    axes = "model: [tiny-llama, tiny-gpt2]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n  method: [lora]"
+    path = grid_file(tmp_path, axes)
+    _, trials = load_grid(path)
+    ids = [cfg.trial_id for cfg in trials]
+    plain = ftgrid("run", path, "--dry-run")
+    assert plain.returncode == 0, plain.stderr
+    lines = plain.stdout.splitlines()
+    assert [line.split()[0] for line in lines[:-1]] == ids and lines[-1] == "4 trials"
+    assert "model=tiny-gpt2" in lines[2] and "template=custom" in lines[2]
+    rows = list(csv.DictReader(ftgrid("run", path, "--dry-run", "--format", "csv").stdout.splitlines()))
+    assert [r["trial_id"] for r in rows] == ids and rows[1]["template"] == "alpaca" and rows[0]["max_steps"] == "4"
+    records = json.loads(ftgrid("run", path, "--dry-run", "--format", "json").stdout)
+    assert [r["trial_id"] for r in records] == ids
+    assert records[3]["axes"] == {"model": "tiny-gpt2", "dataset": "synthetic", "template": "alpaca", "method": "lora"}
+    assert records[0]["settings"]["learning_rate"] == 1e-3 and records[0]["settings"]["lora_rank"] == 16
+    assert_bad_input(ftgrid("run", path, "--dry-run", "--format", "xml"), "--format 'xml'", "table, csv, json")
+    assert not (tmp_path / "runs").exists()

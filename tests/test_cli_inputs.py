@@ -154,6 +154,7 @@ CASES = {
     "table-where-wrong-type": Case(("table", "run", "--where", "lora"), "expected AXIS=VALUE"),
     "table-rows-unknown": Case(("table", "run", "--rows", "colour"), "Unknown axis 'colour'"),
     "table-format-unknown": Case(("table", "run", "--format", "xls"), "Unknown format 'xls'"),
+    "run-format-unknown": Case(("run", "grid.yaml", "--dry-run", "--format", "xls"), "--format 'xls': expected one"),
     "report-metric-empty": Case(("report", "run", "--metric", ""), "--metric: empty value"),
     "report-metric-unknown": Case(("report", "run", "--metric", "rouge9"), "Unknown metric 'rouge9'"),
 }

@@ -43,3 +43,31 @@ def test_evaluate_style_module_gives_the_same_numbers():
     assert load("sacrebleu").compute(predictions=PREDS, references=REFS)["score"] == pytest.approx(corpus["bleu"])
     with pytest.raises(ValueError, match="Available: rouge"):
         load("rogue")
+
+
+def test_the_evaluate_module_gives_the_numbers_of_result_json_offline(monkeypatch, tmp_path):
+    """`evaluate.load(evaluate_module_path())` (a local loading script; the network is cut off here), `add_batch`,
+    `compute`: the same dict as runners.metrics.score rounded as result.json keeps it."""
+    evaluate = pytest.importorskip("evaluate")
+    import socket
+
+    from runners.metrics import evaluate_module_path, result_metrics
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"evaluate.load of a local path went to the network: {args}")
+
+    for name, value in {"HF_HUB_OFFLINE": "1", "HF_EVALUATE_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    module = evaluate.load(evaluate_module_path(), cache_dir=str(tmp_path / "cache"))
+    module.add_batch(predictions=PREDS[:2], references=REFS[:2])
+    module.add_batch(predictions=PREDS[2:], references=REFS[2:])
+    expected = result_metrics(score(PREDS, REFS)[0])
+    assert module.compute() == expected
+    single = [refs[0] for refs in REFS]  # a reference may be a plain string
+    assert module.compute(predictions=PREDS, references=single) == result_metrics(
+        score(PREDS, [[r] for r in single])[0]
+    )
+    assert set(expected) == {"rouge1", "rouge2", "rougeL", "rougeLsum", "bleu", "length_ratio"}

@@ -14,6 +14,7 @@ from conftest import processes_mentioning, quiet, ray_processes, recording, wait
 from rich.console import Console
 
 from grid.launch import Launch, LogTail, launch_trial
+from grid.ray_driver import run_on_ray
 from grid.spec import load_grid
 from grid.sweep import run_grid
 from runners import rundir
@@ -96,8 +97,14 @@ def test_log_tail_reads_complete_lines_only(tmp_path):
 # --- real Ray ----------------------------------------------------------------------------------------------
 def test_a_grid_asking_for_missing_gpus_is_bad_input_and_ray_is_shut_down(tiny_grid, tmp_path, ray_tmp):
     spec, trials = load_grid(tiny_grid(extra="resources:\n  gpus_per_trial: 1\n"))
-    with pytest.raises(ConfigError, match="gpus_per_trial"):
+    with pytest.raises(ConfigError, match="gpus_per_trial: each trial asks for 1 GPU"):
         run_grid(spec, trials, tmp_path / "run", console=quiet())
+    assert not wait_until_gone(lambda: ray_processes(ray_tmp))
+    assert not (tmp_path / "run").exists()  # refused before Ray started or anything was written
+    with pytest.raises(ConfigError, match="the largest Ray node has 0"):  # a cluster's nodes: checked once joined
+        run_on_ray(
+            {}, tmp_path / "run", address=None, name="t", resources=spec.resources, max_concurrent=None, progress=None
+        )
     assert not wait_until_gone(lambda: ray_processes(ray_tmp))
 
 

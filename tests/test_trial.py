@@ -24,14 +24,16 @@ def run(grid_path, tmp_path, **sets):
 
 @pytest.fixture(scope="module")
 def tiny_trial(tmp_path_factory):
-    """A finished tiny-llama LoRA trial, shared by the tests that only read it."""
+    """A finished tiny-llama LoRA trial (gradient checkpointing on), shared by the tests that only read it."""
     from conftest import TINY_SETTINGS, write_yaml
 
     tmp = tmp_path_factory.mktemp("tiny")
     grid = write_yaml(
         tmp / "g.yaml",
         "name: t\naxes:\n  model: [tiny-llama]\n  dataset: [synthetic]\n"
-        "  template: [custom]\n  method: [lora]\n  lora_rank: [4]\n" + TINY_SETTINGS + "  eval_steps: 2\n",
+        "  template: [custom]\n  method: [lora]\n  lora_rank: [4]\n"
+        + TINY_SETTINGS
+        + "  eval_steps: 2\n  gradient_checkpointing: true\n",
     )
     code, result, trial_dir = run(grid, tmp)
     assert code == 0, result.get("error")
@@ -130,13 +132,25 @@ def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
     assert code == 1 and result["status"] == "failed" and "/nonexistent/model" in result["error"]
 
 
-def test_summarize_uses_the_trained_adapter(tiny_trial):
+def test_summarize_uses_the_trained_adapter_and_answers_with_the_summary_only(tiny_trial):
+    """Library warnings (transformers' FutureWarning about gradient checkpointing) and progress bars (loading
+    weights) go to the log, shown with -v: not on stdout or stderr of the answer."""
     _, trial_dir = tiny_trial
-    proc = subprocess.run(
-        [sys.executable, "-m", "grid", "summarize", str(trial_dir), "-"],
-        input="Anna: Can we meet on Friday?\nBen: Yes, at noon.",
-        capture_output=True,
-        text=True,
-    )
+
+    def summarize(*flags):
+        return subprocess.run(
+            [sys.executable, "-m", "grid", "summarize", *flags, str(trial_dir), "-"],
+            input="Anna: Can we meet on Friday?\nBen: Yes, at noon.",
+            capture_output=True,
+            text=True,
+        )
+
+    proc = summarize()
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
+    assert proc.stdout.strip() and len(proc.stdout.strip().splitlines()) <= 2
+    assert proc.stderr == "", proc.stderr
+    assert not any(noise in proc.stdout for noise in ("Warning", "it/s", "%|")), proc.stdout
+    verbose = summarize("-v")
+    assert verbose.returncode == 0 and verbose.stdout == proc.stdout  # the same answer
+    assert "Loading weights" in verbose.stderr and "Warning" in verbose.stderr  # the noise, in the log
+

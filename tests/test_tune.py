@@ -1,5 +1,10 @@
 """grid.tune: the search block is validated with YAML paths; an Optuna search on real Ray Tune writes a best.yaml
-that loads as a grid, and --resume feeds the finished samples back to Optuna and runs only what is missing."""
+that loads as a grid, and --resume feeds the finished samples back to Optuna and runs only what is missing; every
+shipped search prints its plan with `ftgrid tune --dry-run` and runs offline with `ftgrid tune --smoke`."""
+
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from conftest import recording
@@ -107,3 +112,41 @@ def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ra
     assert f"{len(samples)} finished, 1 to run" in console.export_text()
     after = {p.name for p in run_dir.iterdir() if (p / "result.json").is_file()}
     assert before <= after and len(after) <= len(before) + 1
+
+
+SEARCHES = sorted((Path(__file__).resolve().parents[1] / "configs").glob("search_*.yaml"))
+
+
+def ftgrid(*args):
+    return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.name)
+def test_dry_run_prints_the_plan_of_every_shipped_search_without_ray(path, tmp_path):
+    proc = ftgrid("tune", path, "--dry-run", "--out", tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr
+    spec = load_spec(path)
+    search = parse_search(spec, path)
+    text = proc.stdout
+    for key in search.space:
+        assert f"  {key}: " in text
+    for key in spec.settings:
+        if key not in search.space:
+            assert f"  {key}: " in text, key
+    assert f"metric: {search.metric} ({search.mode})" in text and "sampler: Optuna TPE" in text
+    assert "scheduler: " + ("ASHA" if search.early_stopping else "FIFO") in text
+    assert f"samples: {search.num_samples}" in text and f"gpus_per_trial {spec.resources.gpus_per_trial}" in text
+    assert not (tmp_path / "run").exists() and "ray started" not in proc.stderr
+    smoke = ftgrid("tune", path, "--dry-run", "--smoke")
+    assert smoke.returncode == 0 and "samples: 2" in smoke.stdout and "max_steps: 2" in smoke.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SEARCHES, ids=lambda p: p.name)
+def test_every_shipped_search_runs_in_smoke_mode_through_the_cli(path, tmp_path, ray_tmp):
+    proc = ftgrid("tune", path, "--smoke", "--out", tmp_path / "run")
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
+    best_spec, best_trials = load_grid(tmp_path / "run" / rundir.BEST_YAML)
+    assert len(best_trials) == 1 and "best" in proc.stdout
+    results = [p for p in (tmp_path / "run").glob("*/result.json")]
+    assert 1 <= len(results) <= 2  # two samples (equal samples share a folder)
