@@ -153,4 +153,3 @@ def test_summarize_uses_the_trained_adapter_and_answers_with_the_summary_only(ti
     verbose = summarize("-v")
     assert verbose.returncode == 0 and verbose.stdout == proc.stdout  # the same answer
     assert "Loading weights" in verbose.stderr and "Warning" in verbose.stderr  # the noise, in the log
-
