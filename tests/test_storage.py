@@ -149,7 +149,14 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
 
     def finished_and_a_checkpoint_in_the_bucket() -> bool:
         done = {t for t in store.folders() if (store.read_result(t) or {}).get("status") == "ok"}
-        return bool(done) and any(store.folders(t, "checkpoints") for t in store.folders() if t not in done)
+        # A complete checkpoint: its `done` marker is the last object written (the kill may cut an upload short).
+        complete = any(
+            f.startswith("checkpoints/") and f.endswith("/done")
+            for t in store.folders()
+            for f in store.files(t)
+            if t not in done
+        )
+        return bool(done) and complete
 
     try:
         deadline = time.monotonic() + 300
