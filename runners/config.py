@@ -132,7 +132,9 @@ class TrialConfig(_Frozen):
     temperature: float = Field(1.0, gt=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     top_k: int = Field(50, ge=0, description="Top-k sampling (0 = off).")
-    eval_batch_size: int = Field(16, ge=1, description="Dialogues per generation batch.")
+    eval_batch_size: int = Field(
+        64, ge=1, description="Most dialogues per generation batch (a batch also stops at a token budget)."
+    )
     metrics: list[str] = Field(
         default_factory=lambda: ["rouge", "bleu"],
         description="Metric groups: rouge, bleu (always available), meteor, bertscore (need extra downloads).",
