@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -171,7 +172,10 @@ class TrialConfig(_Frozen):
     @property
     def trial_id(self) -> str:
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()[:8]
-        parts = [self.model, self.dataset, self.template]
+        dataset = self.dataset
+        if dataset.startswith((".", "/", "~")):  # a local path: its last part names it (the digest has all of it)
+            dataset = Path(dataset.rstrip("/")).name or dataset
+        parts = [self.model, dataset, self.template]
         if self.method.trains:
             parts.append(self.loss.value)
         if self.lora_rank:
