@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from analysis.errors import AnalysisError
-from runners.rundir import MAIN_METRIC
+from runners.contract.scores import MAIN_METRIC
 
 if TYPE_CHECKING:
     import pandas as pd

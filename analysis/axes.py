@@ -8,18 +8,19 @@ import pandas as pd
 
 from analysis.errors import AnalysisError
 from analysis.load import KNOWN_METRICS, META_COLUMNS
-from runners import rundir
+from runners.contract.choices import Status
+from runners.contract.scores import MAIN_METRIC, METRICS
 
 # The grid's axes come first, in this order, then any other config key that varies.
 CORE_AXES = ["model", "dataset", "template", "loss", "lora_rank", "method"]
 # Config keys that differ per trial without being an experimental condition.
 NOT_AXES = {"trial_id", "run_dir", "out_dir", "output_dir", "name"}
-MAIN_METRIC = rundir.MAIN_METRIC
+MAIN_METRIC = MAIN_METRIC
 
 
 def decimals(metric: str) -> int:
     """Decimals shown for a metric: 0-100 scores at 2, lengths at 1, ratios at 3."""
-    known = rundir.METRICS.get(metric)
+    known = METRICS.get(metric)
     return known.decimals if known else 2
 
 
@@ -134,7 +135,7 @@ def select(trials: pd.DataFrame, selector: str | Mapping | None) -> pd.DataFrame
 
 
 def ok_trials(trials: pd.DataFrame) -> pd.DataFrame:
-    return trials[trials["status"] == rundir.Status.OK]
+    return trials[trials["status"] == Status.OK]
 
 
 def format_level(value) -> str:

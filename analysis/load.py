@@ -18,7 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from runners import rundir
+from runners.contract import layout
+from runners.contract.choices import Method
+from runners.contract.files import parse_jsonl
+from runners.contract.result import TrialResult, read_trial_json
+from runners.contract.scores import METRICS
+from runners.contract.store import RunStore
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +32,17 @@ RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
 # Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
 META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
-KNOWN_METRICS = list(rundir.METRICS)
+KNOWN_METRICS = list(METRICS)
 
 
-def as_run_dirs(run_dirs: RunDirs) -> list[rundir.RunStore]:
+def as_run_dirs(run_dirs: RunDirs) -> list[RunStore]:
     """One run folder or several (paths or storage URIs), as stores."""
     if isinstance(run_dirs, (str, os.PathLike)):
-        return [rundir.RunStore(run_dirs)]
-    return [rundir.RunStore(d) for d in run_dirs]
+        return [RunStore(run_dirs)]
+    return [RunStore(d) for d in run_dirs]
 
 
-def _read_json(folder: rundir.RunStore, name: str) -> dict:
+def _read_json(folder: RunStore, name: str) -> dict:
     data = folder.read_bytes(name)
     if data is None:
         raise AnalysisError(f"{folder / name}: cannot read JSON (no such file)")
@@ -47,46 +52,44 @@ def _read_json(folder: rundir.RunStore, name: str) -> dict:
         raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
-def _read_result(trial_dir: rundir.RunStore) -> dict:
-    result = _read_json(trial_dir, rundir.RESULT_JSON)
+def _read_result(trial_dir: RunStore) -> TrialResult:
+    result = _read_json(trial_dir, layout.RESULT_JSON)
     if not isinstance(result, dict):
-        raise AnalysisError(f"{trial_dir / rundir.RESULT_JSON}: not a JSON object")
-    return result
+        raise AnalysisError(f"{trial_dir / layout.RESULT_JSON}: not a JSON object")
+    try:
+        return TrialResult.from_json(result, trial_id=trial_dir.name)
+    except ValueError as exc:  # an unknown status
+        raise AnalysisError(f"{trial_dir / layout.RESULT_JSON}: not a result ({exc})") from exc
 
 
-def _read_jsonl(folder: rundir.RunStore, name: str) -> list[dict]:
+def _read_jsonl(folder: RunStore, name: str) -> list[dict]:
     text = folder.read_text(name)
     if text is None:
         raise AnalysisError(f"{folder / name}: cannot read (no such file)")
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise AnalysisError(f"{folder / name}:{number}: not a JSON line ({exc.msg})") from exc
-    return rows
+    try:
+        return parse_jsonl(text, where=str(folder / name), strict=True)
+    except ValueError as exc:
+        raise AnalysisError(str(exc)) from exc
 
 
-def trial_dirs(run_dir: str | os.PathLike | rundir.RunStore) -> list[rundir.RunStore]:
+def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
     """The finished trial folders of a run folder, sorted by name.
 
     A run folder is a folder (or storage prefix) holding `grid.yaml`, `results.csv` or
     `<trial_id>/result.json`; a trial folder itself (holding `result.json`) is accepted as a run of one
     trial. Trial folders without `result.json` (still running, or killed) are skipped.
     """
-    store = run_dir if isinstance(run_dir, rundir.RunStore) else rundir.RunStore(run_dir)
+    store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     if not store.is_dir():
         raise AnalysisError(f"{store}: {'not a folder' if store.exists() else 'no such run folder'}")
-    if store.exists(rundir.RESULT_JSON):
+    if store.exists(layout.RESULT_JSON):
         return [store]
     names = store.folders()  # not .ray/
-    finished = [name for name in names if store.exists(name, rundir.RESULT_JSON)]
-    unfinished = [name for name in names if name not in finished and store.exists(name, rundir.TRIAL_JSON)]
+    finished = [name for name in names if store.exists(name, layout.RESULT_JSON)]
+    unfinished = [name for name in names if name not in finished and store.exists(name, layout.TRIAL_JSON)]
     if unfinished:
         log.info("%s: skipping %d trial(s) without result.json: %s", store, len(unfinished), ", ".join(unfinished))
-    if not finished and not unfinished and not store.exists(rundir.GRID_YAML) and not store.exists(rundir.RESULTS_CSV):
+    if not finished and not unfinished and not store.exists(layout.GRID_YAML) and not store.exists(layout.RESULTS_CSV):
         raise AnalysisError(f"{store}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
     return [store / name for name in finished]
 
@@ -95,19 +98,21 @@ def _is_scalar(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _trial_row(run_dir, trial_dir: rundir.RunStore, result: Mapping) -> tuple[dict, list[str], list[str]]:
+def _trial_row(run_dir, trial_dir: RunStore, result: TrialResult) -> tuple[dict, list[str], list[str]]:
     """One trials-frame row from a result.json, with the config keys and metric names it holds."""
-    config = result.get("config") or {}
-    if not config and trial_dir.exists(rundir.TRIAL_JSON):
-        config = _read_json(trial_dir, rundir.TRIAL_JSON)
+    config = result.config or {}
+    if not config and trial_dir.exists(layout.TRIAL_JSON):
+        config = read_trial_json(trial_dir)
+        if config is None:
+            raise AnalysisError(f"{trial_dir / layout.TRIAL_JSON}: cannot read JSON (not a JSON object)")
     row = {
         "run_dir": str(run_dir),
-        "trial_id": result.get("trial_id") or trial_dir.name,
-        "status": result.get("status", rundir.Status.OK.value),
-        "error": result.get("error"),
-        "protocol": json.dumps(result["protocol"], sort_keys=True) if result.get("protocol") else None,
+        "trial_id": result.trial_id,
+        "status": result.status.value,
+        "error": result.error,
+        "protocol": json.dumps(result.protocol, sort_keys=True) if result.protocol else None,
     }
-    metrics = {k: v for k, v in (result.get("metrics") or {}).items() if _is_scalar(v)}
+    metrics = {k: v for k, v in (result.metrics or {}).items() if _is_scalar(v)}
     config_keys = []
     for key, value in config.items():
         if not _is_scalar(value):
@@ -115,10 +120,11 @@ def _trial_row(run_dir, trial_dir: rundir.RunStore, result: Mapping) -> tuple[di
         column = f"config_{key}" if key in row or key in metrics else key
         row[column] = value
         config_keys.append(column)
-    row.update(rundir.untrained_axes(config.get("method")))  # loss none, rank 0 where nothing is trained
+    if config.get("method") in Method._value2member_map_:  # loss none, rank 0 where nothing is trained
+        row.update(Method(config["method"]).fixed_axes)
     row.update(metrics)
     for section in ("train", "eval"):
-        for key, value in (result.get(section) or {}).items():
+        for key, value in (getattr(result, section) or {}).items():
             if _is_scalar(value):
                 # train.train_tokens_per_s stays train_tokens_per_s, not train_train_tokens_per_s
                 row[key if key.startswith(f"{section}_") else f"{section}_{key}"] = value
@@ -164,7 +170,7 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
             if not trial_dir.exists(name):
                 continue  # e.g. a failed trial has no predictions
             try:
-                trial_id = _read_result(trial_dir).get("trial_id") or trial_dir.name
+                trial_id = _read_result(trial_dir).trial_id
             except AnalysisError:
                 continue  # an unreadable result.json: the trial is not in the trials frame either
             frame = pd.DataFrame(_read_jsonl(trial_dir, name))
@@ -181,16 +187,16 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
 def load_examples(run_dirs: RunDirs) -> pd.DataFrame:
     """One row per evaluated example and trial: `run_dir`, `trial_id`, `id`, `dialogue`,
     `prediction`, `references`, the per-example scores and `bleu_stats` (a list of 10 counts)."""
-    return _per_trial_lines(run_dirs, rundir.PREDICTIONS, ["run_dir", "trial_id", "id", "prediction", "references"])
+    return _per_trial_lines(run_dirs, layout.PREDICTIONS, ["run_dir", "trial_id", "id", "prediction", "references"])
 
 
 def load_train_logs(run_dirs: RunDirs) -> pd.DataFrame:
     """The training logs, long: `run_dir`, `trial_id`, `step`, `loss`, `lr`, ..., `eval_loss`
     (a line carries either a training loss or an eval loss; the other is NaN)."""
-    return _per_trial_lines(run_dirs, rundir.TRAIN_LOG, ["run_dir", "trial_id", "step", "loss"])
+    return _per_trial_lines(run_dirs, layout.TRAIN_LOG, ["run_dir", "trial_id", "step", "loss"])
 
 
-def _written(store: rundir.RunStore, name: str) -> Path | str:
+def _written(store: RunStore, name: str) -> Path | str:
     """Where a written file is: a Path for a local run folder, the URI for one in storage."""
     return store.local / name if store.local is not None else (store / name).location
 
@@ -199,15 +205,15 @@ def write_results_csv(run_dir: str | os.PathLike) -> Path | str:
     """Write RUN_DIR/results.csv (one row per finished trial, the columns of `load_trials`)
     atomically, and return where. Each call rebuilds the file from the result.json files, so
     calling it after every trial (even from concurrent trials) leaves a complete, readable file."""
-    store = rundir.RunStore(run_dir)
-    store.write(load_trials(store.location).to_csv(index=False), rundir.RESULTS_CSV)
-    return _written(store, rundir.RESULTS_CSV)
+    store = RunStore(run_dir)
+    store.write(load_trials(store.location).to_csv(index=False), layout.RESULTS_CSV)
+    return _written(store, layout.RESULTS_CSV)
 
 
 def write_report(out_dir: str | os.PathLike, files: Mapping[str, str | bytes]) -> dict[str, Path | str]:
     """Write each `name -> content` under out_dir (a path or a storage URI; atomically, text as UTF-8);
     return where each went."""
-    store = rundir.RunStore(out_dir)
+    store = RunStore(out_dir)
     written = {}
     for name, content in files.items():
         store.write(content, *name.split("/"))

@@ -10,7 +10,7 @@ import pandas as pd
 from analysis.axes import MAIN_METRIC, ok_trials, trial_labels, varying_axes
 from analysis.errors import AnalysisError
 from analysis.stats import KEY
-from runners.rundir import Method
+from runners.contract.choices import Method
 
 MAX_CONDITIONS = 6
 

@@ -21,7 +21,8 @@ import pandas as pd
 from analysis import load, plots, qualitative, stats, tables
 from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
-from runners import rundir
+from runners.contract import layout
+from runners.contract.choices import Method, Status
 
 TEST_METRICS = [MAIN_METRIC, "rouge1", "bleu"]  # tested pairwise, besides the metric asked for
 MAX_BASELINE_COLUMNS = 5
@@ -46,7 +47,7 @@ Block = str | TableBlock | FigureBlock
 
 
 def _grid_section(trials: pd.DataFrame) -> list[Block]:
-    ok, failed = ok_trials(trials), trials[trials["status"] != rundir.Status.OK]
+    ok, failed = ok_trials(trials), trials[trials["status"] != Status.OK]
     blocks: list[Block] = [f"{len(trials)} trials: {len(ok)} finished, {len(failed)} failed."]
     if varying_axes(trials):
         blocks.append(TableBlock(tables.grid_table(trials)))
@@ -59,7 +60,7 @@ def _baseline_section(trials: pd.DataFrame, metric: str) -> list[Block]:
     """One baseline table per model × dataset that has both a zero-shot and a fine-tuned trial: a
     fine-tuned model is compared with its own zero-shot baseline, never with another model's."""
     ok = ok_trials(trials)
-    zero_shot = rundir.Method.ZERO_SHOT
+    zero_shot = Method.ZERO_SHOT
     if "method" not in ok.columns or not (ok["method"] == zero_shot).any() or (ok["method"] != zero_shot).all():
         return []
     keys = [k for k in ("model", "dataset") if k in ok.columns and ok[k].nunique() > 1]
@@ -179,7 +180,7 @@ def report_sections(
     sections = [("Grid", _grid_section(trials))]
     if not ok_trials(trials).empty:
         sections += _finished_sections(trials, examples, train_logs, metric)
-    failed = trials[trials["status"] != rundir.Status.OK]
+    failed = trials[trials["status"] != Status.OK]
     if not failed.empty:
         sections.append(("Failed trials", [TableBlock(tables.failed_table(trials))]))
     if unreadable:
@@ -369,13 +370,13 @@ def render_report(
     title = "ftgrid report"
     intro = "Run folder(s): " + ", ".join(f"`{d}`" for d in run_dirs) if run_dirs else ""
     files: dict[str, str | bytes] = {
-        rundir.REPORT_MD: _markdown(title, intro, sections),
-        rundir.REPORT_HTML: _html(title, intro, sections),
+        layout.REPORT_MD: _markdown(title, intro, sections),
+        layout.REPORT_HTML: _html(title, intro, sections),
     }
     for _, blocks in sections:
         for block in blocks:
             if isinstance(block, FigureBlock):
-                files[f"{rundir.FIGURES}/{block.name}.png"] = block.png
+                files[f"{layout.FIGURES}/{block.name}.png"] = block.png
     return files
 
 

@@ -30,7 +30,8 @@ from analysis.axes import (
 from analysis.errors import AnalysisError
 from analysis.load import KNOWN_METRICS
 from analysis.stats import KEY, confidence_intervals, format_ci
-from runners import rundir
+from runners.contract.choices import Status
+from runners.contract.scores import METRICS
 
 __all__ = [
     "varying_axes",
@@ -47,7 +48,7 @@ __all__ = [
     "FORMATS",
 ]
 
-TABLE_METRICS = [m.name for m in rundir.METRICS.values() if m.in_tables]  # the default columns
+TABLE_METRICS = [m.name for m in METRICS.values() if m.in_tables]  # the default columns
 FORMATS = ["md", "csv", "latex", "json"]
 # Decimals of value columns that are not metrics (whole numbers shown as such).
 COLUMN_DECIMALS = {
@@ -107,7 +108,7 @@ def main_table(
         ok = ok.sort_values(metric, ascending=False, kind="stable")
     metrics = _table_metrics(trials, metrics)
     axes = _label_axes(trials)
-    failed = trials[trials["status"] != rundir.Status.OK]
+    failed = trials[trials["status"] != Status.OK]
     columns = list(dict.fromkeys(axes + KEY + metrics + ["error"]))
     table = pd.concat([ok, failed])[columns].copy()
     table["error"] = table["error"].map(_first_line)
@@ -378,7 +379,7 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
     """The failed trials and the last line of their error."""
-    failed = trials[trials["status"] != rundir.Status.OK]
+    failed = trials[trials["status"] != Status.OK]
     return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}).set_index(
         "trial_id"
     )

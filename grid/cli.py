@@ -18,8 +18,11 @@ import yaml
 from rich.console import Console
 from rich.markup import escape
 
-from runners import rundir
-from runners.config import ConfigError
+from runners.contract import layout
+from runners.contract.errors import ConfigError
+from runners.contract.result import TrialResult
+from runners.contract.scores import MAIN_METRIC
+from runners.contract.store import RunStore, is_uri
 
 app = typer.Typer(
     add_completion=False,
@@ -89,7 +92,7 @@ def parse_pairs(pairs: list[str] | None, option: str) -> dict:
 def check_out_dir(location: str | Path, what: str = "--out") -> str | Path:
     """A folder ftgrid may write into: a folder, or missing (it is created); never a file or inside one. A storage
     URI is checked when it is used (refused there if it holds credentials)."""
-    if rundir.is_uri(location):
+    if is_uri(location):
         return location
     path = Path(location)
     for folder in (path, *path.parents):
@@ -215,24 +218,24 @@ def trial(
     spec = with_track(spec, track)
     check_installed(spec.tracking)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
-    out.print(f"trial [bold]{cfg.trial_id}[/] → {rundir.RunStore(run_dir) / cfg.trial_id}", highlight=False)
+    out.print(f"trial [bold]{cfg.trial_id}[/] → {RunStore(run_dir) / cfg.trial_id}", highlight=False)
     where = Where(spec.name, run_dir, "trial")
     with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, where, cfg, trial_dir, out):
         code, result = _execute(cfg, trial_dir, spec.save.value)
     if code == 2:
-        fail_input(result["error"].removeprefix("ConfigError: "))
+        fail_input(result.error.removeprefix("ConfigError: "))
     if code:
-        err.print(f"[bold red]trial failed:[/] {result['error']}\n{result.get('traceback', '')}", highlight=False)
+        err.print(f"[bold red]trial failed:[/] {result.error}\n{result.traceback or ''}", highlight=False)
         raise typer.Exit(1)
     from grid.runfolder import refresh_results_csv, write_grid_yaml  # the same run-folder files as `ftgrid run`
 
     write_grid_yaml(spec, run_dir)
     refresh_results_csv(run_dir)
-    metrics = result["metrics"]
-    shown = "  ".join(f"{k} {v:.2f}" for k, v in metrics.items())
+    shown = "  ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
+    train, evaluated = result.train, result.eval
     out.print(
-        f"[green]ok[/] {shown}\ntrain: {result['train']['steps']} steps, loss {result['train']['final_loss']}, "
-        f"{result['train']['wall_s']} s · eval: {result['eval']['n_examples']} examples, {result['eval']['wall_s']} s",
+        f"[green]ok[/] {shown}\ntrain: {train['steps']} steps, loss {train['final_loss']}, {train['wall_s']} s"
+        f" · eval: {evaluated['n_examples']} examples, {evaluated['wall_s']} s",
         highlight=False,
     )
 
@@ -241,16 +244,16 @@ def trial(
 def _trial_folder(run_dir: str | Path, trial_id: str):
     """The folder a trial runs in: RUN_DIR/<trial_id> itself, or for a run folder in storage a scratch folder
     whose files are copied there when the trial ends (result.json last)."""
-    store = rundir.RunStore(run_dir)
+    store = RunStore(run_dir)
     if store.local is not None:
         yield store.local / trial_id
         return
     with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
         yield Path(scratch)
-        (store / trial_id).upload(Path(scratch), skip=(rundir.CHECKPOINTS,))
+        (store / trial_id).upload(Path(scratch), skip=(layout.CHECKPOINTS,))
 
 
-def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, dict]:
+def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, TrialResult | None]:
     from runners.trial import RunOptions, execute
 
     return execute(cfg, trial_dir, RunOptions(save=save))
@@ -326,15 +329,15 @@ def summarize(
     """Summarise a new conversation with a trained adapter."""
     _setup_logging(verbose)
     _quiet_libraries(verbose)
-    from runners.inference import check_weights, trial_config
+    from runners.inference import check_weights, read_trial_config
     from runners.inference import summarize as run_summarize
 
-    store = rundir.RunStore(trial_dir)
+    store = RunStore(trial_dir)
     with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
         if store.local is None:  # the trial folder from storage, for loading
             store.download(Path(scratch))
         folder = store.local if store.local is not None else Path(scratch)
-        check_weights(folder, trial_config(folder))  # before waiting on stdin
+        check_weights(folder, read_trial_config(folder))  # before waiting on stdin
         dialogue = _read_stdin() if text in (None, "-") else text
         if not dialogue.strip():
             raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
@@ -432,7 +435,7 @@ def table(
         list[str] | None, typer.Option("--rows", help="Axis (or 'metric') for the rows of a pivot.")
     ] = None,
     cols: Annotated[list[str] | None, typer.Option("--cols", help="Axis (or 'metric') for the columns.")] = None,
-    metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = rundir.MAIN_METRIC,
+    metric: Annotated[str, typer.Option(help="Main metric (sort key, pivot value).")] = MAIN_METRIC,
     compare: Annotated[str | None, typer.Option(help="Paired tests between the levels of this axis.")] = None,
     baseline: Annotated[str | None, typer.Option(help="Baseline trials, e.g. method=zero_shot.")] = None,
     condition: Annotated[
@@ -473,7 +476,7 @@ def report(
     out_dir: Annotated[
         str | None, typer.Option("--out", help="Where to write (default: the first run folder).", parser=a_location)
     ] = None,
-    metric: Annotated[str, typer.Option(help="Main metric.")] = rundir.MAIN_METRIC,
+    metric: Annotated[str, typer.Option(help="Main metric.")] = MAIN_METRIC,
 ):
     """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""
     from analysis import AnalysisError, cli_report
@@ -486,7 +489,7 @@ def report(
     except AnalysisError as e:
         raise BadInput(str(e)) from e
     for name, path in paths.items():
-        if name in (rundir.REPORT_MD, rundir.REPORT_HTML):
+        if name in (layout.REPORT_MD, layout.REPORT_HTML):
             out.print(f"{name}: {path}", highlight=False)
 
 

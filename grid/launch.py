@@ -24,8 +24,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners import rundir
+from runners import checkpoint
 from runners.config import TrialConfig
+from runners.contract import layout
+from runners.contract.choices import Save
+from runners.contract.result import TrialResult, read_result, write_trial_json
+from runners.contract.store import RunStore
 from runners.trial import RunOptions
 
 log = logging.getLogger("ftgrid.launch")
@@ -64,7 +68,7 @@ class Launch:
     force: bool = False  # rerun trials that already finished
     processes: int | None = None  # data-parallel processes per trial (default: one per whole GPU, else one)
     checkpoint_steps: int | None = None  # a resumable training checkpoint every N optimiser steps
-    save: str = rundir.Save.ADAPTER.value  # the grid's `save:` (`none`: trials write no adapter/)
+    save: str = Save.ADAPTER.value  # the grid's `save:` (`none`: trials write no adapter/)
 
     @property
     def num_processes(self) -> int:
@@ -99,10 +103,10 @@ def launch_command(trial_dir: Path, launch: Launch, placement: dict | None = Non
         cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]  # several trials may share a node
     elif launch.gpus <= 0:
         cmd.append("--cpu")
-    cmd += ["-m", "runners.trial", "--config", str(trial_dir / rundir.TRIAL_JSON), "--out", str(trial_dir)]
+    cmd += ["-m", "runners.trial", "--config", str(trial_dir / layout.TRIAL_JSON), "--out", str(trial_dir)]
     if launch.checkpoint_steps:
         cmd += ["--checkpoint-steps", str(launch.checkpoint_steps)]
-    if launch.save != rundir.Save.ADAPTER:
+    if launch.save != Save.ADAPTER:
         cmd += ["--save", str(launch.save)]
     if placement:
         cmd += ["--placement", json.dumps(placement)]
@@ -184,11 +188,11 @@ def launch_trial(
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     # Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
-    (trial_dir / rundir.RESULT_JSON).unlink(missing_ok=True)
-    if not (trial_dir / rundir.CHECKPOINTS).is_dir():
-        (trial_dir / rundir.TRAIN_LOG).unlink(missing_ok=True)
-    rundir.write_json(trial_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
-    tail = LogTail(trial_dir / rundir.TRAIN_LOG)
+    (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
+    if not (trial_dir / layout.CHECKPOINTS).is_dir():
+        (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    write_trial_json(trial_dir, cfg.model_dump(mode="json"))
+    tail = LogTail(trial_dir / layout.TRAIN_LOG)
 
     def watch() -> None:
         tail.stream(on_log)
@@ -200,17 +204,17 @@ def launch_trial(
         code = _run_inline(cfg, trial_dir, options, launch, watch, poll_s)
     else:
         code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, watch, poll_s)
-    result = rundir.read_result(trial_dir)
-    if result is None or (code != 0 and result.get("status") == rundir.Status.OK):
+    result = read_result(trial_dir)
+    if result is None or (code != 0 and result.ok):
         result = failure_from_log(cfg, trial_dir, code)
-        rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
-    elif code == 0 and result.get("status") != rundir.Status.OK:
+        result.write(trial_dir)
+    elif code == 0 and not result.ok:
         code = 1
     return code, result
 
 
 def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, watch: Callable[[], None], poll_s: float) -> int:
-    with (trial_dir / rundir.TRIAL_LOG).open("ab") as out:
+    with (trial_dir / layout.TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
         child = subprocess.Popen(
@@ -257,12 +261,12 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, options, launch: Launch, watc
 
     from runners.trial import execute
 
-    with (trial_dir / rundir.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
+    with (trial_dir / layout.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
         where = f" --placement {json.dumps(options.placement)}" if options.placement else ""
         out.write(f"$ inline runners.trial.execute in process {os.getpid()}{where}\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(launch.cpus)))  # the trial's CPU share, as a child process gets it
-    handler = logging.FileHandler(trial_dir / rundir.TRIAL_LOG)  # records the loggers let through
+    handler = logging.FileHandler(trial_dir / layout.TRIAL_LOG)  # records the loggers let through
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     box: dict = {}
@@ -288,10 +292,10 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, options, launch: Launch, watc
     return box.get("code", 1)
 
 
-def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
+def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> TrialResult:
     """The failed result of a trial process that ended without writing one: why, and the tail of trial.log."""
     try:
-        lines = (trial_dir / rundir.TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-30:]
+        lines = (trial_dir / layout.TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-30:]
     except OSError:
         lines = []
     if code < 0:
@@ -301,35 +305,35 @@ def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> dict:
         why = f"exited with code {code}"
     last = next((line.strip() for line in reversed(lines) if line.strip()), "")
     error = f"trial process {why} without a result" + (f": {last}" if last else "")
-    return rundir.failed_result(
+    return TrialResult.failed(
         cfg.trial_id, cfg.model_dump(mode="json"), error, traceback="\n".join(lines), exit_code=code
     )
 
 
 def run_cell(
     cfg: TrialConfig, run_dir: str | Path, launch: Launch = Launch(), *, on_log: OnLog = None, placement=None
-) -> tuple[dict, bool]:
-    """One cell with caching and retries: (result.json content, whether it came from the cache).
+) -> tuple[TrialResult, bool]:
+    """One trial with caching and retries: (its result, whether it came from the cache).
 
     The run folder is a path (local or shared: the trial runs in RUN_DIR/<trial_id>/) or a storage URI (the
     trial runs in a scratch folder of this node and is copied to the storage, see `_run_remote`). Holds a lock
     per trial while it runs; a finished trial (status ok) is returned as it is unless `launch.force`.
     """
-    store = rundir.RunStore(run_dir)
+    store = RunStore(run_dir)
     trial_dir = store.local / cfg.trial_id if store.local is not None else scratch_dir(store, cfg.trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = trial_dir / rundir.LOCK if store.local is not None else trial_dir.with_name(f"{cfg.trial_id}.lock")
+    lock_path = trial_dir / layout.LOCK if store.local is not None else trial_dir.with_name(f"{cfg.trial_id}.lock")
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        cached = None if launch.force else store.read_result(cfg.trial_id)
-        if cached and cached.get("status") == rundir.Status.OK:
+        cached = None if launch.force else read_result(store / cfg.trial_id)
+        if cached and cached.ok:
             return cached, True
         if store.local is None:
             return _run_remote(cfg, store / cfg.trial_id, trial_dir, launch, on_log, placement), False
         return _attempts(cfg, trial_dir, launch, on_log, placement), False
 
 
-def _attempts(cfg: TrialConfig, trial_dir: Path, launch: Launch, on_log: OnLog, placement, on_poll=None) -> dict:
+def _attempts(cfg: TrialConfig, trial_dir: Path, launch: Launch, on_log: OnLog, placement, on_poll=None) -> TrialResult:
     """Launch the trial, again after a failure up to `launch.retries` times (not after bad input, exit code 2)."""
     for attempt in range(launch.retries + 1):
         if attempt:
@@ -338,33 +342,33 @@ def _attempts(cfg: TrialConfig, trial_dir: Path, launch: Launch, on_log: OnLog, 
         if code in (0, 2):
             break
     if attempt:
-        result["attempts"] = attempt + 1
-        rundir.write_json(trial_dir / rundir.RESULT_JSON, result)
+        result = result.replace(attempts=attempt + 1)
+        result.write(trial_dir)
     return result
 
 
-def scratch_dir(store: rundir.RunStore, trial_id: str) -> Path:
+def scratch_dir(store: RunStore, trial_id: str) -> Path:
     """Where a trial of a run in storage works on this node: FTGRID_SCRATCH (default: the temp folder)."""
     base = Path(os.environ.get("FTGRID_SCRATCH") or tempfile.gettempdir()) / "ftgrid-scratch"
     return base / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
 
 
-def _run_remote(cfg: TrialConfig, remote: rundir.RunStore, scratch: Path, launch: Launch, on_log, placement):
+def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, launch: Launch, on_log, placement):
     """A trial of a run in storage: it works in node-local scratch, starting from the checkpoint, train_log and
     trial.log the storage holds (a trial restarted on another node resumes); new checkpoints are copied to the
     storage as they appear; at the end the folder is copied there with result.json last."""
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
-    remote.download(scratch / rundir.CHECKPOINTS, rundir.CHECKPOINTS)
-    for name in (rundir.TRAIN_LOG, rundir.TRIAL_LOG):
+    remote.download(scratch / layout.CHECKPOINTS, layout.CHECKPOINTS)
+    for name in (layout.TRAIN_LOG, layout.TRIAL_LOG):
         if (data := remote.read_bytes(name)) is not None:
             (scratch / name).write_bytes(data)
-    remote.delete(rundir.RESULT_JSON)  # while it runs again, the trial does not look finished
+    remote.delete(layout.RESULT_JSON)  # while it runs again, the trial does not look finished
     try:
         result = _attempts(cfg, scratch, launch, on_log, placement, on_poll=CheckpointSync(scratch, remote).poll)
-        remote.upload(scratch, skip=(rundir.CHECKPOINTS,))
-        if result.get("status") == rundir.Status.OK:
-            remote.delete(rundir.CHECKPOINTS)
+        remote.upload(scratch, skip=(layout.CHECKPOINTS,))
+        if result.ok:
+            remote.delete(layout.CHECKPOINTS)
         return result
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -374,21 +378,20 @@ class CheckpointSync:
     """Copies a trial's newest complete checkpoint (with its train_log) from scratch to the storage while the trial
     trains, `done` last, then removes the older one there: the storage always holds a checkpoint to resume from."""
 
-    def __init__(self, scratch: Path, remote: rundir.RunStore):
+    def __init__(self, scratch: Path, remote: RunStore):
         self.scratch, self.remote, self.sent = scratch, remote, None
 
     def poll(self) -> None:
-        complete = sorted((self.scratch / rundir.CHECKPOINTS).glob("step-*/done"))
-        newest = complete[-1].parent if complete else None
+        newest = checkpoint.newest(self.scratch / layout.CHECKPOINTS)
         if newest is None or newest.name == self.sent:
             return
         try:
-            self.remote.upload(newest, rundir.CHECKPOINTS, newest.name, last="done")
-            self.remote.write((self.scratch / rundir.TRAIN_LOG).read_bytes(), rundir.TRAIN_LOG)
+            self.remote.upload(newest, layout.CHECKPOINTS, newest.name, last=checkpoint.DONE)
+            self.remote.write((self.scratch / layout.TRAIN_LOG).read_bytes(), layout.TRAIN_LOG)
         except FileNotFoundError:
             return  # the trainer replaced it meanwhile: the next look sends the newer one
-        for old in (self.remote / rundir.CHECKPOINTS).folders():
+        for old in (self.remote / layout.CHECKPOINTS).folders():
             if old != newest.name:
-                self.remote.delete(rundir.CHECKPOINTS, old)
+                self.remote.delete(layout.CHECKPOINTS, old)
         self.sent = newest.name
         log.info("checkpoint %s copied to %s", newest.name, self.remote)

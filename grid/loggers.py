@@ -22,8 +22,9 @@ from pathlib import Path
 from grid.ray_driver import FINAL, trial_config
 from grid.spec import ENTRY_FIELDS
 from grid.tracking import wandb_dir
-from runners import rundir
 from runners.config import TrialConfig
+from runners.contract.choices import Status
+from runners.contract.scores import METRICS
 
 # the numbers of a train_log.jsonl line that are logged (not `step`, which is their step)
 TRAIN_METRICS = ("loss", "eval_loss", "lr", "tokens_per_s", "epoch")
@@ -44,7 +45,7 @@ def params_of(cfg: TrialConfig) -> dict[str, str | int | float | bool]:
 
 def metrics_of(result: dict) -> tuple[int, dict[str, float]]:
     """(step, metrics) of one report: a train_log line's numbers at its step, or the final metrics at the last step."""
-    keys = rundir.METRICS if result.get(FINAL) else TRAIN_METRICS
+    keys = METRICS if result.get(FINAL) else TRAIN_METRICS
     metrics = {
         key: float(result[key])
         for key in keys
@@ -152,7 +153,7 @@ class _MLflow(_Tracked):
         if metrics:
             batch = [Metric(key, value, now, step) for key, value in metrics.items()]
             self.mlflow_util._get_client().log_batch(run_id, metrics=batch)
-        if result.get(FINAL) and result.get("status") != rundir.Status.OK:
+        if result.get(FINAL) and result.get("status") != Status.OK:
             self._failed.add(trial)
 
     def log_trial_end(self, trial, failed=False):

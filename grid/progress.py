@@ -12,11 +12,14 @@ from rich.console import Console
 from rich.table import Table
 
 from grid.runfolder import refresh_results_csv
-from runners import rundir
 from runners.config import TrialConfig
+from runners.contract.choices import Choice, Status
+from runners.contract.result import TrialResult, read_result
+from runners.contract.scores import MAIN_METRIC
+from runners.contract.store import RunStore
 
 
-class Ending(rundir.Choice):
+class Ending(Choice):
     """How a trial ended in this invocation of `run` or `tune`."""
 
     OK = "ok"  # trained now
@@ -51,7 +54,7 @@ class Progress:
     """Counts trials as they start and end; prints a line per ended trial and keeps a live status on a TTY."""
 
     total: int
-    metric: str = rundir.MAIN_METRIC
+    metric: str = MAIN_METRIC
     mode: str = "max"
     console: Console = field(default_factory=Console)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -78,7 +81,7 @@ class Progress:
     def finished(self, trial_id: str, result: dict) -> None:
         """The trial's final report (or its result.json): status ok/failed, with metrics or an error."""
         score = (result.get("metrics") or result).get(self.metric)
-        if result.get("status") == rundir.Status.OK:
+        if result.get("status") == Status.OK:
             self._end(Outcome(trial_id, Ending.CACHED if result.get("cached") else Ending.OK, _number(score)))
         else:
             self._end(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
@@ -181,8 +184,8 @@ def summarise(
 ) -> int:
     """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code:
     0, or 1 if a trial failed or did not run."""
-    store = rundir.RunStore(run_dir)
-    results = {cfg.trial_id: store.read_result(cfg.trial_id) for cfg in trials}
+    store = RunStore(run_dir)
+    results = {cfg.trial_id: read_result(store / cfg.trial_id) for cfg in trials}
     for trial_id, result in results.items():
         _settle(progress, trial_id, result)
     progress.running.clear()
@@ -191,7 +194,7 @@ def summarise(
     if totals[Ending.FAILED] or totals[Ending.NOT_RUN] or totals[Ending.STOPPED]:
         console.print(progress.summary_table())
     line = " · ".join(f"{v} {k}" for k, v in totals.items() if v or k in (Ending.OK, Ending.FAILED))
-    warned = sum(bool(result and result.get("warnings")) for result in results.values())
+    warned = sum(bool(result and result.warnings) for result in results.values())
     if warned:
         line += f" · [yellow]{warned} with warnings[/] (in their result.json)"
     if progress.best:
@@ -202,15 +205,14 @@ def summarise(
     return 1 if totals[Ending.FAILED] or totals[Ending.NOT_RUN] else 0
 
 
-def _settle(progress: Progress, trial_id: str, result: dict | None) -> None:
+def _settle(progress: Progress, trial_id: str, result: TrialResult | None) -> None:
     """A trial's outcome from its result.json, unless this invocation already knows it for sure."""
     known = progress.outcomes.get(trial_id)
     if known is not None and (known.status == Ending.CACHED or (known.status == Ending.STOPPED and result is None)):
         return
     if result is None:
         progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
-    elif result.get("status") == rundir.Status.OK:
-        score = (result.get("metrics") or {}).get(progress.metric)
-        progress.settle(Outcome(trial_id, Ending.OK, _number(score)))
+    elif result.ok:
+        progress.settle(Outcome(trial_id, Ending.OK, result.score(progress.metric)))
     else:
-        progress.settle(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
+        progress.settle(Outcome(trial_id, Ending.FAILED, reason=one_line(result.error)))

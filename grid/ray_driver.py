@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import json
 import logging
 import os
 import time
@@ -17,15 +16,19 @@ from pathlib import Path
 
 from grid.launch import Launch, run_cell
 from grid.runfolder import refresh_results_csv
-from runners import rundir
-from runners.config import ConfigError, TrialConfig
+from runners.config import TrialConfig
+from runners.contract import layout
+from runners.contract.choices import Save, Status
+from runners.contract.errors import ConfigError
+from runners.contract.result import TrialResult, read_result
+from runners.contract.store import RunStore
 
 log = logging.getLogger("ftgrid.ray")
 
 FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
 
 
-def launch_of(resources, *, retries: int, force: bool, save: str = rundir.Save.ADAPTER.value) -> Launch:
+def launch_of(resources, *, retries: int, force: bool, save: str = Save.ADAPTER.value) -> Launch:
     """How every trial of a run is launched, from the grid's `resources:` and `save:`, and the command line."""
     return Launch(
         launcher=resources.launcher,
@@ -41,7 +44,7 @@ def launch_of(resources, *, retries: int, force: bool, save: str = rundir.Save.A
 
 def param_space(run_dir: str | Path, launch: Launch, **space) -> dict:
     """Tune's param space: where and how each trial runs (plain values, as Ray records them) and the space."""
-    return {"run_dir": rundir.RunStore(run_dir).absolute(), "launch": dataclasses.asdict(launch), **space}
+    return {"run_dir": RunStore(run_dir).absolute(), "launch": dataclasses.asdict(launch), **space}
 
 
 def trial_config(config: dict) -> TrialConfig:
@@ -76,14 +79,14 @@ def placement() -> dict:
     }
 
 
-def final_report(result: dict, cached: bool) -> dict:
+def final_report(result: TrialResult, cached: bool) -> dict:
     """What Tune sees at the end of a trial: the FINAL marker, status, the metrics and the last training numbers."""
     # no "trial_id" key: Tune fills it with its own id
-    report = {FINAL: True, "status": result.get("status"), "cached": cached, "error": result.get("error")}
-    if result.get("warnings"):  # one string: Tune's loggers take numbers and strings, not lists
-        report["warnings"] = "\n".join(result["warnings"])
-    report.update({k: v for k, v in (result.get("metrics") or {}).items() if isinstance(v, (int, float))})
-    train = result.get("train") or {}
+    report = {FINAL: True, "status": result.status.value, "cached": cached, "error": result.error}
+    if result.warnings:  # one string: Tune's loggers take numbers and strings, not lists
+        report["warnings"] = "\n".join(result.warnings)
+    report.update({k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))})
+    train = result.train or {}
     if train.get("steps") is not None:
         report["step"] = train["steps"]
     if train.get("final_loss") is not None:
@@ -197,7 +200,7 @@ def progress_callback(progress, run_dir: str | Path):
             trial_id = our_trial_id(trial)
             if self.progress is not None and trial_id in self.progress.running:
                 error = f"Ray trial error: {_ray_error(trial)}"
-                self.progress.finished(trial_id, {"status": rundir.Status.FAILED, "error": error})
+                self.progress.finished(trial_id, {"status": Status.FAILED, "error": error})
 
     return _Callback(progress, run_dir)
 
@@ -271,7 +274,7 @@ def tune_trials(
 
 def ray_storage(run_dir: str | Path) -> dict:
     """Where Tune keeps its own state: RUN_DIR/.ray, in the run's storage (RunConfig's storage arguments)."""
-    store = rundir.RunStore(run_dir) / rundir.RAY_DIR
+    store = RunStore(run_dir) / layout.RAY_DIR
     if store.local is not None:
         return {"storage_path": store.absolute()}
     filesystem, path = store.filesystem()
@@ -289,11 +292,10 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
             cfg = trial_config(res.config)
         except Exception:  # noqa: BLE001 — a sample that does not validate has no trial folder
             continue
-        store = rundir.RunStore(run_dir)
-        if store.read_result(cfg.trial_id) is None:
+        store = RunStore(run_dir)
+        if read_result(store / cfg.trial_id) is None:
             error = f"Ray trial error: {one_line(str(res.error))}"
-            result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), error)
-            store.write(json.dumps(result, indent=2, default=str) + "\n", cfg.trial_id, rundir.RESULT_JSON)
+            TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
 
 
 def run_on_ray(

@@ -4,14 +4,15 @@ it removes at the end: the trained weights of every trial of the grid but the be
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 from pathlib import Path
 
 import yaml
 
-from runners import rundir
+from runners.contract import layout
+from runners.contract.result import TrialResult, read_result
+from runners.contract.scores import MAIN_METRIC
+from runners.contract.store import RunStore
 
 log = logging.getLogger("ftgrid.runfolder")
 
@@ -19,7 +20,7 @@ log = logging.getLogger("ftgrid.runfolder")
 def write_grid_yaml(spec, run_dir: str | Path) -> None:
     """RUN_DIR/grid.yaml: the resolved spec (with any --set applied) that produced this run."""
     text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    rundir.RunStore(run_dir).write(text, rundir.GRID_YAML)
+    RunStore(run_dir).write(text, layout.GRID_YAML)
 
 
 def refresh_results_csv(run_dir: str | Path) -> None:
@@ -29,21 +30,21 @@ def refresh_results_csv(run_dir: str | Path) -> None:
     try:
         write_results_csv(run_dir)
     except Exception as err:  # noqa: BLE001 — the summary table must never stop a run
-        log.warning("could not write %s/%s: %s", run_dir, rundir.RESULTS_CSV, err)
+        log.warning("could not write %s/%s: %s", run_dir, layout.RESULTS_CSV, err)
 
 
-def keep_best_weights(run_dir: str | Path, trials, metric: str = rundir.MAIN_METRIC) -> str | None:
+def keep_best_weights(run_dir: str | Path, trials, metric: str = MAIN_METRIC) -> str | None:
     """`save: best`: remove adapter/ of every trial of the grid but the best finished one by `metric` (higher is
     better; ties go to the first in grid order) and say so in their result.json. Returns a line for the console
     (None when no trial that trains has finished)."""
-    store = rundir.RunStore(run_dir)
-    results = {cfg.trial_id: store.read_result(cfg.trial_id) for cfg in trials if cfg.method.trains}
+    store = RunStore(run_dir)
+    results = {cfg.trial_id: read_result(store / cfg.trial_id) for cfg in trials if cfg.method.trains}
     scored = [
         (score, trial_id)
         for trial_id, result in results.items()
-        if result and result.get("status") == rundir.Status.OK
-        for score in [(result.get("metrics") or {}).get(metric)]
-        if isinstance(score, (int, float)) and math.isfinite(score)
+        if result and result.ok
+        for score in [result.score(metric)]
+        if score is not None
     ]
     if not scored:
         return None
@@ -53,19 +54,18 @@ def keep_best_weights(run_dir: str | Path, trials, metric: str = rundir.MAIN_MET
     removed = [mb for mb in freed if mb is not None]
     line = f"save: best: kept the weights of {best} ({metric} {best_score:.2f}), "
     line += f"removed those of {len(removed)} other trial(s) ({sum(removed):.1f} MB)"
-    if not store.files(best, rundir.ADAPTER):
+    if not store.files(best, layout.ADAPTER):
         line += f"; {best} has no weights left (removed before): run it again with `ftgrid trial` to get them"
     return line
 
 
-def _remove_weights(trial: rundir.RunStore, result: dict, why: str) -> float | None:
+def _remove_weights(trial: RunStore, result: TrialResult, why: str) -> float | None:
     """Remove a trial's adapter/ and record it in its result.json; the MB freed, or None if it had none."""
-    if not trial.files(rundir.ADAPTER):
+    if not trial.files(layout.ADAPTER):
         return None
-    mb = trial.size_mb(rundir.ADAPTER)
-    trial.delete(rundir.ADAPTER)
-    weights = {**(result.get("weights") or {}), "kept": False, "removed": why}
-    result = {**result, "weights": weights, "disk_mb": trial.size_mb(skip=(rundir.CHECKPOINTS,))}
-    trial.write(json.dumps(result, indent=2, default=str) + "\n", rundir.RESULT_JSON)
+    mb = trial.size_mb(layout.ADAPTER)
+    trial.delete(layout.ADAPTER)
+    weights = {**(result.weights or {}), "kept": False, "removed": why}
+    result.replace(weights=weights, disk_mb=trial.size_mb(skip=(layout.CHECKPOINTS,))).write(trial)
     log.info("removed the weights of %s (%.1f MB): %s", trial.name, mb, why)
     return mb

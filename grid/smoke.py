@@ -14,9 +14,9 @@ import json
 from pathlib import Path
 
 from runners.config import TrialConfig
+from runners.contract.choices import Method
 from runners.data import DATASETS, LOCAL_SUFFIXES
 from runners.models import MODELS
-from runners.rundir import Method
 
 # Substrings of a hub id or local path → the tiny stand-in of that architecture class.
 ARCH_HINTS = {

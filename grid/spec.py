@@ -19,7 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from grid.tracking import Tracking
 from runners.config import (
     AXES,
-    ConfigError,
     DatasetEntry,
     ModelEntry,
     TemplateEntry,
@@ -27,9 +26,10 @@ from runners.config import (
     format_errors,
     format_validation_error,
 )
+from runners.contract.choices import Save
+from runners.contract.errors import ConfigError
 from runners.data import DATASETS, is_local, path_entry
 from runners.models import MODELS
-from runners.rundir import Save
 from runners.templates import TEMPLATES
 
 ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")

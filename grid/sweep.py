@@ -17,8 +17,10 @@ from grid.progress import Progress, summarise
 from grid.ray_driver import check_fits, grid_search, launch_of, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, write_grid_yaml
 from grid.tracking import Where, callbacks, check_installed
-from runners import rundir
 from runners.config import TrialConfig
+from runners.contract.choices import Save
+from runners.contract.result import read_result
+from runners.contract.store import RunStore
 
 DRY_RUN_FORMATS = ("table", "csv", "json")
 
@@ -102,7 +104,7 @@ def run_grid(
         return 0
     check_installed(spec.tracking)
     check_fits(spec.resources, address)
-    store = rundir.RunStore(run_dir)
+    store = RunStore(run_dir)
     res = spec.resources
     retries = res.retries if retries is None else retries
     write_grid_yaml(spec, run_dir)
@@ -122,7 +124,7 @@ def run_grid(
             progress=progress,
             callbacks=callbacks(spec.tracking, Where(spec.name, run_dir, "run"), console),
         )
-    if spec.save == rundir.Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
+    if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
         console.print(line, highlight=False)
     return summarise(progress, trials, run_dir, console)
 
@@ -130,11 +132,11 @@ def run_grid(
 def to_run(trials: list[TrialConfig], run_dir: str | Path, force: bool, progress: Progress) -> list[TrialConfig]:
     """The trials without a finished result.json (missing, failed, or unreadable: cut short or damaged); the
     others are counted as cached, unless `force`."""
-    store, todo = rundir.RunStore(run_dir), []
+    store, todo = RunStore(run_dir), []
     for cfg in trials:
-        result = None if force else store.read_result(cfg.trial_id)
-        if result and result.get("status") == rundir.Status.OK:
-            progress.cached(cfg.trial_id, (result.get("metrics") or {}).get(progress.metric))
+        result = None if force else read_result(store / cfg.trial_id)
+        if result and result.ok:
+            progress.cached(cfg.trial_id, result.score(progress.metric))
         else:
             todo.append(cfg)
     return todo

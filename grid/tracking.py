@@ -21,8 +21,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from runners import rundir
-from runners.config import ConfigError, TrialConfig, format_validation_error
+from runners.config import TrialConfig, format_validation_error
+from runners.contract import layout
+from runners.contract.errors import ConfigError
+from runners.contract.result import TrialResult, read_result
+from runners.contract.store import is_uri
 
 log = logging.getLogger("ftgrid.tracking")
 
@@ -156,18 +159,18 @@ def mlflow_uri(options: MLflowOptions) -> str:
 
 def tensorboard_dir(options: TensorBoardOptions, where: Where) -> Path:
     """TensorBoard's event files: the block's logdir, else RUN_DIR/tensorboard (local: a run in storage needs one)."""
-    if options.logdir is None and rundir.is_uri(where.run_dir):
+    if options.logdir is None and is_uri(where.run_dir):
         raise ConfigError(
             f"tracking.tensorboard.logdir: required when the run folder is a storage URI ({where.run_dir}): "
             "TensorBoard's event files are written to a local folder, e.g. --track tensorboard:logdir=./tb"
         )
-    return Path(options.logdir or Path(where.run_dir) / rundir.TENSORBOARD).resolve()
+    return Path(options.logdir or Path(where.run_dir) / layout.TENSORBOARD).resolve()
 
 
 def wandb_dir(where: Where) -> Path:
     """Where W&B keeps its run folders: RUN_DIR/wandb, or ./wandb for a run folder in storage."""
-    base = Path.cwd() if rundir.is_uri(where.run_dir) else Path(where.run_dir).resolve()
-    return base / rundir.WANDB
+    base = Path.cwd() if is_uri(where.run_dir) else Path(where.run_dir).resolve()
+    return base / layout.WANDB
 
 
 def describe(tracking: Tracking, where: Where) -> list[str]:
@@ -244,21 +247,21 @@ def follow(tracking: Tracking, where: Where, cfg: TrialConfig, trial_dir: Path, 
     from grid.ray_driver import final_report
 
     trial_dir = Path(trial_dir)
-    if not (trial_dir / rundir.CHECKPOINTS).is_dir():  # a previous run's lines are not this run's
-        (trial_dir / rundir.TRAIN_LOG).unlink(missing_ok=True)
+    if not (trial_dir / layout.CHECKPOINTS).is_dir():  # a previous run's lines are not this run's
+        (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
     made, trial = loggers(tracking, where, local=True), LocalTrial.of(cfg)
     say_where(tracking, where, console)
     for logger in made:
         opened(logger.log_trial_start, trial)
-    feed = _Feed(made, trial, LogTail(trial_dir / rundir.TRAIN_LOG))
+    feed = _Feed(made, trial, LogTail(trial_dir / layout.TRAIN_LOG))
     feed.start()
     try:
         yield
     finally:
         feed.stop()
-        result = rundir.read_result(trial_dir) or {"status": rundir.Status.FAILED.value}
+        result = read_result(trial_dir) or TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), "no result")
         feed.each("log_trial_result", next(feed.iteration), trial, final_report(result, cached=False))
-        feed.each("log_trial_end", trial, failed=result.get("status") != rundir.Status.OK)
+        feed.each("log_trial_end", trial, failed=not result.ok)
 
 
 class _Feed:

@@ -21,7 +21,6 @@ points (`points_to_evaluate` + `evaluated_rewards`) and runs only the samples st
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,8 +34,12 @@ from grid.ray_driver import check_fits, launch_of, param_space, run_on_ray
 from grid.runfolder import write_grid_yaml
 from grid.spec import SETTING_FIELDS, expand
 from grid.tracking import Where, callbacks, check_installed
-from runners import rundir
-from runners.config import AXES, ConfigError, TrialConfig, format_validation_error
+from runners.config import AXES, TrialConfig, format_validation_error
+from runners.contract import layout
+from runners.contract.errors import ConfigError
+from runners.contract.result import TrialResult, read_result
+from runners.contract.scores import MAIN_METRIC, METRICS
+from runners.contract.store import RunStore
 
 log = logging.getLogger("ftgrid.tune")
 
@@ -102,7 +105,7 @@ class SearchBlock(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
     space: dict[str, Domain] = Field(min_length=1, description="Setting name → distribution.")
-    metric: str = Field(rundir.MAIN_METRIC, description="The result.json metric to optimise.")
+    metric: str = Field(MAIN_METRIC, description="The result.json metric to optimise.")
     mode: Literal["max", "min"] = Field("max", description="Maximise or minimise the metric.")
     num_samples: int = Field(8, ge=1, description="Configurations to try in all (finished ones count on --resume).")
     seed: int = Field(0, description="Seed of Optuna's TPE sampler.")
@@ -139,8 +142,8 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
                 f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) "
                 f"or search it with search.space.{key}: {{choice: {values}}}"
             )
-    if search.metric not in rundir.METRICS:
-        available = ", ".join(rundir.METRICS)
+    if search.metric not in METRICS:
+        available = ", ".join(METRICS)
         problems.append(f"{where}: search.metric: unknown metric {search.metric!r}; available: {available}")
     if search.early_stopping:
         if search.early_stopping.metric == "eval_loss" and not spec.settings.get("eval_steps"):
@@ -172,33 +175,35 @@ def base_trial(spec, search: SearchBlock, grid_path: Path) -> TrialConfig:
     return trials[0]
 
 
-def sample_of(result: dict, base: TrialConfig, search: SearchBlock) -> dict | None:
-    """The searched values of a finished trial if it is a sample of this search (same cell, values in the space)."""
-    config = result.get("config") or {}
+def sample_of(result: TrialResult, base: TrialConfig, search: SearchBlock) -> dict | None:
+    """The searched values of a finished trial if it is a sample of this search (same trial, values in the space)."""
+    config = result.config or {}
     if not all(key in config for key in search.space):
         return None
     point = {key: config[key] for key in search.space}
     if not all(search.space[k].contains(v) for k, v in point.items()):
         return None
     try:
-        same = TrialConfig.model_validate({**base.model_dump(mode="json"), **point}).trial_id == result.get("trial_id")
+        same = TrialConfig.model_validate({**base.model_dump(mode="json"), **point}).trial_id == result.trial_id
     except ValidationError:
         return None
     return point if same else None
 
 
-def finished_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock) -> list[tuple[dict, float, dict]]:
+def finished_samples(
+    run_dir: str | Path, base: TrialConfig, search: SearchBlock
+) -> list[tuple[dict, float, TrialResult]]:
     """(point, score, result) of every trial in RUN_DIR that finished ok as a sample of this search."""
     found = []
-    store = rundir.RunStore(run_dir)
+    store = RunStore(run_dir)
     for name in store.folders():
-        result = store.read_result(name)
-        if not result or result.get("status") != rundir.Status.OK:
+        result = read_result(store / name)
+        if not result or not result.ok:
             continue
-        score = (result.get("metrics") or {}).get(search.metric)
+        score = result.score(search.metric)
         point = sample_of(result, base, search)
-        if point is not None and isinstance(score, (int, float)) and math.isfinite(score):
-            found.append((point, float(score), result))
+        if point is not None and score is not None:
+            found.append((point, score, result))
     return found
 
 
@@ -240,9 +245,9 @@ def make_asha(search: SearchBlock, spec):
     )  # a trial at max_t still generates and scores
 
 
-def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished: int) -> str:
+def best_yaml(spec, search: SearchBlock, best: TrialResult, grid_path: Path, n_finished: int) -> str:
     """A grid file of the best configuration, evaluated on the dataset's own split: `ftgrid run`/`trial` it."""
-    config = best["config"]
+    config = best.config
     axes = {key: [config[key]] for key in (*AXES, "method") if key in spec.axes or key in search.space}
     for key in ("model", "dataset", "template"):
         axes.setdefault(key, [config[key]])
@@ -255,12 +260,12 @@ def best_yaml(spec, search: SearchBlock, best: dict, grid_path: Path, n_finished
     if spec.tracking.enabled:
         data["tracking"] = spec.tracking.model_dump(mode="json", exclude_none=True)
     data.update(axes=axes, settings=settings, resources=spec.resources.model_dump(mode="json"))
-    score = best["metrics"][search.metric]
+    score = best.score(search.metric)
     split = search.eval_split or config["dataset_entry"]["eval_split"]
     header = (
-        f"# ftgrid run {rundir.BEST_YAML}   (or: ftgrid trial {rundir.BEST_YAML})\n"
+        f"# ftgrid run {layout.BEST_YAML}   (or: ftgrid trial {layout.BEST_YAML})\n"
         f"# The best of {n_finished} finished samples of `ftgrid tune {grid_path}`: {search.metric} {score:.2f} "
-        f"on {split} ({best.get('eval', {}).get('n_examples', '?')} examples), trial {best['trial_id']}.\n"
+        f"on {split} ({(best.eval or {}).get('n_examples', '?')} examples), trial {best.trial_id}.\n"
         f"# It evaluates on the dataset's own eval_split and settings.n_eval, not the search's.\n"
     )
     return header + yaml.safe_dump(data, sort_keys=False)
@@ -311,7 +316,7 @@ def run_search(
             spec, search, base, previous, run_dir, remaining, address=address, progress=progress, trackers=trackers
         )
     # the outcome of this invocation's samples, as `run` reports them
-    seen = [TrialConfig.model_validate(r["config"]) for r in _results_of(run_dir, progress.outcomes)]
+    seen = [TrialConfig.model_validate(r.config) for r in _results_of(run_dir, progress.outcomes)]
     again = "run the same command with --resume to finish the search"
     code = summarise(progress, seen, run_dir, console, again) if progress.outcomes else 0
     return _write_best(spec, search, base, grid_path, run_dir, console) or code
@@ -406,33 +411,29 @@ def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, r
     samples.sort(key=lambda s: -sign * s[1])
     console.print(top_table(samples, search))
     point, score, best = samples[0]
-    store = rundir.RunStore(run_dir)
-    store.write(best_yaml(spec, search, best, grid_path, len(samples)), rundir.BEST_YAML)
+    store = RunStore(run_dir)
+    store.write(best_yaml(spec, search, best, grid_path, len(samples)), layout.BEST_YAML)
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
     console.print(
-        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best['trial_id']}) → {store / rundir.BEST_YAML}",
+        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best.trial_id}) → {store / layout.BEST_YAML}",
         highlight=False,
     )
     return 0
 
 
-def _results_of(run_dir: str | Path, outcomes: dict) -> list[dict]:
-    results = []
-    for trial_id in outcomes:
-        result = rundir.RunStore(run_dir).read_result(trial_id)
-        if result and result.get("config"):
-            results.append(result)
-    return results
+def _results_of(run_dir: str | Path, outcomes: dict) -> list[TrialResult]:
+    store = RunStore(run_dir)
+    return [r for trial_id in outcomes if (r := read_result(store / trial_id)) and r.config]
 
 
-def top_table(samples: list[tuple[dict, float, dict]], search: SearchBlock, n: int = 10) -> Table:
+def top_table(samples: list[tuple[dict, float, TrialResult]], search: SearchBlock, n: int = 10) -> Table:
     table = Table(title=f"top {min(n, len(samples))} of {len(samples)} samples")
     table.add_column(search.metric, justify="right")
     for key in search.space:
         table.add_column(key, justify="right")
     table.add_column("trial_id", no_wrap=True)
     for point, score, result in samples[:n]:
-        table.add_row(f"{score:.2f}", *(_fmt(point[k]) for k in search.space), result["trial_id"])
+        table.add_row(f"{score:.2f}", *(_fmt(point[k]) for k in search.space), result.trial_id)
     return table
 
 

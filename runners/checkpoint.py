@@ -13,19 +13,40 @@ import logging
 import random
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
+from runners.contract import layout
 
-from runners import rundir
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
-DONE = "done"
+DONE = "done"  # written last into a checkpoint's folder: without it, the checkpoint is incomplete
+PREFIX = "step-"
+
+
+def complete(folder: Path) -> list[Path]:
+    """The complete checkpoints in a trial's checkpoints folder, oldest first."""
+    return sorted(p for p in Path(folder).glob(f"{PREFIX}*") if (p / DONE).is_file())
+
+
+def newest(folder: Path) -> Path | None:
+    """The newest complete checkpoint in a trial's checkpoints folder, if any."""
+    found = complete(folder)
+    return found[-1] if found else None
+
+
+def is_checkpoint_name(name: str) -> bool:
+    """Whether a folder name inside checkpoints/ is a checkpoint's."""
+    return name.startswith(PREFIX)
 
 
 def rng_state() -> dict:
     """This process's random states: Python, NumPy, torch (and CUDA where there is one)."""
+    import numpy as np
+    import torch
+
     version, internal, gauss = random.getstate()
     name, keys, pos, has_gauss, cached = np.random.get_state()
     state = {
@@ -39,6 +60,9 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
+    import numpy as np
+    import torch
+
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(int(v) for v in internal.tolist()), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
@@ -57,7 +81,7 @@ class Checkpoints:
     """The checkpoints of one trial: `due` says when, `save` writes one, `load` restores the latest."""
 
     def __init__(self, trial_dir: Path, every: int | None, accelerator):
-        self.folder = Path(trial_dir) / rundir.CHECKPOINTS
+        self.folder = Path(trial_dir) / layout.CHECKPOINTS
         self.every, self.accelerator = every, accelerator
 
     def due(self, step: int, steps: int) -> bool:
@@ -66,13 +90,14 @@ class Checkpoints:
 
     def latest(self) -> Path | None:
         """The newest complete checkpoint, if any."""
-        complete = sorted(p for p in self.folder.glob("step-*") if (p / DONE).is_file())
-        return complete[-1] if complete else None
+        return newest(self.folder)
 
     def save(self, model, optimizer, scheduler, loop: dict) -> Path:
         """Write a checkpoint of the state after `loop["step"]`; every process writes its random state."""
+        import torch
+
         acc = self.accelerator
-        target = self.folder / f"step-{loop['step']:06d}"
+        target = self.folder / f"{PREFIX}{loop['step']:06d}"
         if acc.is_main_process:
             shutil.rmtree(target, ignore_errors=True)
             target.mkdir(parents=True)
@@ -90,7 +115,7 @@ class Checkpoints:
         acc.wait_for_everyone()
         if acc.is_main_process:
             (target / DONE).write_text(str(loop["step"]))
-            for old in self.folder.glob("step-*"):
+            for old in self.folder.glob(f"{PREFIX}*"):
                 if old != target:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
@@ -99,6 +124,8 @@ class Checkpoints:
 
     def load(self, model, optimizer, scheduler) -> dict | None:
         """Restore the latest checkpoint into the prepared model, optimiser and schedule; its loop state, or None."""
+        import torch
+
         path = self.latest()
         if path is None:
             return None

@@ -15,9 +15,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from runners.rundir import METRIC_GROUPS, ConfigError, Loss, Method, normalise_settings  # noqa: F401 (ConfigError: re-exported)
+from runners.contract.choices import Loss, Method
+from runners.contract.scores import METRIC_GROUPS
 
 AXES = ("model", "dataset", "template", "loss", "lora_rank")
+# What a setting needs to matter (`Method.uses`): settings a trial's method ignores are reset, so equal experiments
+# share one trial id — one zero-shot trial per model × dataset × template whatever the loss and rank axes say.
+TRAINING = {"needs": "training"}
+ADAPTER = {"needs": "adapter"}
+QUANTISATION = {"needs": "quantisation"}
 
 
 class _Frozen(BaseModel):
@@ -91,41 +97,74 @@ class TrialConfig(_Frozen):
     template_entry: TemplateEntry
     # --- method ---
     method: Method = Field(Method.QLORA, description="4-bit base + LoRA, LoRA, all weights, or no training.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    target_modules: list[str] | None = Field(None, description="Overrides the model entry's LoRA target modules.")
-    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="bitsandbytes 4-bit data type (qlora).")
-    double_quant: bool = Field(True, description="Quantise the quantisation constants too (qlora).")
+    lora_alpha: float = Field(
+        16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).", json_schema_extra=ADAPTER
+    )
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.", json_schema_extra=ADAPTER)
+    target_modules: list[str] | None = Field(
+        None, description="Overrides the model entry's LoRA target modules.", json_schema_extra=ADAPTER
+    )
+    quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="bitsandbytes 4-bit data type (qlora).", json_schema_extra=QUANTISATION
+    )
+    double_quant: bool = Field(
+        True, description="Quantise the quantisation constants too (qlora).", json_schema_extra=QUANTISATION
+    )
     compute_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Dtype of 4-bit matmuls; auto = bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU."
+        "auto",
+        description="Dtype of 4-bit matmuls; auto = bf16 on a GPU that has it, else fp16 on GPU, fp32 on CPU.",
+        json_schema_extra=QUANTISATION,
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="Training precision; auto = bf16 (or fp16) mixed precision on GPU, fp32 on CPU."
+        "auto",
+        description="Training precision; auto = bf16 (or fp16) mixed precision on GPU, fp32 on CPU.",
+        json_schema_extra=TRAINING,
     )
     # --- optimisation ---
-    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.")
-    lr_scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="Decay after warmup.")
-    warmup_ratio: float = Field(0.03, ge=0, lt=1, description="Fraction of optimiser steps spent warming up.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
-        "adamw", description="torch AdamW, or bitsandbytes 8-bit (paged) AdamW (GPU)."
+    learning_rate: float = Field(2e-4, gt=0, description="Peak learning rate.", json_schema_extra=TRAINING)
+    lr_scheduler: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Decay after warmup.", json_schema_extra=TRAINING
     )
-    epochs: float = Field(1.0, gt=0, description="Passes over the training set (ignored when max_steps is set).")
-    max_steps: int | None = Field(None, ge=1, description="Optimiser steps; overrides epochs.")
-    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
-    group_by_length: bool = Field(False, description="Batch examples of similar length (less padding).")
+    warmup_ratio: float = Field(
+        0.03, ge=0, lt=1, description="Fraction of optimiser steps spent warming up.", json_schema_extra=TRAINING
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.", json_schema_extra=TRAINING)
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.", json_schema_extra=TRAINING)
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw_8bit"] = Field(
+        "adamw", description="torch AdamW, or bitsandbytes 8-bit (paged) AdamW (GPU).", json_schema_extra=TRAINING
+    )
+    epochs: float = Field(
+        1.0,
+        gt=0,
+        description="Passes over the training set (ignored when max_steps is set).",
+        json_schema_extra=TRAINING,
+    )
+    max_steps: int | None = Field(
+        None, ge=1, description="Optimiser steps; overrides epochs.", json_schema_extra=TRAINING
+    )
+    batch_size: int = Field(4, ge=1, description="Examples per device per micro-batch.", json_schema_extra=TRAINING)
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimiser step.", json_schema_extra=TRAINING)
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations to save memory.", json_schema_extra=TRAINING
+    )
+    group_by_length: bool = Field(
+        False, description="Batch examples of similar length (less padding).", json_schema_extra=TRAINING
+    )
     max_source_length: int = Field(
         512, ge=16, description="Token budget of the prompt; the dialogue is shortened to fit."
     )
     max_target_length: int = Field(128, ge=4, description="Token budget of the summary (+EOS).")
-    n_train: int | None = Field(None, ge=1, description="Use the first N training examples after a seeded shuffle.")
+    n_train: int | None = Field(
+        None, ge=1, description="Use the first N training examples after a seeded shuffle.", json_schema_extra=TRAINING
+    )
     n_eval: int | None = Field(100, ge=1, description="Evaluate on the first N evaluation examples (null: all).")
     seed: int = Field(42, description="Seed for data order, LoRA init and sampling.")
-    logging_steps: int = Field(10, ge=1, description="Write a train_log.jsonl line every N optimiser steps.")
-    eval_steps: int | None = Field(None, ge=1, description="Compute eval loss every N optimiser steps (null: never).")
+    logging_steps: int = Field(
+        10, ge=1, description="Write a train_log.jsonl line every N optimiser steps.", json_schema_extra=TRAINING
+    )
+    eval_steps: int | None = Field(
+        None, ge=1, description="Compute eval loss every N optimiser steps (null: never).", json_schema_extra=TRAINING
+    )
     # --- generation ---
     max_new_tokens: int = Field(64, ge=1, description="Longest generated summary, in tokens.")
     num_beams: int = Field(1, ge=1, description="Beam search width (1 = greedy).")
@@ -148,7 +187,7 @@ class TrialConfig(_Frozen):
         if not isinstance(data, dict):
             return data
         try:
-            return normalise_settings(data)
+            return normalise(data)
         except ValueError:
             return data  # an unknown method: the field's own validation names it
 
@@ -183,6 +222,21 @@ class TrialConfig(_Frozen):
         parts.append(self.method.value.replace("_", ""))
         slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:80]
         return f"{slug}-{digest}"
+
+
+def setting_needs(name: str) -> str | None:
+    """What a TrialConfig setting needs to matter ("training", "adapter", "quantisation"; None: nothing)."""
+    info = TrialConfig.model_fields.get(name)
+    extra = info.json_schema_extra if info is not None and isinstance(info.json_schema_extra, dict) else {}
+    return extra.get("needs")
+
+
+def normalise(data: dict) -> dict:
+    """A trial's raw settings with what its method ignores reset: the axes it fixes set, the settings it does not
+    use dropped (back to their defaults). A ValueError for an unknown method."""
+    method = Method(data.get("method", Method.QLORA))
+    data = {**data, **method.fixed_axes}
+    return {key: value for key, value in data.items() if method.uses(setting_needs(key))}
 
 
 def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:

@@ -12,7 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runners.config import ConfigError, DatasetEntry
+from runners.config import DatasetEntry
+from runners.contract.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

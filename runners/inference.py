@@ -2,24 +2,28 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from runners import rundir
-from runners.config import ConfigError, TrialConfig
-from runners.rundir import Method
+from runners.config import TrialConfig
+from runners.contract import layout
+from runners.contract.choices import Method
+from runners.contract.errors import ConfigError
+from runners.contract.result import read_result, read_trial_json
 
 
-def trial_config(trial_dir: Path) -> TrialConfig:
-    """The TrialConfig of a trial folder, or a ConfigError that says what is wrong with it."""
-    path = Path(trial_dir) / rundir.TRIAL_JSON
+def read_trial_config(trial_dir: Path) -> TrialConfig:
+    """The TrialConfig of a trial folder (its trial.json), or a ConfigError that says what is wrong with it."""
+    path = Path(trial_dir) / layout.TRIAL_JSON
     if not Path(trial_dir).is_dir() or not path.exists():
-        raise ConfigError(f"{trial_dir}: not a trial folder (no {rundir.TRIAL_JSON}); pass RUN_DIR/<trial_id>")
+        raise ConfigError(f"{trial_dir}: not a trial folder (no {layout.TRIAL_JSON}); pass RUN_DIR/<trial_id>")
     try:
-        return TrialConfig.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, ValueError) as err:  # ValidationError, JSONDecodeError and UnicodeDecodeError are ValueErrors
+        data = read_trial_json(trial_dir)
+        if data is None:
+            raise ValueError("not a JSON object")
+        return TrialConfig.model_validate(data)
+    except ValueError as err:  # ValidationError is a ValueError
         why = f"{err.error_count()} invalid field(s)" if isinstance(err, ValidationError) else str(err)
         raise ConfigError(
             f"{path}: not a trial configuration ftgrid can read ({why.splitlines()[0]}); "
@@ -29,28 +33,29 @@ def trial_config(trial_dir: Path) -> TrialConfig:
 
 def check_weights(trial_dir: Path, cfg: TrialConfig) -> None:
     """A ConfigError unless the trial's trained weights are there: not kept (`save:`), or the trial did not finish."""
-    if not cfg.method.trains or (Path(trial_dir) / rundir.ADAPTER).is_dir():
+    if not cfg.method.trains or (Path(trial_dir) / layout.ADAPTER).is_dir():
         return
-    weights = (rundir.read_result(trial_dir) or {}).get("weights") or {}
+    result = read_result(trial_dir)
+    weights = (result.weights if result else None) or {}
     if weights.get("removed") or weights.get("why"):
         raise ConfigError(
             f"{trial_dir}: the trial's trained weights were not kept ({weights.get('removed') or weights['why']}); "
             "to use it, run it again with `save: adapter` in the grid file "
             "(ftgrid trial GRID.yaml --pick … --out RUN_DIR)"
         )
-    raise ConfigError(f"{trial_dir}: the trial has no {rundir.ADAPTER}/ (did it finish? status in result.json)")
+    raise ConfigError(f"{trial_dir}: the trial has no {layout.ADAPTER}/ (did it finish? status in result.json)")
 
 
 def load_trained(trial_dir: Path):
     """(cfg, model, tokenizer, device) of a finished trial folder."""
     trial_dir = Path(trial_dir)
-    cfg = trial_config(trial_dir)
+    cfg = read_trial_config(trial_dir)
     check_weights(trial_dir, cfg)
     import torch
 
     from runners.models import load_model, load_tokenizer
 
-    adapter = trial_dir / rundir.ADAPTER
+    adapter = trial_dir / layout.ADAPTER
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(cfg)
     if cfg.method == Method.FULL:

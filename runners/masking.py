@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from runners.config import ConfigError, TemplateEntry, TrialConfig
-from runners.rundir import Loss
+from runners.config import TemplateEntry, TrialConfig
+from runners.contract.choices import Loss
+from runners.contract.errors import ConfigError
 from runners.templates import render_prompt
 
 IGNORE = -100

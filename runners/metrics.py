@@ -16,7 +16,7 @@ import importlib.util
 from pathlib import Path
 from statistics import mean
 
-from runners.rundir import ROUGE_TYPES
+from runners.contract.scores import ROUGE_TYPES
 
 PROTOCOL = {
     "rouge": "rouge_score, stemmer on, rougeLsum over newline-split sentences, best reference per example",

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from runners import rundir
-from runners.config import ConfigError, ModelEntry, TrialConfig
+from runners.config import ModelEntry, TrialConfig
+from runners.contract.errors import ConfigError
+from runners.contract.files import share
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ def _build_once(target: Path, build) -> None:
             with torch.random.fork_rng(devices=[]):
                 build(tmp)
             random.setstate(state)
-            rundir.share(tmp)  # mkdtemp and safetensors make it owner-only: a shared cache is read by the team
+            share(tmp)  # mkdtemp and safetensors make it owner-only: a shared cache is read by the team
             if target.exists():
                 shutil.rmtree(target)
             tmp.rename(target)

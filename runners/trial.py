@@ -17,8 +17,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runners import rundir
-from runners.config import ConfigError, TrialConfig
+from runners.config import TrialConfig
+from runners.contract import layout
+from runners.contract.choices import Save
+from runners.contract.errors import ConfigError
+from runners.contract.files import share, size_mb, write_atomic, write_jsonl
+from runners.contract.result import TrialResult, now, package_versions, write_trial_json
 
 log = logging.getLogger("ftgrid.trial")
 
@@ -29,11 +33,11 @@ class RunOptions:
 
     checkpoint_steps: int | None = None  # save a resumable training checkpoint every N optimiser steps
     placement: dict = field(default_factory=dict)  # where the scheduler put the trial: node, the GPU ids it gave
-    save: str = rundir.Save.ADAPTER.value  # the grid's `save:`: whether adapter/ is written (`none`: not)
+    save: str = Save.ADAPTER.value  # the grid's `save:`: whether adapter/ is written (`none`: not)
 
     @property
     def keep_weights(self) -> bool:
-        return self.save != rundir.Save.NONE
+        return self.save != Save.NONE
 
 
 @dataclass
@@ -48,13 +52,13 @@ class TrialData:
     counts: dict = field(default_factory=dict)  # rows used, dropped, folded, truncated
 
 
-def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> dict:
-    """Fine-tune and evaluate one grid cell; writes the trial folder and returns result.json's content
-    (an empty dict on the processes other than the main one)."""
+def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> TrialResult | None:
+    """Fine-tune and evaluate one trial; writes the trial folder and returns its result (None on the processes
+    other than the main one)."""
     from runners.checkpoint import Checkpoints
     from runners.models import load_tokenizer
 
-    started_at, clock, window = rundir.now(), time.perf_counter(), [time.time()]
+    started_at, clock, window = now(), time.perf_counter(), [time.time()]
     accelerator = make_accelerator(cfg)
     out_dir = Path(out_dir)
     start_folder(cfg, out_dir)
@@ -64,14 +68,11 @@ def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions(
     model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, options.keep_weights)
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
-        return {}
-    result = assemble_result(cfg, data, train_block, evaluation, accelerator, out_dir)
+        return None
     placement = where_it_ran(options.placement, accelerator, [*window, time.time()])
-    result.update(placement=placement, warnings=placement_warnings(placement))
-    result.update(started_at=started_at, finished_at=rundir.now(), wall_s=round(time.perf_counter() - clock, 2))
-    result.update(weights=weights_record(cfg, out_dir, options.save))
-    result.update(disk_mb=rundir.size_mb(out_dir, skip=(rundir.CHECKPOINTS,)))  # the checkpoint goes next
-    rundir.write_json(out_dir / rundir.RESULT_JSON, result)  # written last: its presence means done
+    done = Finished(train_block, evaluation, placement, options.save, started_at, clock)
+    result = assemble_result(cfg, data, done, out_dir)
+    result.write(out_dir)  # written last: its presence means done
     checkpoints.clear()
     return result
 
@@ -107,8 +108,8 @@ def start_folder(cfg: TrialConfig, out_dir: Path) -> None:
     """The trial folder with its trial.json, and no result.json of an earlier run: a rerun replaces, never mixes."""
     if is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / rundir.RESULT_JSON).unlink(missing_ok=True)
-        rundir.write_json(out_dir / rundir.TRIAL_JSON, cfg.model_dump(mode="json"))
+        (out_dir / layout.RESULT_JSON).unlink(missing_ok=True)
+        write_trial_json(out_dir, cfg.model_dump(mode="json"))
 
 
 def select_rows(cfg: TrialConfig) -> tuple[list[dict], list[dict], dict]:
@@ -177,13 +178,13 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
     if cfg.method.trains:
         model.config.use_cache = False  # no KV cache while training (and none with checkpointing)
         model = apply_lora(model, cfg)
-        log_path = out_dir / rundir.TRAIN_LOG
+        log_path = out_dir / layout.TRAIN_LOG
         block = train(
             model, data.train_set, data.eval_set, cfg, tokenizer.pad_token_id, accelerator, log_path, checkpoints
         )
         model = accelerator.unwrap_model(model)
         if is_main_process():
-            save_weights(model, tokenizer, out_dir / rundir.ADAPTER, keep)
+            save_weights(model, tokenizer, out_dir / layout.ADAPTER, keep)
         if cfg.model_entry.kind == "seq2seq":
             block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
         if cfg.gradient_checkpointing:
@@ -191,7 +192,7 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
             disable = getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable
             disable()
     elif is_main_process():
-        rundir.write_atomic(out_dir / rundir.TRAIN_LOG, "")
+        write_atomic(out_dir / layout.TRAIN_LOG, "")
     model.config.use_cache = True
     trainable, total = count_params(model)
     block.update(
@@ -213,15 +214,15 @@ def save_weights(model, tokenizer, adapter: Path, keep: bool) -> None:
         return
     model.save_pretrained(adapter)
     tokenizer.save_pretrained(adapter)
-    rundir.share(adapter)  # safetensors writes its files owner-only
+    share(adapter)  # safetensors writes its files owner-only
     log.info("saved the trained weights to %s", adapter)
 
 
 def weights_record(cfg: TrialConfig, out_dir: Path, save: str) -> dict:
     """result.json's `weights`: the grid's `save:`, whether adapter/ was kept, its size, and why not."""
-    adapter = Path(out_dir) / rundir.ADAPTER
+    adapter = Path(out_dir) / layout.ADAPTER
     kept = cfg.method.trains and adapter.is_dir()
-    record = {"save": str(save), "kept": kept, "mb": rundir.size_mb(adapter) if kept else 0.0}
+    record = {"save": str(save), "kept": kept, "mb": size_mb(adapter) if kept else 0.0}
     if not kept:
         record["why"] = "save: none" if cfg.method.trains else "zero_shot trains no weights"
     return record
@@ -242,40 +243,58 @@ def evaluate(cfg: TrialConfig, model, tokenizer, data: TrialData, accelerator) -
     return {"predictions": gather_object(texts), "gen_lens": gather_object(lengths), "timing": timing}
 
 
-def assemble_result(cfg: TrialConfig, data: TrialData, train_block: dict, evaluation: dict, accelerator, out_dir):
-    """Score the predictions, write predictions.jsonl, and return result.json's content (without times)."""
+@dataclass(frozen=True)
+class Finished:
+    """What the phases of a finished trial hand to `assemble_result`."""
+
+    train: dict  # result.json's `train`
+    evaluation: dict  # `evaluate`'s predictions, generated lengths and timing
+    placement: dict  # `where_it_ran`
+    save: str  # the grid's `save:`
+    started_at: str
+    clock: float  # time.perf_counter() at the start
+
+
+def assemble_result(cfg: TrialConfig, data: TrialData, done: Finished, out_dir: Path) -> TrialResult:
+    """Score the predictions, write predictions.jsonl, and build the whole result (result.json is written by the
+    caller, last)."""
     from runners.metrics import PROTOCOL, result_metrics, score
 
     references = [r["summaries"] for r in data.eval_rows]
-    predictions = evaluation["predictions"]
-    metrics, per_example, unavailable = score(predictions, references, cfg.metrics, evaluation["gen_lens"])
+    predictions = done.evaluation["predictions"]
+    metrics, per_example, unavailable = score(predictions, references, cfg.metrics, done.evaluation["gen_lens"])
     rows = [
         {"id": r["id"], "dialogue": r["dialogue"], "prediction": p, "references": r["summaries"], **s}
         for r, p, s in zip(data.eval_rows, predictions, per_example, strict=True)
     ]
-    rundir.write_jsonl(out_dir / rundir.PREDICTIONS, rows)
+    write_jsonl(out_dir / layout.PREDICTIONS, rows)
     ids_sha = hashlib.sha256("\n".join(sorted(r["id"] for r in data.eval_rows)).encode()).hexdigest()[:16]
     evaluated = {
         "n_examples": len(data.eval_rows),
         "split": cfg.dataset_entry.eval_split,
         "ids_sha256": ids_sha,
-        "num_processes": accelerator.num_processes,
-        **evaluation["timing"],
+        "num_processes": done.placement.get("num_processes", 1),
+        **done.evaluation["timing"],
     }
-    return {
-        "trial_id": cfg.trial_id,
-        "status": rundir.Status.OK.value,
-        "error": None,
-        "config": cfg.model_dump(mode="json"),
-        "metrics": result_metrics(metrics),
-        "metrics_unavailable": unavailable,
-        "train": train_block,
-        "eval": evaluated,
-        "data": data.counts,
-        "protocol": PROTOCOL,
-        "device": device_name(accelerator.device),
-        "versions": rundir.package_versions(),
-    }
+    return TrialResult(
+        cfg.trial_id,
+        config=cfg.model_dump(mode="json"),
+        metrics=result_metrics(metrics),
+        metrics_unavailable=unavailable,
+        train=done.train,
+        eval=evaluated,
+        data=data.counts,
+        protocol=PROTOCOL,
+        device=done.placement.get("device"),
+        versions=package_versions(),
+        started_at=done.started_at,
+        finished_at=now(),
+        wall_s=round(time.perf_counter() - done.clock, 2),
+        placement=done.placement,
+        warnings=placement_warnings(done.placement),
+        weights=weights_record(cfg, out_dir, done.save),
+        disk_mb=size_mb(out_dir, skip=(layout.CHECKPOINTS,)),  # the checkpoint is removed next
+    )
 
 
 def peak_memory_mb(device) -> float:
@@ -332,15 +351,15 @@ def placement_warnings(placement: dict) -> list[str]:
     return []
 
 
-def execute(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, dict]:
+def execute(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, TrialResult | None]:
     """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
     try:
         return 0, run_trial(cfg, out_dir, options)
     except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
-        result = rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), err)
+        result = TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err)
         if is_main_process():
-            rundir.write_json(Path(out_dir) / rundir.RESULT_JSON, result)
-        log.error("trial %s failed: %s", cfg.trial_id, result["error"])
+            result.write(out_dir)
+        log.error("trial %s failed: %s", cfg.trial_id, result.error)
         return (2 if isinstance(err, ConfigError) else 1), result
 
 
@@ -351,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="the trial folder")
     parser.add_argument("--checkpoint-steps", type=int, help="save a resumable checkpoint every N optimiser steps")
     parser.add_argument("--placement", type=json.loads, default={}, help="JSON: where the scheduler put the trial")
-    parser.add_argument("--save", default=rundir.Save.ADAPTER.value, choices=[s.value for s in rundir.Save])
+    parser.add_argument("--save", default=Save.ADAPTER.value, choices=[s.value for s in Save])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     cfg = TrialConfig.model_validate(json.loads(args.config.read_text()))

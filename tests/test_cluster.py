@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import TINY_SETTINGS, LocalCluster, processes_mentioning, wait_until_gone, write_yaml
 
+from runners.contract.result import read_result
+
 pytestmark = pytest.mark.slow
 
 AXES = (
@@ -40,7 +42,7 @@ def ftgrid_run(grid: Path, run_dir: Path, address: str, log: Path) -> subprocess
 
 
 def results(run_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/result.json")}
+    return {p.parent.name: read_result(p.parent) for p in run_dir.glob("*/result.json")}
 
 
 def wait_for(condition, what: str, timeout: float = 300, driver: subprocess.Popen | None = None, log=None):
@@ -54,13 +56,13 @@ def wait_for(condition, what: str, timeout: float = 300, driver: subprocess.Pope
 
 
 def overlapping(a: dict, b: dict) -> bool:
-    (start_a, end_a), (start_b, end_b) = a["placement"]["window"], b["placement"]["window"]
+    (start_a, end_a), (start_b, end_b) = a.placement["window"], b.placement["window"]
     return start_a < end_b and start_b < end_a
 
 
 def most_at_once(trials: list[dict]) -> int:
     """The largest number of these trials that ran at one instant."""
-    events = sorted((t, d) for r in trials for t, d in zip(r["placement"]["window"], (1, -1), strict=True))
+    events = sorted((t, d) for r in trials for t, d in zip(r.placement["window"], (1, -1), strict=True))
     running = peak = 0
     for _, delta in events:
         running += delta
@@ -87,11 +89,11 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
     driver = ftgrid_run(grid, run_dir, two_nodes.address, log)
     try:
-        wait_for(lambda: any(r["status"] == "ok" for r in results(run_dir).values()), "a trial", driver=driver, log=log)
+        wait_for(lambda: any(r.ok for r in results(run_dir).values()), "a trial", driver=driver, log=log)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = {k: r["finished_at"] for k, r in results(run_dir).items() if r["status"] == "ok"}
+    before = {k: r.finished_at for k, r in results(run_dir).items() if r.ok}
     assert 1 <= len(before) < 6
     # the job's workers go with their driver, and no trainer trains on as an orphan
     assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)), timeout=60)
@@ -99,30 +101,30 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
     again = ftgrid_run(grid, run_dir, two_nodes.address, log)
     assert again.wait(timeout=600) == 0, log.read_text()[-3000:]
     done = results(run_dir)
-    assert len(done) == 6 and all(r["status"] == "ok" for r in done.values())
+    assert len(done) == 6 and all(r.ok for r in done.values())
     for trial_id, finished_at in before.items():  # not run twice
-        assert done[trial_id]["finished_at"] == finished_at
+        assert done[trial_id].finished_at == finished_at
         assert (run_dir / trial_id / "trial.log").read_text().count("$ ") == 1
 
-    placed = [r["placement"] for r in done.values()]
+    placed = [r.placement for r in done.values()]
     assert len({p["node_id"] for p in placed}) == 2, "trials ran on both nodes"
     assert all(len(p["ray_gpu_ids"]) == 1 and p["cuda_visible_devices"] == p["ray_gpu_ids"][0] for p in placed)
     shared = False
     for (node, gpu), group in itertools.groupby(
-        sorted(done.values(), key=lambda r: (r["placement"]["node_id"], r["placement"]["ray_gpu_ids"])),
-        key=lambda r: (r["placement"]["node_id"], r["placement"]["ray_gpu_ids"][0]),
+        sorted(done.values(), key=lambda r: (r.placement["node_id"], r.placement["ray_gpu_ids"])),
+        key=lambda r: (r.placement["node_id"], r.placement["ray_gpu_ids"][0]),
     ):
         group = list(group)
         assert most_at_once(group) <= 2, f"GPU {gpu} of node {node} held by more than two 0.5-GPU trials"
         shared |= any(overlapping(a, b) for a, b in itertools.combinations(group, 2))
     assert shared, "no two trials shared a GPU at the same time"
-    for node, group in itertools.groupby(sorted(done.values(), key=lambda r: r["placement"]["node_id"]),
-                                         key=lambda r: r["placement"]["node_id"]):  # fmt: skip
+    for node, group in itertools.groupby(sorted(done.values(), key=lambda r: r.placement["node_id"]),
+                                         key=lambda r: r.placement["node_id"]):  # fmt: skip
         assert most_at_once(list(group)) <= 2, f"node {node} ran more trials at once than its 2 CPUs allow"
     # CUDA sees none of the GPUs Ray handed out here: each trial ran on the CPU and says so
     for result in done.values():
-        assert result["placement"]["cuda_device_count"] == 0
-        assert result["warnings"] and "ran on CPU" in result["warnings"][0]
+        assert result.placement["cuda_device_count"] == 0
+        assert result.warnings and "ran on CPU" in result.warnings[0]
     assert "with warnings" in log.read_text()
 
 
@@ -131,16 +133,16 @@ def test_whole_gpus_go_to_one_trial_at_a_time_with_a_process_each(two_nodes, tmp
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
     assert ftgrid_run(grid, run_dir, two_nodes.address, log).wait(timeout=600) == 0, log.read_text()[-3000:]
     done = list(results(run_dir).values())
-    assert len(done) == 2 and all(r["status"] == "ok" for r in done)
+    assert len(done) == 2 and all(r.ok for r in done)
     for result in done:
-        placement = result["placement"]
+        placement = result.placement
         assert sorted(placement["ray_gpu_ids"]) == ["0", "1"] and placement["cuda_visible_devices"] == "0,1"
         # one process per GPU, data-parallel: on this CPU machine each joins a gloo group
         assert placement["num_processes"] == 2 and placement["distributed"] == "MULTI_CPU"
-        assert result["train"]["num_processes"] == 2 and result["eval"]["num_processes"] == 2
-    assert len({r["placement"]["node_id"] for r in done}) == 2
+        assert result.train["num_processes"] == 2 and result.eval["num_processes"] == 2
+    assert len({r.placement["node_id"] for r in done}) == 2
     for a, b in itertools.combinations(done, 2):
-        if a["placement"]["node_id"] == b["placement"]["node_id"]:
+        if a.placement["node_id"] == b.placement["node_id"]:
             assert not overlapping(a, b), "two trials held the same two GPUs at once"
 
 
@@ -163,13 +165,13 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(l
     assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
 
     done = results(run_dir)
-    assert len(done) == 2 and all(r["status"] == "ok" for r in done.values())
+    assert len(done) == 2 and all(r.ok for r in done.values())
     resumed = done[lost]
-    assert resumed["placement"]["node_id"] == head  # retried by Ray Tune on the node that survived
-    assert resumed["train"]["resumed_from_step"] >= 5 and resumed["train"]["steps"] == 60
+    assert resumed.placement["node_id"] == head  # retried by Ray Tune on the node that survived
+    assert resumed.train["resumed_from_step"] >= 5 and resumed.train["steps"] == 60
     lines = [json.loads(line) for line in (run_dir / lost / "train_log.jsonl").read_text().splitlines()]
     marks = [line for line in lines if "resumed_from_checkpoint" in line]
-    assert len(marks) == 1 and marks[0]["step"] == resumed["train"]["resumed_from_step"]
+    assert len(marks) == 1 and marks[0]["step"] == resumed.train["resumed_from_step"]
     steps = [line["step"] for line in lines if "loss" in line]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # one line per logged step, none lost, none twice
     assert not (run_dir / lost / "checkpoints").exists()  # kept only while the trial trains

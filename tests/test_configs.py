@@ -13,6 +13,7 @@ import pytest
 from grid.ray_driver import local_node
 from grid.smoke import smoke_resources, stand_in
 from grid.spec import Resources, load_grid
+from runners.contract.result import read_result
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 GRIDS = [p for p in CONFIGS if not p.name.startswith("search_")]  # search files: tests/test_tune.py
@@ -64,11 +65,9 @@ def test_every_grid_config_runs_in_smoke_mode_through_the_cli(tmp_path, ray_tmp)
         runs = list(zip(GRIDS, pool.map(smoke, GRIDS), strict=True))
     for path, (spec, proc) in runs:
         assert proc.returncode == 0, (path.name, proc.stdout[-2000:], proc.stderr[-2000:])
-        results = [json.loads(p.read_text()) for p in (tmp_path / path.stem).glob("*/result.json")]
-        assert results and all(r["status"] == "ok" for r in results), path.name
-        assert {r["config"]["method"] for r in results} == set(
-            spec.axes.get("method", [results[0]["config"]["method"]])
-        )
+        results = [read_result(p.parent) for p in (tmp_path / path.stem).glob("*/result.json")]
+        assert results and all(r.ok for r in results), path.name
+        assert {r.config["method"] for r in results} == set(spec.axes.get("method", [results[0]["config"]["method"]]))
 
 
 def test_a_gpu_grid_without_gpus_is_refused_before_ray_starts(tmp_path):

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 from conftest import SHARED_DATA
 
-from runners.config import ConfigError, DatasetEntry
+from runners.config import DatasetEntry
+from runners.contract.errors import ConfigError
 from runners.data import clean_text, load_splits, synthetic_examples
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA
 
+from runners.contract.result import read_result
+
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "dialogsum_cpu.yaml"
 DIALOGSUM = SHARED_DATA / "dialogsum"
 SMALL = [
@@ -32,14 +34,14 @@ def test_dialogsum_cpu_config_runs_on_a_local_copy(tmp_path):
     sets = [arg for value in [f"dataset={DIALOGSUM}", *SMALL] for arg in ("--set", value)]
     run = ftgrid("run", CONFIG, *sets, "--out", tmp_path / "run")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    results = [json.loads(p.read_text()) for p in (tmp_path / "run").glob("*/result.json")]
-    assert sorted((r["config"]["method"], r["config"]["loss"]) for r in results) == [
+    results = [read_result(p.parent) for p in (tmp_path / "run").glob("*/result.json")]
+    assert sorted((r.config["method"], r.config["loss"]) for r in results) == [
         ("lora", "full"),
         ("lora", "summary_only"),
         ("zero_shot", "none"),
     ]
-    assert all(r["status"] == "ok" and r["eval"]["n_examples"] == 4 for r in results)
-    assert {r["config"]["dataset_entry"]["source"] for r in results} == {str(DIALOGSUM.resolve())}
+    assert all(r.ok and r.eval["n_examples"] == 4 for r in results)
+    assert {r.config["dataset_entry"]["source"] for r in results} == {str(DIALOGSUM.resolve())}
     predictions = (tmp_path / "run").glob("*/predictions.jsonl")
     assert all(len(json.loads(line)["references"]) == 3 for p in predictions for line in p.read_text().splitlines())
 

@@ -3,6 +3,7 @@
 import pytest
 
 from grid.spec import load_grid
+from runners.contract.result import read_result
 from runners.trial import execute
 
 pytestmark = pytest.mark.gpu
@@ -14,9 +15,9 @@ def test_qlora_trial_on_cuda(tiny_grid, tmp_path):
         sets={"method": "qlora", "optimizer": "paged_adamw_8bit", "gradient_checkpointing": True, "max_steps": 6},
     )
     code, result = execute(trials[0], tmp_path / trials[0].trial_id)
-    assert code == 0, result.get("error")
-    assert "cpu" not in result["device"].lower()
-    assert result["train"]["peak_memory_mb"] > 0 and result["train"]["steps"] == 6
+    assert code == 0, result.error
+    assert "cpu" not in result.device.lower()
+    assert result.train["peak_memory_mb"] > 0 and result.train["steps"] == 6
 
 
 def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
@@ -47,6 +48,5 @@ def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
         ],
         check=True,
     )
-    import json
 
-    assert json.loads((tmp_path / "t" / "result.json").read_text())["eval"]["num_processes"] == 2
+    assert read_result(tmp_path / "t").eval["num_processes"] == 2

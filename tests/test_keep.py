@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from grid.spec import load_grid
+from runners.contract.result import read_result
 
 TWO_RANKS = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
@@ -33,7 +34,7 @@ def ftgrid(*args, cwd=None, umask: int | None = None, env=None) -> subprocess.Co
 
 
 def results(run_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/result.json")}
+    return {p.parent.name: read_result(p.parent) for p in run_dir.glob("*/result.json")}
 
 
 def test_save_is_not_part_of_a_trials_identity(tiny_grid):
@@ -49,8 +50,8 @@ def test_save_adapter_keeps_every_trials_weights_and_records_the_disk_used(tiny_
     assert len(done) == 2
     for trial_id, result in done.items():
         assert (tmp_path / "run" / trial_id / "adapter" / "adapter_model.safetensors").is_file()
-        assert result["weights"]["save"] == "adapter" and result["weights"]["kept"] is True
-        assert 0 < result["weights"]["mb"] < result["disk_mb"]  # the folder holds predictions, logs … besides
+        assert result.weights["save"] == "adapter" and result.weights["kept"] is True
+        assert 0 < result.weights["mb"] < result.disk_mb  # the folder holds predictions, logs … besides
 
 
 @pytest.mark.slow
@@ -59,13 +60,13 @@ def test_save_none_keeps_no_weights_and_summarize_says_so(tiny_grid, tmp_path, r
     assert proc.returncode == 0, proc.stdout + proc.stderr
     [(trial_id, result)] = results(tmp_path / "run").items()
     trial_dir = tmp_path / "run" / trial_id
-    assert result["status"] == "ok" and result["train"]["steps"] == 4
-    assert result["weights"] == {"save": "none", "kept": False, "mb": 0.0, "why": "save: none"}
+    assert result.ok and result.train["steps"] == 4
+    assert result.weights == {"save": "none", "kept": False, "mb": 0.0, "why": "save: none"}
     assert not (trial_dir / "adapter").exists()
     assert {"trial.json", "predictions.jsonl", "train_log.jsonl", "result.json"} <= {
         p.name for p in trial_dir.iterdir()
     }
-    assert result["disk_mb"] > 0
+    assert result.disk_mb > 0
     summary = ftgrid("summarize", trial_dir, "#Person1#: Hi. #Person2#: Hello.")
     assert summary.returncode == 2 and "Traceback" not in summary.stderr
     assert "trained weights were not kept (save: none)" in " ".join(summary.stderr.split())
@@ -78,13 +79,13 @@ def test_save_best_keeps_the_best_trials_weights_and_a_damaged_result_is_run_aga
     proc = ftgrid("run", grid, "--out", run_dir)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     done = results(run_dir)
-    best = max(order, key=lambda t: done[t]["metrics"]["rougeL"])  # the first of equal scores, in grid order
+    best = max(order, key=lambda t: done[t].metrics["rougeL"])  # the first of equal scores, in grid order
     [other] = [t for t in order if t != best]
     assert f"save: best: kept the weights of {best}" in " ".join(proc.stdout.split())
     assert (run_dir / best / "adapter").is_dir() and not (run_dir / other / "adapter").exists()
-    assert done[best]["weights"]["kept"] is True and done[other]["weights"]["kept"] is False
-    assert f"save: best kept only the best trial's weights, {best}" in done[other]["weights"]["removed"]
-    assert done[other]["disk_mb"] < done[best]["disk_mb"]  # updated once the weights went
+    assert done[best].weights["kept"] is True and done[other].weights["kept"] is False
+    assert f"save: best kept only the best trial's weights, {best}" in done[other].weights["removed"]
+    assert done[other].disk_mb < done[best].disk_mb  # updated once the weights went
     refused = ftgrid("summarize", run_dir / other, "#Person1#: Hi. #Person2#: Hello.")
     assert refused.returncode == 2 and "trained weights were not kept (save: best kept only" in refused.stderr
     summary = ftgrid("summarize", run_dir / best, "#Person1#: Hi. #Person2#: Hello.")
@@ -97,7 +98,7 @@ def test_save_best_keeps_the_best_trials_weights_and_a_damaged_result_is_run_aga
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 trials: 1 cached, 1 to run" in again.stdout
     rerun = json.loads(damaged.read_text())
-    assert rerun["status"] == "ok" and rerun["metrics"] == done[other]["metrics"]
+    assert rerun.ok and rerun.metrics == done[other].metrics
     assert not (run_dir / other / "adapter").exists() and (run_dir / best / "adapter").is_dir()  # pruned again
 
 

@@ -104,7 +104,7 @@ def test_truncation_shortens_the_dialogue_never_the_tail_or_summary():
 
 
 def test_template_longer_than_budget_is_a_clear_error():
-    from runners.config import ConfigError
+    from runners.contract.errors import ConfigError
 
     tok = tokenizer_for("tiny-llama")
     with pytest.raises(ConfigError, match="max_source_length"):

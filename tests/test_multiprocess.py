@@ -35,9 +35,9 @@ def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_orde
     cfg = trials[0]
     trial_dir = tmp_path / cfg.trial_id
     code, result = launch_trial(cfg, trial_dir, Launch(processes=2, cpus=2))
-    assert code == 0, result.get("error")
-    assert result["placement"]["num_processes"] == 2 and result["placement"]["distributed"] == "MULTI_CPU"
-    assert result["train"]["num_processes"] == 2 and result["eval"]["num_processes"] == 2
+    assert code == 0, result.error
+    assert result.placement["num_processes"] == 2 and result.placement["distributed"] == "MULTI_CPU"
+    assert result.train["num_processes"] == 2 and result.eval["num_processes"] == 2
 
     lines = [line for line in train_log(trial_dir) if "loss" in line]
     assert [line["step"] for line in lines] == [1, 2, 3, 4]
@@ -85,8 +85,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_un
     assert not (trial_dir / "result.json").exists()
 
     code, result = launch_trial(cfg, trial_dir, launch)
-    assert code == 0, result.get("error")
-    resumed_from = result["train"]["resumed_from_step"]  # the last complete checkpoint when it was killed
+    assert code == 0, result.error
+    resumed_from = result.train["resumed_from_step"]  # the last complete checkpoint when it was killed
     assert resumed_from >= 6 and resumed_from % 3 == 0 and resumed_from < 40
     expected = {line["step"]: line["loss"] for line in train_log(reference) if "loss" in line}
     got = train_log(trial_dir)

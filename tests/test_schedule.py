@@ -17,8 +17,8 @@ from grid.launch import Launch, LogTail, launch_trial
 from grid.ray_driver import run_on_ray
 from grid.spec import load_grid
 from grid.sweep import run_grid
-from runners import rundir
-from runners.config import ConfigError
+from runners.contract.errors import ConfigError
+from runners.contract.result import read_result
 
 GRID_AXES = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n"
@@ -28,7 +28,7 @@ BROKEN = "models:\n  broken: {source: /nonexistent}\n"
 
 
 def results(run_dir: Path) -> dict[str, dict]:
-    return {p.parent.name: json.loads(p.read_text()) for p in run_dir.glob("*/result.json")}
+    return {p.parent.name: read_result(p.parent) for p in run_dir.glob("*/result.json")}
 
 
 def mtimes(run_dir: Path) -> dict[str, int]:
@@ -59,13 +59,13 @@ def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_pa
         logged = []
         trial_dir = tmp_path / launcher / cfg.trial_id
         code, result = launch_trial(cfg, trial_dir, Launch(launcher=launcher), on_log=logged.append)
-        assert code == 0 and result["status"] == "ok", result.get("error")
+        assert code == 0 and result.ok, result.error
         assert [row["step"] for row in logged] == [2, 4]  # train_log lines streamed as they appear
         assert (trial_dir / "trial.log").stat().st_size > 0
         assert json.loads((trial_dir / "trial.json").read_text()) == cfg.model_dump(mode="json")
         outcomes[launcher] = result
-    assert outcomes["accelerate"]["metrics"] == outcomes["inline"]["metrics"]
-    assert outcomes["accelerate"]["train"]["final_loss"] == pytest.approx(outcomes["inline"]["train"]["final_loss"])
+    assert outcomes["accelerate"].metrics == outcomes["inline"].metrics
+    assert outcomes["accelerate"].train["final_loss"] == pytest.approx(outcomes["inline"].train["final_loss"])
 
 
 def test_a_child_that_dies_without_a_result_gets_a_failed_one_from_its_log(tiny_grid, tmp_path, monkeypatch):
@@ -76,9 +76,9 @@ def test_a_child_that_dies_without_a_result_gets_a_failed_one_from_its_log(tiny_
     monkeypatch.setattr(launch, "launch_command", lambda *a: [sys.executable, "-c", script])
     code, result = launch_trial(trials[0], tmp_path / "t", Launch(launcher="accelerate"))
     assert code == 3
-    assert result["status"] == "failed"
-    assert "exited with code 3" in result["error"] and "CUDA out of memory" in result["error"]
-    assert rundir.read_result(tmp_path / "t") == result
+    assert result.status == "failed"
+    assert "exited with code 3" in result.error and "CUDA out of memory" in result.error
+    assert read_result(tmp_path / "t") == result
 
 
 def test_log_tail_reads_complete_lines_only(tmp_path):
@@ -117,7 +117,7 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
     assert run_grid(spec, trials, run_dir, max_concurrent=2, console=quiet()) == 0
     done = results(run_dir)
     assert sorted(done) == sorted(cfg.trial_id for cfg in trials)  # one folder per cell, named by our ids
-    assert all(r["status"] == "ok" for r in done.values())
+    assert all(r.ok for r in done.values())
     assert (run_dir / "grid.yaml").is_file()
     import pandas as pd
 
@@ -141,8 +141,8 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
     assert trials2[0].trial_id in done
     console = recording()
     assert run_grid(spec2, trials2, run_dir, retries=1, console=console) == 1
-    failed = rundir.read_result(run_dir / trials2[1].trial_id)
-    assert failed["status"] == "failed" and failed["attempts"] == 2 and "nonexistent" in failed["error"]
+    failed = read_result(run_dir / trials2[1].trial_id)
+    assert failed.status == "failed" and failed.attempts == 2 and "nonexistent" in failed.error
     assert mtimes(run_dir)[trials2[0].trial_id] == before[trials2[0].trial_id]
     summary = console.export_text()
     assert "1 cached" in summary and "1 failed" in summary and trials2[1].trial_id in summary
@@ -166,14 +166,14 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny_grid, tmp_path, ray_tmp):
         driver = subprocess.Popen(_driver(grid, run_dir), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
-        while not any(r["status"] == "ok" for r in results(run_dir).values()):
+        while not any(r.ok for r in results(run_dir).values()):
             assert driver.poll() is None, (tmp_path / "driver.log").read_text()
             assert time.monotonic() < deadline, "no trial finished in time"
             time.sleep(0.2)
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    finished = {k: (r["finished_at"], mtimes(run_dir)[k]) for k, r in results(run_dir).items() if r["status"] == "ok"}
+    finished = {k: (r.finished_at, mtimes(run_dir)[k]) for k, r in results(run_dir).items() if r.ok}
     assert 1 <= len(finished) < len(trials)
     # Ray goes down with its driver, and no trainer trains on as an orphan (the watchdog kills its group)
     assert not wait_until_gone(lambda: ray_processes(ray_tmp))
@@ -182,7 +182,7 @@ def test_a_killed_driver_resumes_where_it_stopped(tiny_grid, tmp_path, ray_tmp):
     assert run_grid(spec, trials, run_dir, console=quiet()) == 0
     done = results(run_dir)
     assert sorted(done) == sorted(cfg.trial_id for cfg in trials)
-    assert all(r["status"] == "ok" for r in done.values())
+    assert all(r.ok for r in done.values())
     for trial_id, (finished_at, mtime) in finished.items():  # untouched, not rerun
-        assert (done[trial_id]["finished_at"], mtimes(run_dir)[trial_id]) == (finished_at, mtime)
+        assert (done[trial_id].finished_at, mtimes(run_dir)[trial_id]) == (finished_at, mtime)
         assert (run_dir / trial_id / "trial.log").read_text().count("$ ") == 1  # launched exactly once

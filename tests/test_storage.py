@@ -13,7 +13,8 @@ import time
 import pytest
 from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
 
-from runners.rundir import RunStore
+from runners.contract.result import read_result
+from runners.contract.store import RunStore
 
 BUCKET = "runs"
 
@@ -68,12 +69,12 @@ def ftgrid(*args, **kwargs) -> subprocess.CompletedProcess:
 
 def test_a_store_reads_writes_lists_and_copies_folders_in_a_bucket_as_on_disk(s3, tmp_path):
     for store in (RunStore(f"{s3}/store-test"), RunStore(tmp_path / "store-test")):
-        store.write('{"status": "ok"}', "t1", "result.json")
+        store.write('{"trial_id": "t1", "status": "ok"}', "t1", "result.json")
         store.write(b"\x00weights", "t1", "adapter", "model.bin")
         store.write("{}", "t2", "trial.json")
         store.write("x", ".ray", "state")
         assert store.folders() == ["t1", "t2"] and store.files("t1") == ["adapter/model.bin", "result.json"]
-        assert store.read_result("t1") == {"status": "ok"} and store.read_result("t2") is None
+        assert read_result(store / "t1").ok and read_result(store / "t2") is None
         local = tmp_path / f"copy-{store.local is None}"
         assert store.download(local, "t1") == ["adapter/model.bin", "result.json"]
         (store / "t3").upload(local)
@@ -100,7 +101,7 @@ def test_an_upload_cut_short_never_looks_finished(s3, tmp_path):
     with pytest.raises(ConnectionError):
         DropsAfterTwo(f"{s3}/cut/t1").upload(folder)
     store = RunStore(f"{s3}/cut")
-    assert len(store.files("t1")) == 2 and store.read_result("t1") is None  # result.json goes last
+    assert len(store.files("t1")) == 2 and read_result(store / "t1") is None  # result.json goes last
 
 
 def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
@@ -109,7 +110,7 @@ def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
     assert proc.returncode == 0, proc.stderr
     store = RunStore(run)
     (trial_id,) = store.folders()
-    assert store.read_result(trial_id)["status"] == "ok"
+    assert read_result(store / trial_id).ok
     assert {"adapter/adapter_config.json", "predictions.jsonl", "train_log.jsonl"} <= set(store.files(trial_id))
     assert store.read_text("grid.yaml") and store.read_text("results.csv").count("\n") == 2
     proc = ftgrid("summarize", f"{run}/{trial_id}", "Anna: Lunch at noon?\nBen: Yes, at the cafe.")
@@ -148,7 +149,7 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
         driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
     def finished_and_a_checkpoint_in_the_bucket() -> bool:
-        done = {t for t in store.folders() if (store.read_result(t) or {}).get("status") == "ok"}
+        done = {t for t in store.folders() if (r := read_result(store / t)) and r.ok}
         # A complete checkpoint: its `done` marker is the last object written (the kill may cut an upload short).
         complete = any(
             f.startswith("checkpoints/") and f.endswith("/done")
@@ -167,26 +168,26 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     finally:
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
-    before = {t: store.read_result(t) for t in store.folders()}
-    finished = {t: r["finished_at"] for t, r in before.items() if r and r["status"] == "ok"}
+    before = {t: read_result(store / t) for t in store.folders()}
+    finished = {t: r.finished_at for t, r in before.items() if r and r.ok}
     assert 1 <= len(finished) < 4
     for trial_id in store.folders():  # whatever the kill interrupted, a result.json means a complete folder
-        if store.read_result(trial_id):
+        if read_result(store / trial_id):
             assert {"predictions.jsonl", "trial.json", "train_log.jsonl"} <= set(store.files(trial_id))
     assert not wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=60)
 
     with log.open("a") as out:
         assert subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode == 0, log.read_text()[-3000:]
-    results = {t: store.read_result(t) for t in store.folders()}
-    assert len(results) == 4 and all(r["status"] == "ok" for r in results.values())
+    results = {t: read_result(store / t) for t in store.folders()}
+    assert len(results) == 4 and all(r.ok for r in results.values())
     for trial_id, finished_at in finished.items():  # not run again
         assert results[trial_id]["finished_at"] == finished_at
-    resumed = [r for r in results.values() if r["train"].get("resumed_from_step")]
+    resumed = [r for r in results.values() if r.train.get("resumed_from_step")]
     assert resumed, "no trial resumed from the checkpoint it had copied to the bucket"
     for result in resumed:
-        lines = store.read_text(result["trial_id"], "train_log.jsonl").splitlines()
+        lines = store.read_text(result.trial_id, "train_log.jsonl").splitlines()
         assert sum("resumed_from_checkpoint" in line for line in lines) == 1
-        assert not store.folders(result["trial_id"], "checkpoints")  # removed once the trial finished
+        assert not store.folders(result.trial_id, "checkpoints")  # removed once the trial finished
     assert store.read_text("results.csv").count("\n") == 5
 
     local = tmp_path / "local"

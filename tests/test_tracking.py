@@ -14,8 +14,9 @@ import pytest
 from grid.ray_driver import final_report
 from grid.spec import load_grid, load_spec
 from grid.tracking import Where, loggers, with_track
-from runners import rundir
-from runners.config import ConfigError
+from runners.contract import layout
+from runners.contract.errors import ConfigError
+from runners.contract.result import TrialResult, read_result
 
 AXES = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
@@ -35,7 +36,7 @@ def wandb_env(tmp_path: Path) -> dict:
 
 
 def train_log(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / rundir.TRAIN_LOG).read_text().splitlines()]
+    return [json.loads(line) for line in (trial_dir / layout.TRAIN_LOG).read_text().splitlines()]
 
 
 def curve(rows: list[dict], key: str) -> list[tuple[int, float]]:
@@ -107,7 +108,7 @@ def test_each_point_is_logged_once_and_a_failed_trial_is_a_failed_run(tiny_grid,
     cfg, where = trials[0], Where(spec.name, tmp_path / "run", "trial")
     made, trial = loggers(spec.tracking, where, local=True), LocalTrial.of(cfg)
     rows = [{"step": 2, "loss": 3.0, "lr": 0.1}, {"step": 4, "loss": 2.5, "lr": 0.05}]
-    failed = final_report(rundir.failed_result(cfg.trial_id, cfg.model_dump(mode="json"), "boom"), cached=False)
+    failed = final_report(TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), "boom"), cached=False)
     for logger in made:
         logger.log_trial_start(trial)
         for i, row in enumerate([*rows, rows[0], *rows, failed]):  # restarted twice
@@ -173,7 +174,7 @@ def mlflow_runs(uri: str, grid: str) -> tuple:
     return client, client.search_runs([experiment.experiment_id], f"tags.grid = '{grid}'")
 
 
-def check_mlflow_run(client, run, cfg, rows: list[dict], result: dict, command: str) -> None:
+def check_mlflow_run(client, run, cfg, rows: list[dict], result: TrialResult, command: str) -> None:
     assert run.info.run_name == cfg.trial_id and run.info.status == "FINISHED"
     assert run.data.tags["command"] == command and run.data.tags["trial_id"] == cfg.trial_id
     params = run.data.params
@@ -190,11 +191,11 @@ def check_mlflow_run(client, run, cfg, rows: list[dict], result: dict, command: 
         assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == curve(rows, key)
     for key in ("rouge1", "rougeL", "bleu"):
         assert [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, key)] == [
-            (4, result["metrics"][key])
+            (4, result.metrics[key])
         ]
 
 
-def check_tensorboard(folder: Path, cfg, rows: list[dict], result: dict) -> None:
+def check_tensorboard(folder: Path, cfg, rows: list[dict], result: TrialResult) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -203,20 +204,20 @@ def check_tensorboard(folder: Path, cfg, rows: list[dict], result: dict) -> None
     for key in ("loss", "eval_loss"):
         assert [(s.step, round(s.value, 5)) for s in events.Scalars(key)] == curve(rows, key)
     assert [(s.step, pytest.approx(s.value, abs=1e-4)) for s in events.Scalars("rougeL")] == [
-        (4, result["metrics"]["rougeL"])
+        (4, result.metrics["rougeL"])
     ]
     start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
     hparams = plugin_data_pb2.HParamsPluginData.FromString(start).session_start_info.hparams
     assert hparams["lora_rank"].number_value == cfg.lora_rank and hparams["model"].string_value == "tiny-llama"
 
 
-def check_wandb_run(run: dict, cfg, rows: list[dict], result: dict, command: str) -> None:
+def check_wandb_run(run: dict, cfg, rows: list[dict], result: TrialResult, command: str) -> None:
     assert (run["group"], run["tags"], run["job_type"]) == ("test", ["test"], command)
     assert run["config"]["lora_rank"] == cfg.lora_rank and run["config"]["loss"] == "summary_only"
     history = run["history"]
     for key in ("loss", "eval_loss"):
         assert [(step, history[step][key]) for step in sorted(history) if key in history[step]] == curve(rows, key)
-    assert history[4]["rougeL"] == pytest.approx(result["metrics"]["rougeL"])
+    assert history[4]["rougeL"] == pytest.approx(result.metrics["rougeL"])
 
 
 @pytest.mark.slow
@@ -232,7 +233,7 @@ def test_a_grid_and_its_debug_trial_are_tracked_in_mlflow_tensorboard_and_wandb(
     assert f"MLflow: experiment 'ablation' at {uri}" in " ".join(proc.stdout.split())  # said where runs go
     _, trials = load_grid(grid)
     logs = {cfg.trial_id: train_log(run_dir / cfg.trial_id) for cfg in trials}
-    results = {cfg.trial_id: rundir.read_result(run_dir / cfg.trial_id) for cfg in trials}
+    results = {cfg.trial_id: read_result(run_dir / cfg.trial_id) for cfg in trials}
     assert all(curve(rows, "loss") and curve(rows, "eval_loss") for rows in logs.values())
 
     # the debug run of one cell, without Ray, into the same experiment, project and folder

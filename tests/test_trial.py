@@ -9,6 +9,7 @@ import sacrebleu
 from rouge_score import rouge_scorer
 
 from grid.spec import load_grid
+from runners.contract.result import read_result
 from runners.trial import execute
 
 RESULT_KEYS = {"trial_id", "status", "error", "config", "metrics", "train", "eval", "versions", "protocol"}
@@ -36,7 +37,7 @@ def tiny_trial(tmp_path_factory):
         + "  eval_steps: 2\n  gradient_checkpointing: true\n",
     )
     code, result, trial_dir = run(grid, tmp)
-    assert code == 0, result.get("error")
+    assert code == 0, result.error
     return result, trial_dir
 
 
@@ -50,11 +51,11 @@ def test_trial_writes_every_file_with_all_result_keys(tiny_trial):
         "adapter",
     }
     assert (trial_dir / "adapter" / "adapter_config.json").exists()
-    assert set(result) >= RESULT_KEYS and result["status"] == "ok"
-    assert set(result["metrics"]) >= METRIC_KEYS and set(result["train"]) >= TRAIN_KEYS
-    assert {"n_examples", "gen_tokens_per_s"} <= set(result["eval"])
-    assert result["train"]["steps"] == 4 and 0 < result["train"]["trainable_params"] < result["train"]["total_params"]
-    assert json.loads((trial_dir / "trial.json").read_text()) == result["config"]
+    assert set(result.to_json()) >= RESULT_KEYS and result.ok
+    assert set(result.metrics) >= METRIC_KEYS and set(result.train) >= TRAIN_KEYS
+    assert {"n_examples", "gen_tokens_per_s"} <= set(result.eval)
+    assert result.train["steps"] == 4 and 0 < result.train["trainable_params"] < result.train["total_params"]
+    assert json.loads((trial_dir / "trial.json").read_text()) == result.config
     log = [json.loads(line) for line in (trial_dir / "train_log.jsonl").read_text().splitlines()]
     train_lines = [line for line in log if "loss" in line]
     assert [line["step"] for line in train_lines] == [2, 4]
@@ -65,13 +66,13 @@ def test_trial_writes_every_file_with_all_result_keys(tiny_trial):
 def test_scores_equal_a_recomputation_from_predictions(tiny_trial):
     result, trial_dir = tiny_trial
     rows = [json.loads(line) for line in (trial_dir / "predictions.jsonl").read_text().splitlines()]
-    assert len(rows) == result["eval"]["n_examples"] == 6
+    assert len(rows) == result.eval["n_examples"] == 6
     scorer = rouge_scorer.RougeScorer(["rouge1", "rouge2", "rougeL", "rougeLsum"], use_stemmer=True)
     for key in ("rouge1", "rouge2", "rougeL", "rougeLsum"):
         per = [max(scorer.score(ref, r["prediction"])[key].fmeasure for ref in r["references"]) for r in rows]
-        assert result["metrics"][key] == pytest.approx(100 * sum(per) / len(per), abs=1e-3)
+        assert result.metrics[key] == pytest.approx(100 * sum(per) / len(per), abs=1e-3)
     bleu = sacrebleu.corpus_bleu([r["prediction"] for r in rows], [[r["references"][0] for r in rows]]).score
-    assert result["metrics"]["bleu"] == pytest.approx(bleu, abs=1e-3)
+    assert result.metrics["bleu"] == pytest.approx(bleu, abs=1e-3)
 
 
 def test_fine_tuned_tiny_model_beats_its_zero_shot_baseline(tiny_grid, tmp_path):
@@ -80,7 +81,7 @@ def test_fine_tuned_tiny_model_beats_its_zero_shot_baseline(tiny_grid, tmp_path)
     code_ft, tuned, _ = run(grid, tmp_path, **settings)
     code_zs, zero, _ = run(grid, tmp_path, method="zero_shot", n_eval=16, max_new_tokens=32)
     assert code_ft == code_zs == 0
-    assert tuned["metrics"]["rougeL"] > zero["metrics"]["rougeL"] + 15, (tuned["metrics"], zero["metrics"])
+    assert tuned.metrics["rougeL"] > zero.metrics["rougeL"] + 15, (tuned.metrics, zero.metrics)
 
 
 @pytest.mark.parametrize("method", ["lora", "full"])
@@ -89,10 +90,10 @@ def test_seq2seq_trial(tiny_grid, tmp_path, method):
         f"model: [tiny-t5]\n  dataset: [synthetic]\n  template: [t5]\n  method: [{method}]\n  lora_rank: [4]"
     )
     code, result, trial_dir = run(grid, tmp_path)
-    assert code == 0, result.get("error")
-    assert "target only" in result["train"]["loss_tokens"]
+    assert code == 0, result.error
+    assert "target only" in result.train["loss_tokens"]
     if method == "full":
-        assert result["train"]["trainable_params"] == result["train"]["total_params"]
+        assert result.train["trainable_params"] == result.train["total_params"]
 
 
 def test_qlora_puts_4bit_layers_under_the_adapter(tiny_grid):
@@ -113,23 +114,23 @@ def test_qlora_on_real_smollm2_weights(tiny_grid, tmp_path):
         "model: [smollm2-135m]\n  dataset: [synthetic]\n  template: [chat]\n  method: [qlora]\n  lora_rank: [8]"
     )
     code, result, trial_dir = run(grid, tmp_path, max_steps=2, n_eval=4, max_new_tokens=24)
-    assert code == 0, result.get("error")
-    assert result["config"]["quant_type"] == "nf4" and result["train"]["steps"] == 2
+    assert code == 0, result.error
+    assert result.config["quant_type"] == "nf4" and result.train["steps"] == 2
     assert all(r["prediction"] for r in map(json.loads, (trial_dir / "predictions.jsonl").read_text().splitlines()))
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
     code, result, trial_dir = run(tiny_grid(), tmp_path, learning_rate=1e30, method="full", max_steps=6)
-    assert code == 1 and result["status"] == "failed"
-    assert "loss became" in result["error"] and "learning_rate" in result["error"]
-    assert json.loads((trial_dir / "result.json").read_text())["status"] == "failed"
+    assert code == 1 and result.status == "failed"
+    assert "loss became" in result.error and "learning_rate" in result.error
+    assert read_result(trial_dir).status == "failed"
 
 
 def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
     grid = tiny_grid(extra="models:\n  broken: {source: /nonexistent/model}\n")
     _, trials = load_grid(grid, picks={"model": "broken"})
     code, result = execute(trials[0], tmp_path / trials[0].trial_id)
-    assert code == 1 and result["status"] == "failed" and "/nonexistent/model" in result["error"]
+    assert code == 1 and result.status == "failed" and "/nonexistent/model" in result.error
 
 
 def test_summarize_uses_the_trained_adapter_and_answers_with_the_summary_only(tiny_trial):

@@ -11,8 +11,9 @@ from conftest import recording
 
 from grid.spec import load_grid, load_spec
 from grid.tune import base_trial, finished_samples, parse_search, run_search
-from runners import rundir
-from runners.config import ConfigError
+from runners.contract import layout
+from runners.contract.errors import ConfigError
+from runners.contract.scores import METRICS
 
 ONE_CELL = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n  method: [lora]"
 SEARCH = """\
@@ -61,7 +62,7 @@ def test_a_bad_search_block_names_its_yaml_path(tiny_grid, block, message):
     assert str(path) in str(info.value)
 
 
-@pytest.mark.parametrize("metric", sorted(rundir.METRICS))
+@pytest.mark.parametrize("metric", sorted(METRICS))
 def test_a_search_may_optimise_every_metric_a_result_has(tiny_grid, metric):
     path = tiny_grid(ONE_CELL, extra=f"search:\n  metric: {metric}\n  space: {{lora_rank: {{choice: [2]}}}}\n")
     assert parse_search(load_spec(path), path).metric == metric
@@ -89,10 +90,10 @@ def test_an_optuna_search_writes_a_best_yaml_and_resumes(tiny_grid, tmp_path, ra
     assert 1 <= len(samples) <= 4  # equal samples share one trial folder
     # one TensorBoard run per sample, named by its trial id (an equal sample, a cache hit, adds none)
     tracked = {p.name for p in (run_dir / "tensorboard").iterdir() if any(p.glob("events.out.tfevents.*"))}
-    assert tracked == {result["trial_id"] for _, _, result in samples}
+    assert tracked == {result.trial_id for _, _, result in samples}
     for point, _, result in samples:
         assert 1e-4 <= point["learning_rate"] <= 1e-2 and point["lora_rank"] in (2, 4)
-        assert result["eval"]["split"] == "validation" and result["eval"]["n_examples"] == 4
+        assert result.eval["split"] == "validation" and result.eval["n_examples"] == 4
 
     best_path = run_dir / "best.yaml"
     assert best_path.read_text().startswith("# ftgrid run best.yaml")
@@ -146,7 +147,7 @@ def test_dry_run_prints_the_plan_of_every_shipped_search_without_ray(path, tmp_p
 def test_every_shipped_search_runs_in_smoke_mode_through_the_cli(path, tmp_path, ray_tmp):
     proc = ftgrid("tune", path, "--smoke", "--out", tmp_path / "run")
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
-    best_spec, best_trials = load_grid(tmp_path / "run" / rundir.BEST_YAML)
+    best_spec, best_trials = load_grid(tmp_path / "run" / layout.BEST_YAML)
     assert len(best_trials) == 1 and "best" in proc.stdout
     results = [p for p in (tmp_path / "run").glob("*/result.json")]
     assert 1 <= len(results) <= 2  # two samples (equal samples share a folder)
