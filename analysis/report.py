@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import load, plots, qualitative, stats, tables
+from analysis import load, plots, qualitative, render, stats, tables
 from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
 from runners import rundir
@@ -253,7 +253,7 @@ def _markdown(title: str, intro: str, sections) -> str:
         parts.append(f"## {heading}")
         for block in blocks:
             if isinstance(block, TableBlock):
-                parts.append(tables.format_table(block.frame, "md", note=block.note))
+                parts.append(render.format_table(block.frame, "md", note=block.note))
             elif isinstance(block, FigureBlock):
                 parts.append(f"![{block.title}](figures/{block.name}.png)")
             else:
@@ -303,8 +303,8 @@ def _inline(text: str) -> str:
 
 
 def _html_table(block: TableBlock) -> str:
-    cells = tables.display_frame(block.frame)
-    numeric = tables.numeric_columns(block.frame, cells)
+    cells = render.display_frame(block.frame)
+    numeric = render.numeric_columns(block.frame, cells)
     css = ' class="text"' if block.wide_text else ""
     head = "".join(
         f"<th{' class=num' if num else ''}>{html.escape(c)}</th>" for c, num in zip(cells.columns, numeric, strict=True)

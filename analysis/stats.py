@@ -145,19 +145,6 @@ def bootstrap_ci(
     return bootstrap_cis(examples, [metric], level, n_resamples, seed)[metric]
 
 
-def format_ci(value: float, low: float, high: float, decimals: int = 2, style: str = "pm") -> str:
-    """`43.41 ± 1.20` (style "pm", half the interval's width) or `43.41 [42.21, 44.61]` ("interval")."""
-    if value != value:
-        return ""
-    if low != low or high != high:
-        return f"{value:.{decimals}f}"
-    if style == "interval":
-        return f"{value:.{decimals}f} [{low:.{decimals}f}, {high:.{decimals}f}]"
-    if style != "pm":
-        raise AnalysisError(f"Unknown interval style {style!r}. Available: pm, interval")
-    return f"{value:.{decimals}f} ± {(high - low) / 2:.{decimals}f}"
-
-
 def confidence_intervals(
     trials: pd.DataFrame,
     examples: pd.DataFrame,

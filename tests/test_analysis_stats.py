@@ -11,7 +11,8 @@ from sacrebleu.metrics.bleu import BLEU
 
 from analysis import AnalysisError
 from analysis.load import load_examples, load_trials
-from analysis.stats import bootstrap_ci, compare, corpus_bleu, format_ci, holm, metric_value, paired_test
+from analysis.render import format_ci
+from analysis.stats import bootstrap_ci, compare, corpus_bleu, holm, metric_value, paired_test
 
 HYPOTHESES = [
     "the cat sat on the mat",
