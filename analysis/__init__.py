@@ -15,8 +15,9 @@ Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad inp
         run folder) and returns the written paths by name.
 
 `run_dirs` is one path or a list of paths. Modules: `load` (the only file I/O), `axes`, `tables`
-(building tables), `render` (tables as text), `stats`, `qualitative`, `plots` and `report`; only `plots`
-and `report` import matplotlib, and nothing here imports ray, torch or transformers.
+(building tables), `render` (tables as text), `stats` (intervals and tests), `compare` (which trials to pair),
+`qualitative`, `plots` and `report`; only `plots` and `report` import matplotlib, and nothing here imports
+ray, torch or transformers.
 """
 
 from __future__ import annotations
@@ -115,9 +116,10 @@ def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
 
 def _comparison(trials: pd.DataFrame, examples: pd.DataFrame, axis: str, metric: str, fmt: str) -> pd.DataFrame:
     """Paired tests of `axis`: the raw results indexed by metric and levels for csv/json, else the comparison table."""
-    from analysis import stats, tables
+    from analysis import tables
+    from analysis.compare import compare
 
-    result = stats.compare(trials, examples, axis=axis, metrics=metric)
+    result = compare(trials, examples, axis=axis, metrics=metric)
     if fmt in ("csv", "json"):
         return result.drop(columns=["trial_a", "trial_b"]).set_index(
             [c for c in result.columns if c in ("metric", "a", "b")]

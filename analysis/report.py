@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis import load, plots, qualitative, render, stats, tables
+from analysis import compare, load, plots, qualitative, render, tables
 from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
 from runners import rundir
@@ -104,9 +104,9 @@ def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) ->
         if len(levels(ok_trials(trials), axis)) < 2:
             continue
         try:
-            n_pairs = len(stats.comparable_pairs(trials, axis))
+            n_pairs = len(compare.comparable_pairs(trials, axis))
             chosen = metrics if n_pairs * len(metrics) <= MAX_TEST_ROWS else [metric]
-            result = stats.compare(trials, examples, axis=axis, metrics=chosen)
+            result = compare.compare(trials, examples, axis=axis, metrics=chosen)
         except AnalysisError as exc:
             if str(exc).startswith("No two finished trials"):
                 without_pairs.append(axis)
@@ -135,7 +135,7 @@ def _plots_section(trials: pd.DataFrame, examples: pd.DataFrame, train_logs: pd.
     ok = ok_trials(trials)
     for axis in varying_axes(ok):
         try:
-            if not stats.comparable_pairs(trials, axis):
+            if not compare.comparable_pairs(trials, axis):
                 continue  # e.g. method, which only ever changes together with loss and rank
         except AnalysisError:
             pass

@@ -355,7 +355,7 @@ def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def comparison_table(result: pd.DataFrame) -> pd.DataFrame:
-    """A `stats.compare` result for reading: the fixed axes, metric and the two levels as labels;
+    """A `compare.compare` result for reading: the fixed axes, metric and the two levels as labels;
     both values, the difference B - A with its 95% interval, raw and Holm-corrected p."""
     labels = [
         c
