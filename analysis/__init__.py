@@ -16,8 +16,8 @@ Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad inp
 
 `run_dirs` is one path or a list of paths. Modules: `load` (the only file I/O), `axes`, `tables`
 (building tables), `render` (tables as text), `stats` (intervals and tests), `compare` (which trials to pair),
-`qualitative`, `plots` and `report`; only `plots` and `report` import matplotlib, and nothing here imports
-ray, torch or transformers.
+`qualitative`, `plots`, `report_sections` (what the report says) and `report` (its files); only `plots`
+imports matplotlib (the report modules through it), and nothing here imports ray, torch or transformers.
 """
 
 from __future__ import annotations
