@@ -14,9 +14,10 @@ Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad inp
         `ftgrid report`. Writes report.md, report.html and figures/*.png (default: into the first
         run folder) and returns the written paths by name.
 
-`run_dirs` is one path or a list of paths. Modules: `load` (the only file I/O), `tables`, `stats`,
-`qualitative`, `plots` and `report`; only `plots` and `report` import matplotlib, and nothing here
-imports ray, torch or transformers.
+`run_dirs` is one path or a list of paths. Modules: `load` (the only file I/O), `axes`, `tables`
+(building tables), `render` (tables as text), `stats` (intervals and tests), `compare` (which trials to pair),
+`qualitative`, `plots`, `report_sections` (what the report says) and `report` (its files); only `plots`
+imports matplotlib (the report modules through it), and nothing here imports ray, torch or transformers.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ def cli_table(
     """The text of one table over the run folder(s); see the module docstring."""
     from analysis import load, tables
     from analysis.axes import decimals
+    from analysis.render import format_table
 
     _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
     trials = _selected_trials(run_dirs, where, metric)
@@ -71,7 +73,7 @@ def cli_table(
         print(left_out, file=sys.stderr)  # keep the table itself machine-readable
     elif left_out:
         note = f"{note} {left_out}".strip()
-    return tables.format_table(table, fmt, decimals(metric), note)
+    return format_table(table, fmt, decimals(metric), note)
 
 
 def unreadable_note(unreadable: Sequence[dict]) -> str:
@@ -84,13 +86,13 @@ def unreadable_note(unreadable: Sequence[dict]) -> str:
 
 def _check_request(fmt: str, asked: Sequence[tuple[str, object]]) -> None:
     """None; raises AnalysisError when more than one table is asked for or `fmt` is unknown."""
-    from analysis import tables
+    from analysis.render import FORMATS
 
     modes = [name for name, given in asked if given]
     if len(modes) > 1:
         raise AnalysisError(f"Choose one table at a time, not {' and '.join(modes)}")
-    if fmt not in tables.FORMATS:
-        raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(tables.FORMATS)}")
+    if fmt not in FORMATS:
+        raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(FORMATS)}")
 
 
 def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
@@ -114,9 +116,10 @@ def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
 
 def _comparison(trials: pd.DataFrame, examples: pd.DataFrame, axis: str, metric: str, fmt: str) -> pd.DataFrame:
     """Paired tests of `axis`: the raw results indexed by metric and levels for csv/json, else the comparison table."""
-    from analysis import stats, tables
+    from analysis import tables
+    from analysis.compare import compare
 
-    result = stats.compare(trials, examples, axis=axis, metrics=metric)
+    result = compare(trials, examples, axis=axis, metrics=metric)
     if fmt in ("csv", "json"):
         return result.drop(columns=["trial_a", "trial_b"]).set_index(
             [c for c in result.columns if c in ("metric", "a", "b")]

@@ -6,7 +6,7 @@ from analysis_fixtures import write_seed000_run
 from analysis import AnalysisError
 from analysis.load import load_examples, load_trials
 from analysis.qualitative import qualitative_table, truncate
-from analysis.tables import format_table
+from analysis.render import format_table
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""analysis.report and the CLI entry points: report.md, a self-contained report.html, tables as text."""
+"""analysis.report and report_sections, and the CLI entry points: report.md, a self-contained report.html,
+tables as text."""
 
 import base64
 import io

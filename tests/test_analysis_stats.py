@@ -1,4 +1,5 @@
-"""analysis.stats: corpus BLEU from statistics, bootstrap intervals, paired tests, Holm, compare."""
+"""analysis.stats and analysis.compare: corpus BLEU from statistics, bootstrap intervals, paired tests, Holm,
+compare; the interval as text (render.format_ci)."""
 
 import shutil
 
@@ -10,8 +11,10 @@ from analysis_fixtures import base_config, write_trial
 from sacrebleu.metrics.bleu import BLEU
 
 from analysis import AnalysisError
+from analysis.compare import compare
 from analysis.load import load_examples, load_trials
-from analysis.stats import bootstrap_ci, compare, corpus_bleu, format_ci, holm, metric_value, paired_test
+from analysis.render import format_ci
+from analysis.stats import bootstrap_ci, corpus_bleu, holm, metric_value, paired_test
 
 HYPOTHESES = [
     "the cat sat on the mat",

@@ -9,16 +9,10 @@ import pytest
 from analysis_fixtures import base_config, write_seed000_run, write_trial
 
 from analysis import AnalysisError
+from analysis.axes import varying_axes
 from analysis.load import load_trials
-from analysis.tables import (
-    baseline_table,
-    best_per_level,
-    cost_table,
-    format_table,
-    main_table,
-    pivot_table,
-    varying_axes,
-)
+from analysis.render import format_table
+from analysis.tables import baseline_table, best_per_level, cost_table, main_table, pivot_table
 
 
 def constant(value, n=10):
