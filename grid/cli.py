@@ -254,9 +254,10 @@ def _trial_folder(run_dir: str | Path, trial_id: str):
 
 
 def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, TrialResult | None]:
-    from runners.trial import RunOptions, execute
+    from runners.execution import Execution
+    from runners.trial import execute
 
-    return execute(cfg, trial_dir, RunOptions(save=save))
+    return execute(cfg, trial_dir, Execution(save=save))
 
 
 @app.command()

@@ -10,7 +10,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import shutil
 import signal
@@ -21,16 +20,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
-from runners.contract.choices import Save
 from runners.contract.result import TrialResult, read_result, write_trial_json
 from runners.contract.store import RunStore
-from runners.trial import RunOptions
+from runners.execution import DEFAULT, Execution, write_handoff
 
 log = logging.getLogger("ftgrid.launch")
 
@@ -57,40 +54,9 @@ while True:
 OnLog = Callable[[dict], None] | None
 
 
-@dataclass(frozen=True)
-class Launch:
-    """How each trial of a run is launched and retried: the grid's `resources:` with the command line's say."""
-
-    launcher: str = "auto"  # `accelerate` (a child process per trial), `inline` (in the calling process) or `auto`
-    gpus: float = 0  # per trial: a fraction shares a GPU; whole numbers above 1 run one process per GPU
-    cpus: float = 1  # per trial: sizes the child's torch thread pools
-    retries: int = 0  # further attempts of a failed trial (not of bad input)
-    force: bool = False  # rerun trials that already finished
-    processes: int | None = None  # data-parallel processes per trial (default: one per whole GPU, else one)
-    checkpoint_steps: int | None = None  # a resumable training checkpoint every N optimiser steps
-    save: str = Save.ADAPTER.value  # the grid's `save:` (`none`: trials write no adapter/)
-
-    @property
-    def num_processes(self) -> int:
-        return self.processes or num_processes(self.gpus)
-
-    @property
-    def kind(self) -> str:
-        """`inline` or `accelerate`. `auto` runs a one-process CPU trial inline: its Ray worker keeps the imported
-        trial stack from one trial to the next (seconds per trial on a small machine), while a GPU trial gets a
-        child process of its own (a clean CUDA context, its memory given back when it exits)."""
-        if self.launcher != "auto":
-            return self.launcher
-        return "inline" if self.gpus <= 0 and self.num_processes == 1 else "accelerate"
-
-
-def num_processes(gpus: float) -> int:
-    """Processes `accelerate launch` starts: one per whole GPU, one for a fraction of a GPU or for the CPU."""
-    return max(1, math.floor(gpus + 1e-9)) if gpus > 0 else 1
-
-
-def launch_command(trial_dir: Path, launch: Launch, placement: dict | None = None) -> list[str]:
-    """The `accelerate launch` command line of one trial.
+def launch_command(trial_dir: Path, handoff: Path, launch: Execution) -> list[str]:
+    """The `accelerate launch` command line of one trial, which reads its configuration and execution from the
+    private `handoff` file (`runners.execution.write_handoff`).
 
     Several processes go through torchrun (`--multi_gpu`) on GPUs and CPUs alike: each process finds no CUDA
     device on a CPU node and joins a gloo group instead of an NCCL one (`runners.trial.make_accelerator`).
@@ -103,14 +69,7 @@ def launch_command(trial_dir: Path, launch: Launch, placement: dict | None = Non
         cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]  # several trials may share a node
     elif launch.gpus <= 0:
         cmd.append("--cpu")
-    cmd += ["-m", "runners.trial", "--config", str(trial_dir / layout.TRIAL_JSON), "--out", str(trial_dir)]
-    if launch.checkpoint_steps:
-        cmd += ["--checkpoint-steps", str(launch.checkpoint_steps)]
-    if launch.save != Save.ADAPTER:
-        cmd += ["--save", str(launch.save)]
-    if placement:
-        cmd += ["--placement", json.dumps(placement)]
-    return cmd
+    return [*cmd, "-m", "runners.trial", "--handoff", str(handoff), "--out", str(trial_dir)]
 
 
 def _free_port() -> int:
@@ -119,7 +78,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(launch: Launch) -> dict[str, str]:
+def child_env(launch: Execution) -> dict[str, str]:
     """The child's environment: ours, with torch's thread pools sized to each process's CPU share, and no GPU
     for a trial that asked for none."""
     env = dict(os.environ)
@@ -169,14 +128,14 @@ class LogTail:
 def launch_trial(
     cfg: TrialConfig,
     trial_dir: Path,
-    launch: Launch = Launch(),
+    launch: Execution = DEFAULT,
     *,
     on_log: OnLog = None,
     on_poll: Callable[[], None] | None = None,
     placement: dict | None = None,
     poll_s: float = 0.5,
-) -> tuple[int, dict]:
-    """Run one trial once and return (exit code, result.json content).
+) -> tuple[int, TrialResult]:
+    """Run one trial once and return (exit code, its result).
 
     `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
     output goes to trial.log; `inline`: `runners.trial.execute` in this process (small CPU runs, tests).
@@ -199,11 +158,15 @@ def launch_trial(
         if on_poll is not None:
             on_poll()
 
+    launch = launch.placed(placement)
     if launch.kind == "inline":
-        options = RunOptions(launch.checkpoint_steps, placement or {}, launch.save)
-        code = _run_inline(cfg, trial_dir, options, launch, watch, poll_s)
+        code = _run_inline(cfg, trial_dir, launch, watch, poll_s)
     else:
-        code = _run_child(launch_command(trial_dir, launch, placement), trial_dir, launch, watch, poll_s)
+        handoff = write_handoff(cfg.model_dump(mode="json"), launch)
+        try:
+            code = _run_child(launch_command(trial_dir, handoff, launch), trial_dir, launch, watch, poll_s)
+        finally:
+            handoff.unlink(missing_ok=True)
     result = read_result(trial_dir)
     if result is None or (code != 0 and result.ok):
         result = failure_from_log(cfg, trial_dir, code)
@@ -213,7 +176,7 @@ def launch_trial(
     return code, result
 
 
-def _run_child(cmd: list[str], trial_dir: Path, launch: Launch, watch: Callable[[], None], poll_s: float) -> int:
+def _run_child(cmd: list[str], trial_dir: Path, launch: Execution, watch: Callable[[], None], poll_s: float) -> int:
     with (trial_dir / layout.TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
@@ -256,13 +219,13 @@ def _kill_group(child: subprocess.Popen) -> None:
         pass
 
 
-def _run_inline(cfg: TrialConfig, trial_dir: Path, options, launch: Launch, watch, poll_s: float) -> int:
+def _run_inline(cfg: TrialConfig, trial_dir: Path, launch: Execution, watch, poll_s: float) -> int:
     import torch
 
     from runners.trial import execute
 
     with (trial_dir / layout.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
-        where = f" --placement {json.dumps(options.placement)}" if options.placement else ""
+        where = f" --placement {json.dumps(launch.placement)}" if launch.placement else ""
         out.write(f"$ inline runners.trial.execute in process {os.getpid()}{where}\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(launch.cpus)))  # the trial's CPU share, as a child process gets it
@@ -273,7 +236,7 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, options, launch: Launch, watc
 
     def target() -> None:
         try:
-            box["code"], _ = execute(cfg, trial_dir, options)
+            box["code"], _ = execute(cfg, trial_dir, launch)
         except BaseException as err:
             logging.getLogger("ftgrid.trial").exception("trial crashed: %s", err)
             box["code"] = 1
@@ -311,7 +274,7 @@ def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> TrialResul
 
 
 def run_cell(
-    cfg: TrialConfig, run_dir: str | Path, launch: Launch = Launch(), *, on_log: OnLog = None, placement=None
+    cfg: TrialConfig, run_dir: str | Path, launch: Execution = DEFAULT, *, on_log: OnLog = None, placement=None
 ) -> tuple[TrialResult, bool]:
     """One trial with caching and retries: (its result, whether it came from the cache).
 
@@ -333,7 +296,9 @@ def run_cell(
         return _attempts(cfg, trial_dir, launch, on_log, placement), False
 
 
-def _attempts(cfg: TrialConfig, trial_dir: Path, launch: Launch, on_log: OnLog, placement, on_poll=None) -> TrialResult:
+def _attempts(
+    cfg: TrialConfig, trial_dir: Path, launch: Execution, on_log: OnLog, placement, on_poll=None
+) -> TrialResult:
     """Launch the trial, again after a failure up to `launch.retries` times (not after bad input, exit code 2)."""
     for attempt in range(launch.retries + 1):
         if attempt:
@@ -353,7 +318,7 @@ def scratch_dir(store: RunStore, trial_id: str) -> Path:
     return base / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
 
 
-def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, launch: Launch, on_log, placement):
+def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, launch: Execution, on_log, placement):
     """A trial of a run in storage: it works in node-local scratch, starting from the checkpoint, train_log and
     trial.log the storage holds (a trial restarted on another node resumes); new checkpoints are copied to the
     storage as they appear; at the end the folder is copied there with result.json last."""

@@ -7,30 +7,31 @@ Ray is imported inside functions only, so commands that never schedule (`ftgrid 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 import logging
 import os
 import time
 from pathlib import Path
 
-from grid.launch import Launch, run_cell
+from grid.launch import run_cell
 from grid.runfolder import refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
-from runners.contract.choices import Save, Status
+from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result
 from runners.contract.store import RunStore
+from runners.execution import Execution
 
 log = logging.getLogger("ftgrid.ray")
 
 FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
 
 
-def launch_of(resources, *, retries: int, force: bool, save: str = Save.ADAPTER.value) -> Launch:
-    """How every trial of a run is launched, from the grid's `resources:` and `save:`, and the command line."""
-    return Launch(
+def launch_of(resources, *, retries: int, force: bool, save: str) -> Execution:
+    """How every trial of a run runs, from the grid's `resources:` and `save:`, and the command line: the one place
+    an `Execution` is built for a run."""
+    return Execution(
         launcher=resources.launcher,
         gpus=resources.gpus_per_trial,
         cpus=resources.cpus_per_trial,
@@ -42,14 +43,14 @@ def launch_of(resources, *, retries: int, force: bool, save: str = Save.ADAPTER.
     )
 
 
-def param_space(run_dir: str | Path, launch: Launch, **space) -> dict:
+def param_space(run_dir: str | Path, execution: Execution, **space) -> dict:
     """Tune's param space: where and how each trial runs (plain values, as Ray records them) and the space."""
-    return {"run_dir": RunStore(run_dir).absolute(), "launch": dataclasses.asdict(launch), **space}
+    return {"run_dir": RunStore(run_dir).absolute(), "execution": execution.to_json(), **space}
 
 
 def trial_config(config: dict) -> TrialConfig:
     """Ray's trial dict back into a TrialConfig: the cell (`trial`) with any sampled settings on top."""
-    sampled = {k: v for k, v in config.items() if k not in ("trial", "launch", "run_dir")}
+    sampled = {k: v for k, v in config.items() if k not in ("trial", "execution", "run_dir")}
     return TrialConfig.model_validate({**config["trial"], **sampled})
 
 
@@ -57,7 +58,7 @@ def ray_trial(config: dict) -> None:
     """The Ray Tune trainable: run one cell, stream its log lines to Tune, report its final result."""
     from ray import tune
 
-    launch = Launch(**config["launch"])
+    launch = Execution.from_json(config["execution"])
     cfg = trial_config(config)
     result, cached = run_cell(cfg, config["run_dir"], launch, on_log=tune.report, placement=placement())
     tune.report(final_report(result, cached))

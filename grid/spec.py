@@ -29,6 +29,7 @@ from runners.config import (
 from runners.contract.choices import Save
 from runners.contract.errors import ConfigError
 from runners.data import DATASETS, is_local, path_entry
+from runners.execution import DEFAULT
 from runners.models import MODELS
 from runners.templates import TEMPLATES
 
@@ -43,22 +44,26 @@ class Resources(BaseModel):
     """How each trial is scheduled and launched (not part of a trial's identity)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
-    gpus_per_trial: float = Field(0, ge=0, description="GPUs per trial; fractions pack small models onto one GPU.")
-    cpus_per_trial: float = Field(1, gt=0, description="CPU cores reserved per trial.")
+    gpus_per_trial: float = Field(
+        DEFAULT.gpus, ge=0, description="GPUs per trial; fractions pack small models onto one GPU."
+    )
+    cpus_per_trial: float = Field(DEFAULT.cpus, gt=0, description="CPU cores reserved per trial.")
     launcher: Literal["auto", "accelerate", "inline"] = Field(
-        "auto",
+        DEFAULT.launcher,
         description="`accelerate`: a child process per trial; `inline`: inside the Ray worker (CPU); `auto`: inline "
         "for one-process CPU trials, accelerate otherwise.",
     )
     max_concurrent: int | None = Field(
         None, ge=1, description="Most trials running at once (default: as resources allow)."
     )
-    retries: int = Field(0, ge=0, description="Times a failed trial is tried again.")
+    retries: int = Field(DEFAULT.retries, ge=0, description="Times a failed trial is tried again.")
     processes_per_trial: int | None = Field(
-        None, ge=1, description="Data-parallel processes per trial (default: one per whole GPU, else one)."
+        DEFAULT.processes, ge=1, description="Data-parallel processes per trial (default: one per whole GPU, else one)."
     )
     checkpoint_steps: int | None = Field(
-        None, ge=1, description="Save a resumable training checkpoint every N optimiser steps (the last one is kept)."
+        DEFAULT.checkpoint_steps,
+        ge=1,
+        description="Save a resumable training checkpoint every N optimiser steps (the last one is kept).",
     )
     max_restarts: int = Field(
         3, ge=0, description="Times a trial whose Ray worker or node was lost starts again (from its checkpoint)."
@@ -93,7 +98,7 @@ class GridSpec(BaseModel):
     name: str = Field("grid", description="A name for the run: its default run folder is runs/<name>.")
     description: str | None = None
     save: Save = Field(
-        Save.ADAPTER,
+        Save(DEFAULT.save),
         description="What trials keep of their trained weights: `adapter` (every trial), `none`, or `best` "
         "(only the best trial's by the main metric, once `ftgrid run` ends). Not part of a trial's identity.",
     )

@@ -1,7 +1,8 @@
 """One trial, top to bottom: prepare the data, fit the model, evaluate it, assemble result.json.
 
-Runs the same in-process (`ftgrid trial`), under `accelerate launch` (`python -m runners.trial --config
-trial.json --out DIR`, one process per device) and inside a Ray trial. `result.json` is written last, by the
+Runs the same in-process (`ftgrid trial`), under `accelerate launch` (`python -m runners.trial --handoff FILE
+--out DIR`, one process per device; FILE is the driver's private copy of the trial's configuration and
+`Execution`) and inside a Ray trial. `result.json` is written last, by the
 main process only: its presence with status ok means the trial finished.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import logging
 import random
 import sys
@@ -19,25 +19,12 @@ from pathlib import Path
 
 from runners.config import TrialConfig
 from runners.contract import layout
-from runners.contract.choices import Save
 from runners.contract.errors import ConfigError
 from runners.contract.files import share, size_mb, write_atomic, write_jsonl
 from runners.contract.result import TrialResult, now, package_versions, write_trial_json
+from runners.execution import DEFAULT, Execution, read_handoff
 
 log = logging.getLogger("ftgrid.trial")
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """How this run of a trial behaves, as opposed to what it computes: not part of the trial's identity."""
-
-    checkpoint_steps: int | None = None  # save a resumable training checkpoint every N optimiser steps
-    placement: dict = field(default_factory=dict)  # where the scheduler put the trial: node, the GPU ids it gave
-    save: str = Save.ADAPTER.value  # the grid's `save:`: whether adapter/ is written (`none`: not)
-
-    @property
-    def keep_weights(self) -> bool:
-        return self.save != Save.NONE
 
 
 @dataclass
@@ -52,7 +39,7 @@ class TrialData:
     counts: dict = field(default_factory=dict)  # rows used, dropped, folded, truncated
 
 
-def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> TrialResult | None:
+def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> TrialResult | None:
     """Fine-tune and evaluate one trial; writes the trial folder and returns its result (None on the processes
     other than the main one)."""
     from runners.checkpoint import Checkpoints
@@ -64,13 +51,13 @@ def run_trial(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions(
     start_folder(cfg, out_dir)
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(cfg, tokenizer)
-    checkpoints = Checkpoints(out_dir, options.checkpoint_steps, accelerator)
-    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, options.keep_weights)
+    checkpoints = Checkpoints(out_dir, execution.checkpoint_steps, accelerator)
+    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, execution.keep_weights)
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return None
-    placement = where_it_ran(options.placement, accelerator, [*window, time.time()])
-    done = Finished(train_block, evaluation, placement, options.save, started_at, clock)
+    placement = where_it_ran(execution.placement, accelerator, [*window, time.time()])
+    done = Finished(train_block, evaluation, placement, execution.save, started_at, clock)
     result = assemble_result(cfg, data, done, out_dir)
     result.write(out_dir)  # written last: its presence means done
     checkpoints.clear()
@@ -351,10 +338,10 @@ def placement_warnings(placement: dict) -> list[str]:
     return []
 
 
-def execute(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions()) -> tuple[int, TrialResult | None]:
+def execute(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> tuple[int, TrialResult | None]:
     """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
     try:
-        return 0, run_trial(cfg, out_dir, options)
+        return 0, run_trial(cfg, out_dir, execution)
     except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
         result = TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err)
         if is_main_process():
@@ -364,17 +351,16 @@ def execute(cfg: TrialConfig, out_dir: Path, options: RunOptions = RunOptions())
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point for `accelerate launch -m runners.trial --config trial.json --out DIR`."""
+    """Entry point for `accelerate launch -m runners.trial --handoff FILE --out DIR`."""
     parser = argparse.ArgumentParser(prog="python -m runners.trial")
-    parser.add_argument("--config", required=True, type=Path, help="trial.json (a dumped TrialConfig)")
+    parser.add_argument(
+        "--handoff", required=True, type=Path, help="the trial's configuration and execution, as the driver wrote them"
+    )
     parser.add_argument("--out", required=True, type=Path, help="the trial folder")
-    parser.add_argument("--checkpoint-steps", type=int, help="save a resumable checkpoint every N optimiser steps")
-    parser.add_argument("--placement", type=json.loads, default={}, help="JSON: where the scheduler put the trial")
-    parser.add_argument("--save", default=Save.ADAPTER.value, choices=[s.value for s in Save])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    cfg = TrialConfig.model_validate(json.loads(args.config.read_text()))
-    code, _ = execute(cfg, args.out, RunOptions(args.checkpoint_steps, args.placement, args.save))
+    config, execution = read_handoff(args.handoff)
+    code, _ = execute(TrialConfig.model_validate(config), args.out, execution)
     return code
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from grid.spec import load_grid
 from runners.contract.result import read_result
+from runners.execution import Execution, write_handoff
 from runners.trial import execute
 
 pytestmark = pytest.mark.gpu
@@ -30,8 +31,7 @@ def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
         pytest.skip("needs two GPUs")
     _, trials = load_grid(tiny_grid(), sets={"method": "qlora"})
     cfg = trials[0]
-    trial_json = tmp_path / "trial.json"
-    trial_json.write_text(cfg.model_dump_json())
+    handoff = write_handoff(cfg.model_dump(mode="json"), Execution())
     subprocess.run(
         [
             sys.executable,
@@ -41,8 +41,8 @@ def test_multi_gpu_trial_through_accelerate_launch(tiny_grid, tmp_path):
             "2",
             "-m",
             "runners.trial",
-            "--config",
-            str(trial_json),
+            "--handoff",
+            str(handoff),
             "--out",
             str(tmp_path / "t"),
         ],

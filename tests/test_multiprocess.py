@@ -2,7 +2,6 @@
 machinery a 2-GPU trial uses), and a trial killed mid-training that resumes from its checkpoint with the loss
 curve of an uninterrupted run."""
 
-import json
 import os
 import signal
 import subprocess
@@ -11,18 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from grid.launch import Launch, launch_command, launch_trial
+from grid.launch import launch_command, launch_trial
 from grid.spec import load_grid
+from runners.contract.files import read_jsonl
+from runners.execution import Execution, write_handoff
 
 pytestmark = pytest.mark.slow
 
 
 def train_log(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "train_log.jsonl").read_text().splitlines()]
+    return read_jsonl(trial_dir / "train_log.jsonl")
 
 
 def predictions(trial_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (trial_dir / "predictions.jsonl").read_text().splitlines()]
+    return read_jsonl(trial_dir / "predictions.jsonl")
 
 
 def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_order(tiny_grid, tmp_path):
@@ -34,7 +35,7 @@ def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_orde
     _, trials = load_grid(tiny_grid(), sets={"n_eval": 7, "logging_steps": 1})  # 7: the processes get 4 and 3
     cfg = trials[0]
     trial_dir = tmp_path / cfg.trial_id
-    code, result = launch_trial(cfg, trial_dir, Launch(processes=2, cpus=2))
+    code, result = launch_trial(cfg, trial_dir, Execution(processes=2, cpus=2))
     assert code == 0, result.error
     assert result.placement["num_processes"] == 2 and result.placement["distributed"] == "MULTI_CPU"
     assert result.train["num_processes"] == 2 and result.eval["num_processes"] == 2
@@ -65,16 +66,15 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_un
     _, trials = load_grid(tiny_grid(), sets=sets)
     cfg = trials[0]
     reference = tmp_path / "reference" / cfg.trial_id
-    code, _ = launch_trial(cfg, reference, Launch())  # uninterrupted, no checkpoints
+    code, _ = launch_trial(cfg, reference, Execution())  # uninterrupted, no checkpoints
     assert code == 0
 
     trial_dir = tmp_path / "resumed" / cfg.trial_id
-    launch = Launch(checkpoint_steps=3)
+    launch = Execution(checkpoint_steps=3)
     trial_dir.mkdir(parents=True)
-    (trial_dir / "trial.json").write_text(json.dumps(cfg.model_dump(mode="json")))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with (tmp_path / "killed.log").open("w") as out:
-        cmd = launch_command(trial_dir, launch)
+        cmd = launch_command(trial_dir, write_handoff(cfg.model_dump(mode="json"), launch), launch)
         child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     deadline = time.monotonic() + 240
     while not (trial_dir / "checkpoints" / "step-000006" / "done").exists():

@@ -13,12 +13,13 @@ import pytest
 from conftest import processes_mentioning, quiet, ray_processes, recording, wait_until_gone
 from rich.console import Console
 
-from grid.launch import Launch, LogTail, launch_trial
+from grid.launch import LogTail, launch_trial
 from grid.ray_driver import run_on_ray
 from grid.spec import load_grid
 from grid.sweep import run_grid
 from runners.contract.errors import ConfigError
 from runners.contract.result import read_result
+from runners.execution import Execution
 
 GRID_AXES = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom, alpaca]\n"
@@ -53,12 +54,12 @@ def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_pa
     cfg = trials[0]
     # Warm the model cache first: building a built-in model on first use draws from the global RNG after the
     # trial's set_seed, so a cold-cache run differs from every later one whatever the launcher.
-    launch_trial(cfg, tmp_path / "warm" / cfg.trial_id, Launch(launcher="inline"))
+    launch_trial(cfg, tmp_path / "warm" / cfg.trial_id, Execution(launcher="inline"))
     outcomes = {}
     for launcher in ("accelerate", "inline"):
         logged = []
         trial_dir = tmp_path / launcher / cfg.trial_id
-        code, result = launch_trial(cfg, trial_dir, Launch(launcher=launcher), on_log=logged.append)
+        code, result = launch_trial(cfg, trial_dir, Execution(launcher=launcher), on_log=logged.append)
         assert code == 0 and result.ok, result.error
         assert [row["step"] for row in logged] == [2, 4]  # train_log lines streamed as they appear
         assert (trial_dir / "trial.log").stat().st_size > 0
@@ -74,7 +75,7 @@ def test_a_child_that_dies_without_a_result_gets_a_failed_one_from_its_log(tiny_
     _, trials = load_grid(tiny_grid())
     script = "import sys; print('loading…'); print('CUDA out of memory. Tried to allocate 2 GiB'); sys.exit(3)"
     monkeypatch.setattr(launch, "launch_command", lambda *a: [sys.executable, "-c", script])
-    code, result = launch_trial(trials[0], tmp_path / "t", Launch(launcher="accelerate"))
+    code, result = launch_trial(trials[0], tmp_path / "t", Execution(launcher="accelerate"))
     assert code == 3
     assert result.status == "failed"
     assert "exited with code 3" in result.error and "CUDA out of memory" in result.error
