@@ -211,7 +211,8 @@ def trial(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
-    from grid.tracking import Where, check_installed, follow, with_track
+    from grid.tracking import follow
+    from grid.tracking_spec import RunContext, check_installed, with_track
 
     _setup_logging(verbose)
     spec, cfg = _pick_trial(grid, pick, set_, smoke)
@@ -219,7 +220,7 @@ def trial(
     check_installed(spec.tracking)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     out.print(f"trial [bold]{cfg.trial_id}[/] → {RunStore(run_dir) / cfg.trial_id}", highlight=False)
-    where = Where(spec.name, run_dir, "trial")
+    where = RunContext(spec.name, run_dir, "trial")
     with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, where, cfg, trial_dir, out):
         code, result = _execute(cfg, trial_dir, spec.save.value)
     if code == 2:
@@ -373,7 +374,7 @@ def run(
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
     from grid.spec import load_grid
     from grid.sweep import DRY_RUN_FORMATS, run_grid
-    from grid.tracking import with_track
+    from grid.tracking_spec import with_track
 
     _setup_logging()
     if fmt not in DRY_RUN_FORMATS:
@@ -415,7 +416,7 @@ def tune(
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
     from grid.spec import load_spec
-    from grid.tracking import with_track
+    from grid.tracking_spec import with_track
     from grid.tune import run_search
 
     _setup_logging()

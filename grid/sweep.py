@@ -16,8 +16,9 @@ from rich.table import Table
 from grid.progress import Progress, summarise
 from grid.ray_driver import check_fits, grid_search, launch_of, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, write_grid_yaml
-from grid.tracking import Where, callbacks, check_installed
-from runners.config import TrialConfig
+from grid.tracking import callbacks
+from grid.tracking_spec import RunContext, check_installed
+from runners.config import ENTRY_FIELDS, TrialConfig
 from runners.contract.choices import Save
 from runners.contract.result import read_result
 from runners.contract.store import RunStore
@@ -41,8 +42,6 @@ def trial_table(trials: list[TrialConfig]) -> Table:
 
 def trial_records(spec, trials: list[TrialConfig]) -> list[dict]:
     """One record per trial: its id, its axis values and every setting (`--dry-run --format json`)."""
-    from grid.spec import ENTRY_FIELDS
-
     records = []
     for cfg in trials:
         settings = cfg.model_dump(mode="json", exclude=set(ENTRY_FIELDS))
@@ -122,7 +121,7 @@ def run_grid(
             resources=res,
             max_concurrent=max_concurrent or res.max_concurrent,
             progress=progress,
-            callbacks=callbacks(spec.tracking, Where(spec.name, run_dir, "run"), console),
+            callbacks=callbacks(spec.tracking, RunContext(spec.name, run_dir, "run"), console),
         )
     if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
         console.print(line, highlight=False)

@@ -33,7 +33,8 @@ from grid.progress import Progress, summarise
 from grid.ray_driver import check_fits, launch_of, param_space, run_on_ray
 from grid.runfolder import write_grid_yaml
 from grid.spec import SETTING_FIELDS, expand
-from grid.tracking import Where, callbacks, check_installed
+from grid.tracking import callbacks
+from grid.tracking_spec import RunContext, check_installed
 from runners.config import AXES, TrialConfig, format_validation_error
 from runners.contract import layout
 from runners.contract.errors import ConfigError
@@ -311,7 +312,7 @@ def run_search(
     )
     progress = Progress(total=max(0, remaining), metric=search.metric, mode=search.mode, console=console)
     if remaining > 0:
-        trackers = callbacks(spec.tracking, Where(spec.name, run_dir, "tune"), console)
+        trackers = callbacks(spec.tracking, RunContext(spec.name, run_dir, "tune"), console)
         _search_on_ray(
             spec, search, base, previous, run_dir, remaining, address=address, progress=progress, trackers=trackers
         )
