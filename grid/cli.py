@@ -2,27 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-import re
-import socket
 import sys
 import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import typer
-import yaml
 from rich.console import Console
 from rich.markup import escape
 
+from grid.cli_checks import (
+    BadInput,
+    a_location,
+    a_path,
+    check_address,
+    check_out_dir,
+    parse_pairs,
+    read_stdin,
+    refuse_empty,
+    sets_and_picks,
+)
 from runners.contract import layout
 from runners.contract.errors import ConfigError
-from runners.contract.result import TrialResult
 from runners.contract.scores import MAIN_METRIC
-from runners.contract.store import RunStore, is_uri
+from runners.contract.store import RunStore
 
 app = typer.Typer(
     add_completion=False,
@@ -34,20 +40,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-def a_path(value) -> Path:
-    """A path argument as typed: an empty one is refused (Path("") would quietly mean the current folder)."""
-    if not str(value).strip():
-        raise typer.BadParameter("empty; give a path")
-    return Path(value)
-
-
-def a_location(value) -> str:
-    """A run folder as typed: a path or a storage URI (kept as text: Path would fold s3:// into s3:/)."""
-    if not str(value).strip():
-        raise typer.BadParameter("empty; give a path or a storage URI")
-    return str(value)
-
-
 GridArg = Annotated[Path, typer.Argument(help="Grid YAML file.", parser=a_path)]
 OutOpt = Annotated[
     str | None,
@@ -56,8 +48,6 @@ OutOpt = Annotated[
 AddressOpt = Annotated[
     str | None, typer.Option(help="Ray cluster to join: auto, or the head's HOST:PORT; default: a local one.")
 ]
-# What `ray.init(address=...)` takes: auto, local, a Ray client URL or the head's HOST:PORT.
-ADDRESS = re.compile(r"auto|local|ray://\S+|[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}")
 PickOpt = Annotated[list[str] | None, typer.Option("--pick", help="AXIS=VALUE: fix an axis (repeatable).")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="KEY=VALUE: override a setting (repeatable).")]
 TrackOpt = Annotated[
@@ -68,62 +58,6 @@ TrackOpt = Annotated[
         "entity, mode); repeatable; adds to the grid's tracking: block; none turns it off.",
     ),
 ]
-
-
-class BadInput(Exception):
-    """Raised for bad command-line input; printed without a traceback, exit code 2."""
-
-
-def parse_pairs(pairs: list[str] | None, option: str) -> dict:
-    """KEY=VALUE pairs, each VALUE read as YAML (so 5 is an int, [1, 2] a list, true a bool)."""
-    parsed = {}
-    for pair in pairs or []:
-        key, sep, value = pair.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise BadInput(f"{option} {pair!r}: expected KEY=VALUE, e.g. {option} max_steps=5")
-        try:
-            parsed[key] = yaml.safe_load(value)
-        except yaml.YAMLError:
-            parsed[key] = value
-    return parsed
-
-
-def check_out_dir(location: str | Path, what: str = "--out") -> str | Path:
-    """A folder ftgrid may write into: a folder, or missing (it is created); never a file or inside one. A storage
-    URI is checked when it is used (refused there if it holds credentials)."""
-    if is_uri(location):
-        return location
-    path = Path(location)
-    for folder in (path, *path.parents):
-        if folder.exists() or folder.is_symlink():
-            if not folder.is_dir():
-                where = "is not a folder" if folder == path else f"is inside {folder}, which is not a folder"
-                raise BadInput(f"{what} {path}: {where}; give a folder (it is created if missing)")
-            if not os.access(folder, os.W_OK | os.X_OK):
-                raise BadInput(f"{what} {path}: cannot write in {folder} (permission denied); give another folder")
-            break
-    return path
-
-
-def check_address(address: str | None) -> str | None:
-    """A Ray address as `ray.init` takes it; HOST:PORT must answer (Ray itself would retry for minutes)."""
-    if address is None or address in ("auto", "local") or address.startswith("ray://"):
-        return address
-    host, _, port = address.rpartition(":")
-    if not ADDRESS.fullmatch(address) or not 0 < int(port) < 2**16:
-        raise BadInput(
-            f"--address {address!r}: expected auto (the Ray cluster this machine belongs to) or the head node's "
-            "HOST:PORT, e.g. --address 10.0.0.5:6379; leave it out to start a local Ray"
-        )
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as err:
-        raise BadInput(
-            f"--address {address}: no Ray head answers there ({err.strerror or err}); start one with "
-            f"`ray start --head --port={port}` on that machine, or check the address (`ray status` there)"
-        ) from err
-    return address
 
 
 def fail_input(message: str) -> None:
@@ -166,38 +100,9 @@ def _quiet_libraries(verbose: bool) -> None:
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show the log, library warnings too.")]
 
 
-def _pick_trial(grid: Path, picks, sets, smoke: bool = False):
-    from grid.spec import load_grid
-
-    sets, picks = parse_pairs(sets, "--set"), parse_pairs(picks, "--pick")
-    clashes = [f"--set {k}={sets[k]} and --pick {k}={v}" for k, v in picks.items() if k in sets and sets[k] != v]
-    if clashes:
-        raise BadInput(f"{'; '.join(clashes)} disagree: give each setting once (--pick for an axis)")
-    spec, trials = load_grid(grid, sets=sets, picks=picks)
-    if smoke:
-        from grid.smoke import smoke_trial
-
-        return spec, smoke_trial(trials[0])
-    return spec, trials[0]  # the first value of every axis not picked
-
-
 SmokeOpt = Annotated[
     bool, typer.Option("--smoke", help="Tiny stand-in models, synthetic data, a few steps, resources cut to here.")
 ]
-
-
-def smoke_spec(spec, address: str | None):
-    """The grid with `resources:` cut to this machine, for a smoke run on a local Ray (a cluster keeps them)."""
-    if address is not None:
-        return spec
-    from grid.ray_driver import local_node
-    from grid.smoke import smoke_resources
-
-    return spec.model_copy(update={"resources": smoke_resources(spec.resources, local_node())})
-
-
-def default_run_dir(spec, smoke: bool) -> Path:
-    return Path("runs") / (f"{spec.name}-smoke" if smoke else spec.name)
 
 
 @app.command()
@@ -211,26 +116,17 @@ def trial(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ):
     """Run one trial in-process, without Ray: the debug run."""
-    from grid.tracking import Where, check_installed, follow, with_track
+    from grid.driver import default_run_dir, load_trial, run_one_trial
 
     _setup_logging(verbose)
-    spec, cfg = _pick_trial(grid, pick, set_, smoke)
-    spec = with_track(spec, track)
-    check_installed(spec.tracking)
+    spec, cfg = load_trial(grid, *sets_and_picks(set_, pick), track, smoke=smoke)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
-    out.print(f"trial [bold]{cfg.trial_id}[/] → {RunStore(run_dir) / cfg.trial_id}", highlight=False)
-    where = Where(spec.name, run_dir, "trial")
-    with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, where, cfg, trial_dir, out):
-        code, result = _execute(cfg, trial_dir, spec.save.value)
+    code, result = run_one_trial(spec, cfg, run_dir, out)
     if code == 2:
         fail_input(result.error.removeprefix("ConfigError: "))
     if code:
         err.print(f"[bold red]trial failed:[/] {result.error}\n{result.traceback or ''}", highlight=False)
         raise typer.Exit(1)
-    from grid.runfolder import refresh_results_csv, write_grid_yaml  # the same run-folder files as `ftgrid run`
-
-    write_grid_yaml(spec, run_dir)
-    refresh_results_csv(run_dir)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
     train, evaluated = result.train, result.eval
     out.print(
@@ -240,6 +136,7 @@ def trial(
     )
 
 
+<<<<<<< HEAD
 @contextlib.contextmanager
 def _trial_folder(run_dir: str | Path, trial_id: str):
     """The folder a trial runs in: RUN_DIR/<trial_id> itself, or for a run folder in storage a scratch folder
@@ -260,6 +157,8 @@ def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, TrialResult | None]:
     return execute(cfg, trial_dir, Execution(save=save))
 
 
+=======
+>>>>>>> i18-driver
 @app.command()
 def audit(
     grid: GridArg,
@@ -273,7 +172,9 @@ def audit(
     """Show, per example, the prompt and the exact tokens the loss is computed on."""
     _setup_logging(verbose)
     _quiet_libraries(verbose)
-    _, cfg = _pick_trial(grid, pick, set_, smoke)
+    from grid.driver import pick_trial
+
+    _, cfg = pick_trial(grid, *sets_and_picks(set_, pick), smoke=smoke)
     if not cfg.method.trains:
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
     from runners.masking import supervised_ids
@@ -339,17 +240,10 @@ def summarize(
             store.download(Path(scratch))
         folder = store.local if store.local is not None else Path(scratch)
         check_weights(folder, read_trial_config(folder))  # before waiting on stdin
-        dialogue = _read_stdin() if text in (None, "-") else text
+        dialogue = read_stdin() if text in (None, "-") else text
         if not dialogue.strip():
             raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
         print(run_summarize(folder, [dialogue])[0])
-
-
-def _read_stdin() -> str:
-    try:
-        return sys.stdin.buffer.read().decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise BadInput(f"the conversation on stdin is not UTF-8 text ({err.reason} at byte {err.start})") from err
 
 
 @app.command()
@@ -372,20 +266,14 @@ def run(
     track: TrackOpt = None,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
-    from grid.spec import load_grid
-    from grid.sweep import DRY_RUN_FORMATS, run_grid
-    from grid.tracking import with_track
+    from grid.driver import default_run_dir, load_run, run_grid
+    from grid.sweep import DRY_RUN_FORMATS
 
     _setup_logging()
     if fmt not in DRY_RUN_FORMATS:
         raise BadInput(f"--format {fmt!r}: expected one of {', '.join(DRY_RUN_FORMATS)}")
     check_address(address)
-    spec, trials = load_grid(grid, sets=parse_pairs(set_, "--set"))
-    spec = with_track(spec, track)
-    if smoke:
-        from grid.smoke import smoke as smoke_all
-
-        spec, trials = smoke_spec(spec, address), smoke_all(trials)
+    spec, trials = load_run(grid, parse_pairs(set_, "--set"), track, smoke=smoke, address=address)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     code = run_grid(
         spec,
@@ -415,13 +303,11 @@ def tune(
     track: TrackOpt = None,
 ):
     """Search learning rate, rank, … with Optuna (TPE) on Ray Tune."""
-    from grid.spec import load_spec
-    from grid.tracking import with_track
-    from grid.tune import run_search
+    from grid.driver import default_run_dir, load_search, run_search
 
     _setup_logging()
     check_address(address)
-    spec = with_track(load_spec(search), track)
+    spec = load_search(search, track)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
     code = run_search(spec, search, run_dir, address=address, resume=resume, smoke=smoke, dry_run=dry_run, console=out)
     raise typer.Exit(code)
@@ -451,7 +337,7 @@ def table(
     from analysis import AnalysisError, cli_table
 
     given = [("--metric", metric), ("--compare", compare), ("--baseline", baseline), ("--best", best)]
-    _refuse_empty([*given, ("--where", where), *(("--condition", c) for c in condition or [])])
+    refuse_empty([*given, ("--where", where), *(("--condition", c) for c in condition or [])])
     try:
         text = cli_table(
             [str(p) for p in run_dirs],
@@ -482,7 +368,7 @@ def report(
     """Write report.md and a self-contained report.html: tables, intervals, tests, plots, costs."""
     from analysis import AnalysisError, cli_report
 
-    _refuse_empty([("--metric", metric)])
+    refuse_empty([("--metric", metric)])
     if out_dir is not None:
         check_out_dir(out_dir)
     try:
@@ -492,13 +378,6 @@ def report(
     for name, path in paths.items():
         if name in (layout.REPORT_MD, layout.REPORT_HTML):
             out.print(f"{name}: {path}", highlight=False)
-
-
-def _refuse_empty(options: list[tuple[str, str | None]]) -> None:
-    """An option given as an empty string is a mistake (an unset shell variable?), not a request for the default."""
-    empty = dict.fromkeys(name for name, value in options if value is not None and not value.strip())
-    if empty:
-        raise BadInput(f"{', '.join(empty)}: empty value; give one (see --help) or leave the option out")
 
 
 def main() -> None:

@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from grid.ray_driver import FINAL, trial_config
-from grid.spec import ENTRY_FIELDS
-from grid.tracking import wandb_dir
-from runners.config import TrialConfig
+from grid.tracking_spec import wandb_dir
+from runners.config import ENTRY_FIELDS, TrialConfig
 from runners.contract.choices import Status
 from runners.contract.scores import METRICS
 
@@ -96,7 +95,7 @@ class _Tracked:
     cached final one (it finished before; an equal sample of a search) adds no run. Each (metric, step) is logged
     once per trial: a trial that Ray restarts streams its train_log.jsonl again from the top."""
 
-    where = None  # a grid.tracking.Where, set when the callback is built
+    where = None  # a grid.tracking_spec.RunContext, set when the callback is built
 
     def _identity(self, trial) -> Identity:
         return identity(trial, self.where)

@@ -11,7 +11,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from grid.runfolder import refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract.choices import Choice, Status
 from runners.contract.result import TrialResult, read_result
@@ -175,21 +174,21 @@ def _number(value) -> float | None:
     return float(value) if _is_number(value) else None
 
 
-def summarise(
+def close_run(
     progress: Progress,
     trials: list[TrialConfig],
     run_dir: str | Path,
     console: Console,
     again: str = "run the same command again to finish the trials that did not run",
 ) -> int:
-    """Settle every trial's outcome from its result.json (the record), print the summary, return the exit code:
-    0, or 1 if a trial failed or did not run."""
+    """The end of a run: settle every trial's outcome from its result.json (the record), print the summary, return
+    the exit code: 0, or 1 if a trial failed or did not run. It writes nothing: results.csv is rebuilt where
+    result.json files change (`grid.driver`)."""
     store = RunStore(run_dir)
     results = {cfg.trial_id: read_result(store / cfg.trial_id) for cfg in trials}
     for trial_id, result in results.items():
         _settle(progress, trial_id, result)
     progress.running.clear()
-    refresh_results_csv(run_dir)
     totals = progress.totals()
     if totals[Ending.FAILED] or totals[Ending.NOT_RUN] or totals[Ending.STOPPED]:
         console.print(progress.summary_table())

@@ -283,9 +283,11 @@ def ray_storage(run_dir: str | Path) -> dict:
 
 
 def record_ray_errors(results, run_dir: str | Path) -> None:
-    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one."""
+    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one; results.csv
+    is rebuilt once if any did."""
     from grid.progress import one_line
 
+    written = 0
     for res in results:
         if res.error is None:
             continue
@@ -297,6 +299,9 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
         if read_result(store / cfg.trial_id) is None:
             error = f"Ray trial error: {one_line(str(res.error))}"
             TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
+            written += 1
+    if written:
+        refresh_results_csv(run_dir)
 
 
 def run_on_ray(

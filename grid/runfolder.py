@@ -36,7 +36,7 @@ def refresh_results_csv(run_dir: str | Path) -> None:
 def keep_best_weights(run_dir: str | Path, trials, metric: str = MAIN_METRIC) -> str | None:
     """`save: best`: remove adapter/ of every trial of the grid but the best finished one by `metric` (higher is
     better; ties go to the first in grid order) and say so in their result.json. Returns a line for the console
-    (None when no trial that trains has finished)."""
+    (None when no trial that trains has finished). results.csv is rebuilt once if any weights were removed."""
     store = RunStore(run_dir)
     results = {cfg.trial_id: read_result(store / cfg.trial_id) for cfg in trials if cfg.method.trains}
     scored = [
@@ -52,6 +52,8 @@ def keep_best_weights(run_dir: str | Path, trials, metric: str = MAIN_METRIC) ->
     why = f"save: best kept only the best trial's weights, {best} ({metric} {best_score:.2f})"
     freed = [_remove_weights(store / t, r, why) for t, r in results.items() if r is not None and t != best]
     removed = [mb for mb in freed if mb is not None]
+    if removed:
+        refresh_results_csv(run_dir)
     line = f"save: best: kept the weights of {best} ({metric} {best_score:.2f}), "
     line += f"removed those of {len(removed)} other trial(s) ({sum(removed):.1f} MB)"
     if not store.files(best, layout.ADAPTER):

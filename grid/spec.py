@@ -16,9 +16,10 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from grid.tracking import Tracking
+from grid.tracking_spec import Tracking
 from runners.config import (
     AXES,
+    ENTRY_FIELDS,
     DatasetEntry,
     ModelEntry,
     TemplateEntry,
@@ -33,7 +34,6 @@ from runners.execution import DEFAULT
 from runners.models import MODELS
 from runners.templates import TEMPLATES
 
-ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
 SETTING_FIELDS = tuple(n for n in TrialConfig.model_fields if n not in ENTRY_FIELDS)
 LIST_FIELDS = tuple(n for n, f in TrialConfig.model_fields.items() if "list" in str(f.annotation))  # a list is a value
 # A grid's name becomes its run folder, runs/<name>: one folder name, like a trial id's slug.

@@ -1,7 +1,6 @@
-"""`ftgrid run`: every cell of a grid on Ray Tune, finished trials skipped, then the run's summary.
-
-`--dry-run` prints the trials without starting Ray: a table on a terminal, plain lines when piped, or csv/json.
-"""
+"""What is specific to `ftgrid run` (`grid.driver.run_grid` runs every trial of a grid on Ray Tune): the trials
+`--dry-run` prints without starting Ray — a table on a terminal, plain lines when piped, or csv/json — and the
+cache: the trials that finished before are skipped."""
 
 from __future__ import annotations
 
@@ -13,12 +12,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from grid.progress import Progress, summarise
-from grid.ray_driver import check_fits, grid_search, launch_of, param_space, run_on_ray
-from grid.runfolder import keep_best_weights, write_grid_yaml
-from grid.tracking import Where, callbacks, check_installed
-from runners.config import TrialConfig
-from runners.contract.choices import Save
+from grid.progress import Progress
+from runners.config import ENTRY_FIELDS, TrialConfig
 from runners.contract.result import read_result
 from runners.contract.store import RunStore
 
@@ -41,8 +36,6 @@ def trial_table(trials: list[TrialConfig]) -> Table:
 
 def trial_records(spec, trials: list[TrialConfig]) -> list[dict]:
     """One record per trial: its id, its axis values and every setting (`--dry-run --format json`)."""
-    from grid.spec import ENTRY_FIELDS
-
     records = []
     for cfg in trials:
         settings = cfg.model_dump(mode="json", exclude=set(ENTRY_FIELDS))
@@ -77,56 +70,6 @@ def print_trials(spec, trials: list[TrialConfig], fmt: str, console: Console) ->
         lines = [" ".join([cfg.trial_id, *(f"{k}={getattr(cfg, k)}" for k in spec.axes)]) for cfg in trials]
         text = "\n".join([*lines, f"{len(trials)} trials"])
     console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
-
-
-def run_grid(
-    spec,
-    trials: list[TrialConfig],
-    run_dir: str | Path,
-    *,
-    address: str | None = None,
-    max_concurrent: int | None = None,
-    force: bool = False,
-    retries: int | None = None,
-    dry_run: bool = False,
-    fmt: str = "table",
-    console: Console | None = None,
-) -> int:
-    """Run every trial of a grid on Ray Tune (cached ones skipped); print a summary; return 0, or 1 if any failed.
-
-    `--dry-run` prints the trials (`fmt`: table, csv or json) and returns without starting Ray. `retries` and
-    `max_concurrent` default to the grid's `resources:`. A tracker that is not installed, or resources this machine
-    cannot give a local Ray, are refused before anything is written.
-    """
-    console = console or Console()
-    if dry_run:
-        print_trials(spec, trials, fmt, console)
-        return 0
-    check_installed(spec.tracking)
-    check_fits(spec.resources, address)
-    store = RunStore(run_dir)
-    res = spec.resources
-    retries = res.retries if retries is None else retries
-    write_grid_yaml(spec, run_dir)
-    progress = Progress(total=len(trials), console=console)
-    todo = to_run(trials, store, force, progress)
-    cached = len(trials) - len(todo)
-    console.print(f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", highlight=False)
-    if todo:
-        launch = launch_of(res, retries=retries, force=force, save=spec.save)
-        run_on_ray(
-            param_space(run_dir, launch, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo])),
-            run_dir,
-            address=address,
-            name=spec.name,
-            resources=res,
-            max_concurrent=max_concurrent or res.max_concurrent,
-            progress=progress,
-            callbacks=callbacks(spec.tracking, Where(spec.name, run_dir, "run"), console),
-        )
-    if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
-        console.print(line, highlight=False)
-    return summarise(progress, trials, run_dir, console)
 
 
 def to_run(trials: list[TrialConfig], run_dir: str | Path, force: bool, progress: Progress) -> list[TrialConfig]:

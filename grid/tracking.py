@@ -1,179 +1,31 @@
-"""Experiment tracking: the grid file's `tracking:` block and the `--track` option, the check that every tracker
-asked for is installed (before anything runs), where each tracker writes, and the trackers of a run: Ray Tune
-logger callbacks for `ftgrid run` and `ftgrid tune` (`callbacks`), the same loggers fed from the trial's
-train_log.jsonl for `ftgrid trial`, which runs without Ray (`follow`).
+"""Experiment tracking, at run time: the trackers of a run — Ray Tune logger callbacks for `ftgrid run` and
+`ftgrid tune` (`callbacks`), the same loggers fed from the trial's train_log.jsonl for `ftgrid trial`, which runs
+without Ray (`follow`) — set up before any trial starts, and the lines that say where each one writes.
 
-What each tracker logs, and the logger classes, are in `grid.loggers`; nothing here imports Ray or a tracker's
-package at import time.
+The `tracking:` block, `--track`, the install check and where each tracker writes are in `grid.tracking_spec`; what
+each tracker logs, and the logger classes, are in `grid.loggers`; nothing here imports Ray or a tracker's package
+at import time.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import itertools
 import logging
 import os
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from runners.config import TrialConfig, format_validation_error
+from grid.tracking_spec import RunContext, Tracking, check_installed, mlflow_uri, tensorboard_dir, wandb_dir
+from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result
-from runners.contract.store import is_uri
 
 log = logging.getLogger("ftgrid.tracking")
 
-TRACKERS = ("mlflow", "tensorboard", "wandb")
-# tracker → (the module it needs, how to install it)
-NEEDS = {
-    "mlflow": ("mlflow", "pip install 'ftgrid[mlflow]'"),
-    "tensorboard": ("tensorboardX", "pip install 'ftgrid[tensorboard]'"),
-    "wandb": ("wandb", "pip install 'ftgrid[wandb]'"),
-}
-NAMES = {"mlflow": "MLflow", "tensorboard": "TensorBoard", "wandb": "W&B"}
 
-
-class _Options(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class MLflowOptions(_Options):
-    """Where MLflow runs go."""
-
-    tracking_uri: str | None = Field(
-        None,
-        description="Tracking URI: a server (http://host:5000) or a store (sqlite:///mlflow.db); default "
-        "$MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory.",
-    )
-    experiment: str | None = Field(None, description="Experiment name (default: the grid's name).")
-
-
-class TensorBoardOptions(_Options):
-    """Where TensorBoard event files go."""
-
-    logdir: str | None = Field(
-        None, description="Folder of the event files, one folder per trial (RUN_DIR/tensorboard)."
-    )
-
-
-class WandbOptions(_Options):
-    """Where W&B runs go."""
-
-    project: str | None = Field(None, description="W&B project (default: the grid's name).")
-    entity: str | None = Field(None, description="W&B user or team (default: your default entity).")
-    mode: Literal["online", "offline", "disabled"] | None = Field(
-        None, description="online, offline (run folders under RUN_DIR/wandb, `wandb sync` later) or disabled."
-    )
-
-
-class Tracking(_Options):
-    """The `tracking:` block: each tracker is off unless named (`true` turns it on with its defaults)."""
-
-    mlflow: MLflowOptions | None = Field(None, description="MLflow: tracking_uri, experiment.")
-    tensorboard: TensorBoardOptions | None = Field(None, description="TensorBoard event files: logdir.")
-    wandb: WandbOptions | None = Field(None, description="Weights & Biases: project, entity, mode.")
-
-    @field_validator(*TRACKERS, mode="before")
-    @classmethod
-    def _switch(cls, value: Any) -> Any:
-        return {} if value is True else None if value is False else value
-
-    @property
-    def enabled(self) -> list[str]:
-        return [name for name in TRACKERS if getattr(self, name) is not None]
-
-
-@dataclass(frozen=True)
-class Where:
-    """What a tracked run belongs to: the grid (its name names the experiment or project and tags every run), the
-    run folder, and the command (`run`, `tune`, `trial`), which tags every run too."""
-
-    grid: str
-    run_dir: Path
-    command: str
-
-
-def parse_track(values: list[str]) -> dict[str, dict]:
-    """`--track NAME[:KEY=VALUE,…]` values → {tracker: options}; `none` turns off the grid file's trackers."""
-    parsed: dict[str, dict] = {}
-    for value in values:
-        name, _, rest = value.partition(":")
-        name = name.strip().lower()
-        if name not in (*TRACKERS, "none"):
-            raise ConfigError(f"--track {value}: unknown tracker {name!r}; available: {', '.join(TRACKERS)}, none")
-        options = parsed.setdefault(name, {})
-        for pair in filter(None, (p.strip() for p in rest.split(","))):
-            key, sep, option = pair.partition("=")
-            if not sep or not key.strip():
-                raise ConfigError(f"--track {value}: expected {name}:KEY=VALUE[,KEY=VALUE…], e.g. {_example(name)}")
-            options[key.strip()] = option.strip()
-    return parsed
-
-
-def _example(name: str) -> str:
-    return {
-        "mlflow": "mlflow:tracking_uri=sqlite:///mlflow.db,experiment=ablation",
-        "tensorboard": "tensorboard:logdir=runs/tb",
-        "wandb": "wandb:project=ftgrid,mode=offline",
-    }.get(name, "mlflow")
-
-
-def with_track(spec, values: list[str] | None):
-    """The grid spec with the `--track` trackers turned on; their options update the grid file's."""
-    if not values:
-        return spec
-    parsed = parse_track(values)
-    block = {} if parsed.pop("none", None) is not None else spec.tracking.model_dump(exclude_none=True)
-    for name, options in parsed.items():
-        block[name] = {**(block.get(name) or {}), **options}
-    try:
-        tracking = Tracking.model_validate(block)
-    except ValidationError as err:
-        raise ConfigError("\n".join(format_validation_error(err, "--track"))) from err
-    return spec.model_copy(update={"tracking": tracking})
-
-
-def check_installed(tracking: Tracking) -> None:
-    """Refuse (ConfigError, exit code 2) a tracker whose package is not installed, with the command that installs it."""
-    missing = [name for name in tracking.enabled if importlib.util.find_spec(NEEDS[name][0]) is None]
-    if missing:
-        raise ConfigError(
-            "\n".join(
-                f"tracking.{name}: {NAMES[name]} tracking needs the {NEEDS[name][0]} package, which is not installed; "
-                f"install it with: {NEEDS[name][1]}"
-                for name in missing
-            )
-        )
-
-
-def mlflow_uri(options: MLflowOptions) -> str:
-    """The tracking URI: the block's, else $MLFLOW_TRACKING_URI, else MLflow's own default (a SQLite file here)."""
-    return options.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path('mlflow.db').resolve()}"
-
-
-def tensorboard_dir(options: TensorBoardOptions, where: Where) -> Path:
-    """TensorBoard's event files: the block's logdir, else RUN_DIR/tensorboard (local: a run in storage needs one)."""
-    if options.logdir is None and is_uri(where.run_dir):
-        raise ConfigError(
-            f"tracking.tensorboard.logdir: required when the run folder is a storage URI ({where.run_dir}): "
-            "TensorBoard's event files are written to a local folder, e.g. --track tensorboard:logdir=./tb"
-        )
-    return Path(options.logdir or Path(where.run_dir) / layout.TENSORBOARD).resolve()
-
-
-def wandb_dir(where: Where) -> Path:
-    """Where W&B keeps its run folders: RUN_DIR/wandb, or ./wandb for a run folder in storage."""
-    base = Path.cwd() if is_uri(where.run_dir) else Path(where.run_dir).resolve()
-    return base / layout.WANDB
-
-
-def describe(tracking: Tracking, where: Where) -> list[str]:
+def describe(tracking: Tracking, where: RunContext) -> list[str]:
     """One line per tracker: where its runs go and how to look at them."""
     lines = []
     if tracking.mlflow:
@@ -191,7 +43,7 @@ def describe(tracking: Tracking, where: Where) -> list[str]:
     return [f"tracking → {line}" for line in lines]
 
 
-def loggers(tracking: Tracking, where: Where, *, local: bool = False) -> list:
+def loggers(tracking: Tracking, where: RunContext, *, local: bool = False) -> list:
     """The loggers of the trackers asked for, set up (a store that cannot be opened is bad input, found before any
     trial starts). Ray Tune logger callbacks; for a run without Ray (`local`), W&B's client stands in for Ray's
     W&B callback, which logs from a Ray actor."""
@@ -221,7 +73,7 @@ def opened(start, *args) -> None:
         raise ConfigError(f"tracking: {name} could not start: {err}") from err
 
 
-def callbacks(tracking: Tracking, where: Where, console=None) -> list:
+def callbacks(tracking: Tracking, where: RunContext, console=None) -> list:
     """The Ray Tune callbacks of `ftgrid run` / `ftgrid tune` (none without a `tracking:` block), said where they go."""
     if not tracking.enabled:
         return []
@@ -230,13 +82,13 @@ def callbacks(tracking: Tracking, where: Where, console=None) -> list:
     return made
 
 
-def say_where(tracking: Tracking, where: Where, console=None) -> None:
+def say_where(tracking: Tracking, where: RunContext, console=None) -> None:
     for line in describe(tracking, where):  # not wrapped: the paths and commands are copied from here
         (console.print(line, highlight=False, soft_wrap=True) if console else log.info(line))
 
 
 @contextlib.contextmanager
-def follow(tracking: Tracking, where: Where, cfg: TrialConfig, trial_dir: Path, console=None):
+def follow(tracking: Tracking, where: RunContext, cfg: TrialConfig, trial_dir: Path, console=None):
     """Track a trial that runs in this process without Ray (`ftgrid trial`) through the same loggers: while the
     body runs, each new train_log.jsonl line is logged; after it, the final report built from result.json."""
     if not tracking.enabled:

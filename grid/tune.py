@@ -1,5 +1,6 @@
-"""`ftgrid tune`: an Optuna (TPE) search over numeric settings of one grid cell on Ray Tune, with the launch,
-caching and failure rules of `ftgrid run`, optional ASHA early stopping on eval loss, and RUN_DIR/best.yaml.
+"""What is specific to `ftgrid tune`, an Optuna (TPE) search over numeric settings of one grid cell on Ray Tune
+(`grid.driver.run_search` runs it, with the launch, caching and failure rules of `ftgrid run`): the search block,
+the searcher, optional ASHA early stopping on eval loss, `--dry-run`'s plan, and RUN_DIR/best.yaml.
 
 The search YAML is a grid file whose `axes:` fix one cell (one model, dataset, template, …) plus a block:
 
@@ -29,11 +30,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from rich.console import Console
 from rich.table import Table
 
-from grid.progress import Progress, summarise
-from grid.ray_driver import check_fits, launch_of, param_space, run_on_ray
-from grid.runfolder import write_grid_yaml
+from grid.ray_driver import param_space
 from grid.spec import SETTING_FIELDS, expand
-from grid.tracking import Where, callbacks, check_installed
 from runners.config import AXES, TrialConfig, format_validation_error
 from runners.contract import layout
 from runners.contract.errors import ConfigError
@@ -271,23 +269,9 @@ def best_yaml(spec, search: SearchBlock, best: TrialResult, grid_path: Path, n_f
     return header + yaml.safe_dump(data, sort_keys=False)
 
 
-def run_search(
-    spec,
-    grid_path: Path,
-    run_dir: str | Path,
-    *,
-    address: str | None = None,
-    resume: bool = False,
-    smoke: bool = False,
-    dry_run: bool = False,
-    console: Console | None = None,
-) -> int:
-    """Run the search on Ray Tune; print and save the best configuration (RUN_DIR/best.yaml).
-
-    `smoke`: the stand-ins of `ftgrid run --smoke` and a few samples; `dry_run`: print what would run, no Ray.
-    Returns 0, or 1 if no sample finished or any failed. Raises ConfigError for a bad search block.
-    """
-    console = console or Console()
+def prepare_search(spec, grid_path: Path, *, smoke: bool, address: str | None):
+    """(spec, search block, base trial) of a search: the block validated (ConfigError), and for a smoke run the
+    stand-ins and a few samples (resources cut to this machine on a local Ray)."""
     search = parse_search(spec, grid_path)
     base = base_trial(spec, search, grid_path)
     if smoke:
@@ -295,31 +279,16 @@ def run_search(
         from grid.smoke import smoke_search
 
         spec, search, base = smoke_search(spec, search, base, None if address else local_node())
-    if dry_run:
-        console.print(search_plan(spec, search, base), markup=False, highlight=False, emoji=False, soft_wrap=True)
-        return 0
-    check_installed(spec.tracking)
-    check_fits(spec.resources, address)
-    write_grid_yaml(spec, run_dir)
-    previous = _previous_samples(run_dir, base, search, resume, console)
-    remaining = search.num_samples - len(previous)
-    console.print(
+    return spec, search, base
+
+
+def search_line(search: SearchBlock, base: TrialConfig, n_previous: int, remaining: int, run_dir) -> str:
+    """The line a search starts with: what it searches, on what, and how many samples are left."""
+    return (
         f"search: {search.num_samples} samples of {', '.join(search.space)} on {base.model} / "
         f"{base.dataset} ({search.metric} on {base.dataset_entry.eval_split}); "
-        f"{len(previous)} finished, {max(0, remaining)} to run → {run_dir}",
-        highlight=False,
+        f"{n_previous} finished, {remaining} to run → {run_dir}"
     )
-    progress = Progress(total=max(0, remaining), metric=search.metric, mode=search.mode, console=console)
-    if remaining > 0:
-        trackers = callbacks(spec.tracking, Where(spec.name, run_dir, "tune"), console)
-        _search_on_ray(
-            spec, search, base, previous, run_dir, remaining, address=address, progress=progress, trackers=trackers
-        )
-    # the outcome of this invocation's samples, as `run` reports them
-    seen = [TrialConfig.model_validate(r.config) for r in _results_of(run_dir, progress.outcomes)]
-    again = "run the same command with --resume to finish the search"
-    code = summarise(progress, seen, run_dir, console, again) if progress.outcomes else 0
-    return _write_best(spec, search, base, grid_path, run_dir, console) or code
 
 
 def search_plan(spec, search: SearchBlock, base: TrialConfig) -> str:
@@ -358,7 +327,7 @@ def _domain(domain: Domain) -> str:
     return f"{kind} {list(getattr(domain, kind))}"
 
 
-def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
+def previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock, resume: bool, console: Console):
     """The finished samples the search counts: all of them with --resume, none without (they are cache hits)."""
     found = finished_samples(run_dir, base, search)
     if found and not resume:
@@ -370,14 +339,12 @@ def _previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBloc
     return found if resume else []
 
 
-def _search_on_ray(
-    spec, search, base, previous, run_dir: str | Path, num_samples: int, *, address, progress, trackers
-) -> None:
-    """`num_samples` new samples drawn by Optuna (told about `previous`), each run as one cell on Ray Tune."""
-    res = spec.resources
-    launch = launch_of(res, retries=res.retries, force=False, save=spec.save)
+def ray_search(spec, search: SearchBlock, base: TrialConfig, previous, run_dir: str | Path, launch):
+    """What the search puts on Ray Tune, as callables run once Ray is up (the domains, the searcher and the
+    scheduler are Ray objects): the param space (the cell with the searched settings on top) and the Tuner's
+    search algorithm (Optuna, told about `previous`) and scheduler (ASHA, if asked for)."""
 
-    def space() -> dict:  # built once Ray is up: the domains are Ray objects
+    def space() -> dict:
         domains = {key: domain.to_ray() for key, domain in search.space.items()}
         return param_space(run_dir, launch, trial=base.model_dump(mode="json"), **domains)
 
@@ -387,21 +354,10 @@ def _search_on_ray(
             extra["scheduler"] = make_asha(search, spec)
         return extra
 
-    run_on_ray(
-        space,
-        run_dir,
-        address=address,
-        name=f"{spec.name}-tune",
-        resources=res,
-        max_concurrent=search.max_concurrent or res.max_concurrent,
-        progress=progress,
-        tune_config_extra=tune_extra,
-        num_samples=num_samples,
-        callbacks=trackers,
-    )
+    return space, tune_extra
 
 
-def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, run_dir: str | Path, console) -> int:
+def write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, run_dir: str | Path, console) -> int:
     """Print the top samples and write RUN_DIR/best.yaml; 1 if no sample finished, else 0."""
     samples = finished_samples(run_dir, base, search)
     if not samples:
@@ -421,9 +377,11 @@ def _write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, r
     return 0
 
 
-def _results_of(run_dir: str | Path, outcomes: dict) -> list[TrialResult]:
+def samples_run(run_dir: str | Path, outcomes: dict) -> list[TrialConfig]:
+    """The configurations of the samples this invocation ran (their result.json), for the run's summary."""
     store = RunStore(run_dir)
-    return [r for trial_id in outcomes if (r := read_result(store / trial_id)) and r.config]
+    results = [r for trial_id in outcomes if (r := read_result(store / trial_id)) and r.config]
+    return [TrialConfig.model_validate(r.config) for r in results]
 
 
 def top_table(samples: list[tuple[dict, float, TrialResult]], search: SearchBlock, n: int = 10) -> Table:

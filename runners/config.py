@@ -19,6 +19,8 @@ from runners.contract.choices import Loss, Method
 from runners.contract.scores import METRIC_GROUPS
 
 AXES = ("model", "dataset", "template", "loss", "lora_rank")
+# the resolved registry entries a TrialConfig carries beside its settings (left out where settings are listed)
+ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
 # What a setting needs to matter (`Method.uses`): settings a trial's method ignores are reset, so equal experiments
 # share one trial id — one zero-shot trial per model × dataset × template whatever the loss and rank axes say.
 TRAINING = {"needs": "training"}

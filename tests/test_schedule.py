@@ -1,4 +1,4 @@
-"""grid.launch and grid.sweep: a grid on real Ray Tune (CPU, tiny models): one folder per cell, caching,
+"""grid.launch and grid.driver: a grid on real Ray Tune (CPU, tiny models): one folder per cell, caching,
 failure isolation, resume after a killed driver, launchers that agree, and no Ray process left behind."""
 
 import json
@@ -13,10 +13,10 @@ import pytest
 from conftest import processes_mentioning, quiet, ray_processes, recording, wait_until_gone
 from rich.console import Console
 
+from grid.driver import run_grid
 from grid.launch import LogTail, launch_trial
 from grid.ray_driver import run_on_ray
 from grid.spec import load_grid
-from grid.sweep import run_grid
 from runners.contract.errors import ConfigError
 from runners.contract.result import read_result
 from runners.execution import Execution

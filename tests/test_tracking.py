@@ -1,6 +1,6 @@
-"""grid.tracking and grid.loggers: the `tracking:` block and `--track`, a tracker that is not installed refused
-before anything runs, and a grid (through Ray Tune's logger callbacks) and a debug trial (no Ray) tracked in
-MLflow, TensorBoard and W&B (offline), each read back with the tracker's own reader."""
+"""grid.tracking_spec, grid.tracking and grid.loggers: the `tracking:` block and `--track`, a tracker that is not
+installed refused before anything runs, and a grid (through Ray Tune's logger callbacks) and a debug trial (no
+Ray) tracked in MLflow, TensorBoard and W&B (offline), each read back with the tracker's own reader."""
 
 import json
 import os
@@ -13,7 +13,8 @@ import pytest
 
 from grid.ray_driver import final_report
 from grid.spec import load_grid, load_spec
-from grid.tracking import Where, loggers, with_track
+from grid.tracking import loggers
+from grid.tracking_spec import RunContext, with_track
 from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result
@@ -105,7 +106,7 @@ def test_each_point_is_logged_once_and_a_failed_trial_is_a_failed_run(tiny_grid,
     spec, trials = load_grid(
         tracked_grid(tiny_grid, f"tracking:\n  tensorboard: true\n  mlflow: {{tracking_uri: '{uri}'}}\n")
     )
-    cfg, where = trials[0], Where(spec.name, tmp_path / "run", "trial")
+    cfg, where = trials[0], RunContext(spec.name, tmp_path / "run", "trial")
     made, trial = loggers(spec.tracking, where, local=True), LocalTrial.of(cfg)
     rows = [{"step": 2, "loss": 3.0, "lr": 0.1}, {"step": 4, "loss": 2.5, "lr": 0.05}]
     failed = final_report(TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), "boom"), cached=False)

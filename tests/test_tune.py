@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from conftest import recording
 
+from grid.driver import run_search
 from grid.spec import load_grid, load_spec
-from grid.tune import base_trial, finished_samples, parse_search, run_search
+from grid.tune import base_trial, finished_samples, parse_search
 from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.scores import METRICS
