@@ -136,29 +136,6 @@ def trial(
     )
 
 
-<<<<<<< HEAD
-@contextlib.contextmanager
-def _trial_folder(run_dir: str | Path, trial_id: str):
-    """The folder a trial runs in: RUN_DIR/<trial_id> itself, or for a run folder in storage a scratch folder
-    whose files are copied there when the trial ends (result.json last)."""
-    store = RunStore(run_dir)
-    if store.local is not None:
-        yield store.local / trial_id
-        return
-    with tempfile.TemporaryDirectory(prefix="ftgrid-") as scratch:
-        yield Path(scratch)
-        (store / trial_id).upload(Path(scratch), skip=(layout.CHECKPOINTS,))
-
-
-def _execute(cfg, trial_dir: Path, save: str) -> tuple[int, TrialResult | None]:
-    from runners.execution import Execution
-    from runners.trial import execute
-
-    return execute(cfg, trial_dir, Execution(save=save))
-
-
-=======
->>>>>>> i18-driver
 @app.command()
 def audit(
     grid: GridArg,

@@ -183,12 +183,13 @@ def run_one_trial(spec, cfg: TrialConfig, run_dir: str | Path, console: Console)
     """One trial in this process, without Ray (`ftgrid trial`), tracked as the grid's `tracking:` block says:
     (exit code, its result). The spec comes from `load_trial`. A trial that finished writes the run folder's
     grid.yaml and results.csv, as `run` does."""
-    from runners.trial import RunOptions, execute
+    from runners.execution import Execution
+    from runners.trial import execute
 
     console.print(f"trial [bold]{cfg.trial_id}[/] → {RunStore(run_dir) / cfg.trial_id}", highlight=False)
     context = RunContext(spec.name, run_dir, "trial")
     with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, context, cfg, trial_dir, console):
-        code, result = execute(cfg, trial_dir, RunOptions(save=spec.save.value))
+        code, result = execute(cfg, trial_dir, Execution(save=spec.save.value))
     if code == 0:
         write_grid_yaml(spec, run_dir)
         refresh_results_csv(run_dir)
