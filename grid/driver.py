@@ -21,7 +21,7 @@ from rich.console import Console
 
 from grid import sweep, tune
 from grid.progress import Progress, close_run
-from grid.ray_driver import check_fits, grid_search, launch_of, param_space, run_on_ray
+from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, refresh_results_csv, write_grid_yaml
 from grid.spec import load_grid, load_spec
 from grid.tracking import callbacks, follow
@@ -128,8 +128,8 @@ def run_grid(
     cached = len(trials) - len(todo)
     console.print(f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", highlight=False)
     if todo:
-        launch = launch_of(res, retries=res.retries if retries is None else retries, force=force, save=spec.save)
-        space = param_space(run_dir, launch, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo]))
+        execution = execution_of(res, retries=res.retries if retries is None else retries, force=force, save=spec.save)
+        space = param_space(run_dir, execution, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo]))
         max_concurrent = max_concurrent or res.max_concurrent
         _on_ray(spec, run_dir, "run", space, address, progress, console, name=spec.name, max_concurrent=max_concurrent)
     else:
@@ -166,8 +166,8 @@ def run_search(
     console.print(tune.search_line(search, base, len(previous), remaining, run_dir), highlight=False)
     progress = Progress(total=remaining, metric=search.metric, mode=search.mode, console=console)
     if remaining:
-        launch = launch_of(spec.resources, retries=spec.resources.retries, force=False, save=spec.save)
-        space, extra = tune.ray_search(spec, search, base, previous, run_dir, launch)
+        execution = execution_of(spec.resources, retries=spec.resources.retries, force=False, save=spec.save)
+        space, extra = tune.ray_search(spec, search, base, previous, run_dir, execution)
         max_concurrent = search.max_concurrent or spec.resources.max_concurrent
         tune_args = {"tune_config_extra": extra, "num_samples": remaining, "max_concurrent": max_concurrent}
         _on_ray(spec, run_dir, "tune", space, address, progress, console, name=f"{spec.name}-tune", **tune_args)

@@ -1,7 +1,7 @@
 """One trial's process: the `accelerate launch` command, the child process with its watchdog and log tail
-(or the inline thread), the failed result of a process that died, and one cell's caching, lock and retries.
+(or the inline thread), the failed result of a process that died, and one trial's caching, lock and retries.
 
-Nothing here knows Ray: a Ray trial calls `run_cell`, and so could any other scheduler.
+Nothing here knows Ray: a Ray trial calls `run_cached_trial`, and so could any other scheduler.
 """
 
 from __future__ import annotations
@@ -54,20 +54,20 @@ while True:
 OnLog = Callable[[dict], None] | None
 
 
-def launch_command(trial_dir: Path, handoff: Path, launch: Execution) -> list[str]:
+def launch_command(trial_dir: Path, handoff: Path, execution: Execution) -> list[str]:
     """The `accelerate launch` command line of one trial, which reads its configuration and execution from the
     private `handoff` file (`runners.execution.write_handoff`).
 
     Several processes go through torchrun (`--multi_gpu`) on GPUs and CPUs alike: each process finds no CUDA
     device on a CPU node and joins a gloo group instead of an NCCL one (`runners.trial.make_accelerator`).
     """
-    n = launch.num_processes
+    n = execution.num_processes
     # The trial picks its own precision, so accelerate's is off.
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1", "--num_processes", str(n)]
     cmd += ["--dynamo_backend", "no", "--mixed_precision", "no"]
     if n > 1:
         cmd += ["--multi_gpu", "--main_process_port", str(_free_port())]  # several trials may share a node
-    elif launch.gpus <= 0:
+    elif execution.gpus <= 0:
         cmd.append("--cpu")
     return [*cmd, "-m", "runners.trial", "--handoff", str(handoff), "--out", str(trial_dir)]
 
@@ -78,14 +78,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def child_env(launch: Execution) -> dict[str, str]:
+def child_env(execution: Execution) -> dict[str, str]:
     """The child's environment: ours, with torch's thread pools sized to each process's CPU share, and no GPU
     for a trial that asked for none."""
     env = dict(os.environ)
-    threads = str(max(1, int(launch.cpus / launch.num_processes)))
+    threads = str(max(1, int(execution.cpus / execution.num_processes)))
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1")
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if launch.gpus <= 0:
+    if execution.gpus <= 0:
         env["CUDA_VISIBLE_DEVICES"] = ""
     return env
 
@@ -128,7 +128,7 @@ class LogTail:
 def launch_trial(
     cfg: TrialConfig,
     trial_dir: Path,
-    launch: Execution = DEFAULT,
+    execution: Execution = DEFAULT,
     *,
     on_log: OnLog = None,
     on_poll: Callable[[], None] | None = None,
@@ -158,13 +158,13 @@ def launch_trial(
         if on_poll is not None:
             on_poll()
 
-    launch = launch.placed(placement)
-    if launch.kind == "inline":
-        code = _run_inline(cfg, trial_dir, launch, watch, poll_s)
+    execution = execution.placed(placement)
+    if execution.kind == "inline":
+        code = _run_inline(cfg, trial_dir, execution, watch, poll_s)
     else:
-        handoff = write_handoff(cfg.model_dump(mode="json"), launch)
+        handoff = write_handoff(cfg.model_dump(mode="json"), execution)
         try:
-            code = _run_child(launch_command(trial_dir, handoff, launch), trial_dir, launch, watch, poll_s)
+            code = _run_child(launch_command(trial_dir, handoff, execution), trial_dir, execution, watch, poll_s)
         finally:
             handoff.unlink(missing_ok=True)
     result = read_result(trial_dir)
@@ -176,7 +176,7 @@ def launch_trial(
     return code, result
 
 
-def _run_child(cmd: list[str], trial_dir: Path, launch: Execution, watch: Callable[[], None], poll_s: float) -> int:
+def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Callable[[], None], poll_s: float) -> int:
     with (trial_dir / layout.TRIAL_LOG).open("ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
@@ -186,7 +186,7 @@ def _run_child(cmd: list[str], trial_dir: Path, launch: Execution, watch: Callab
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             cwd=trial_dir,
-            env=child_env(launch),
+            env=child_env(execution),
             start_new_session=True,
         )
     watchdog = subprocess.Popen(
@@ -219,16 +219,16 @@ def _kill_group(child: subprocess.Popen) -> None:
         pass
 
 
-def _run_inline(cfg: TrialConfig, trial_dir: Path, launch: Execution, watch, poll_s: float) -> int:
+def _run_inline(cfg: TrialConfig, trial_dir: Path, execution: Execution, watch, poll_s: float) -> int:
     import torch
 
     from runners.trial import execute
 
-    with (trial_dir / layout.TRIAL_LOG).open("a") as out:  # one "$ " line per launch, as for a child process
-        where = f" --placement {json.dumps(launch.placement)}" if launch.placement else ""
+    with (trial_dir / layout.TRIAL_LOG).open("a") as out:  # one "$ " line per execution, as for a child process
+        where = f" --placement {json.dumps(execution.placement)}" if execution.placement else ""
         out.write(f"$ inline runners.trial.execute in process {os.getpid()}{where}\n")
     threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(launch.cpus)))  # the trial's CPU share, as a child process gets it
+    torch.set_num_threads(max(1, int(execution.cpus)))  # the trial's CPU share, as a child process gets it
     handler = logging.FileHandler(trial_dir / layout.TRIAL_LOG)  # records the loggers let through
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
@@ -236,7 +236,7 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, launch: Execution, watch, pol
 
     def target() -> None:
         try:
-            box["code"], _ = execute(cfg, trial_dir, launch)
+            box["code"], _ = execute(cfg, trial_dir, execution)
         except BaseException as err:
             logging.getLogger("ftgrid.trial").exception("trial crashed: %s", err)
             box["code"] = 1
@@ -273,14 +273,14 @@ def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> TrialResul
     )
 
 
-def run_cell(
-    cfg: TrialConfig, run_dir: str | Path, launch: Execution = DEFAULT, *, on_log: OnLog = None, placement=None
+def run_cached_trial(
+    cfg: TrialConfig, run_dir: str | Path, execution: Execution = DEFAULT, *, on_log: OnLog = None, placement=None
 ) -> tuple[TrialResult, bool]:
     """One trial with caching and retries: (its result, whether it came from the cache).
 
     The run folder is a path (local or shared: the trial runs in RUN_DIR/<trial_id>/) or a storage URI (the
     trial runs in a scratch folder of this node and is copied to the storage, see `_run_remote`). Holds a lock
-    per trial while it runs; a finished trial (status ok) is returned as it is unless `launch.force`.
+    per trial while it runs; a finished trial (status ok) is returned as it is unless `execution.force`.
     """
     store = RunStore(run_dir)
     trial_dir = store.local / cfg.trial_id if store.local is not None else scratch_dir(store, cfg.trial_id)
@@ -288,22 +288,22 @@ def run_cell(
     lock_path = trial_dir / layout.LOCK if store.local is not None else trial_dir.with_name(f"{cfg.trial_id}.lock")
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        cached = None if launch.force else read_result(store / cfg.trial_id)
+        cached = None if execution.force else read_result(store / cfg.trial_id)
         if cached and cached.ok:
             return cached, True
         if store.local is None:
-            return _run_remote(cfg, store / cfg.trial_id, trial_dir, launch, on_log, placement), False
-        return _attempts(cfg, trial_dir, launch, on_log, placement), False
+            return _run_remote(cfg, store / cfg.trial_id, trial_dir, execution, on_log, placement), False
+        return _attempts(cfg, trial_dir, execution, on_log, placement), False
 
 
 def _attempts(
-    cfg: TrialConfig, trial_dir: Path, launch: Execution, on_log: OnLog, placement, on_poll=None
+    cfg: TrialConfig, trial_dir: Path, execution: Execution, on_log: OnLog, placement, on_poll=None
 ) -> TrialResult:
-    """Launch the trial, again after a failure up to `launch.retries` times (not after bad input, exit code 2)."""
-    for attempt in range(launch.retries + 1):
+    """Launch the trial, again after a failure up to `execution.retries` times (not after bad input, exit code 2)."""
+    for attempt in range(execution.retries + 1):
         if attempt:
-            log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, launch.retries + 1)
-        code, result = launch_trial(cfg, trial_dir, launch, on_log=on_log, on_poll=on_poll, placement=placement)
+            log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, execution.retries + 1)
+        code, result = launch_trial(cfg, trial_dir, execution, on_log=on_log, on_poll=on_poll, placement=placement)
         if code in (0, 2):
             break
     if attempt:
@@ -318,7 +318,7 @@ def scratch_dir(store: RunStore, trial_id: str) -> Path:
     return base / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
 
 
-def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, launch: Execution, on_log, placement):
+def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Execution, on_log, placement):
     """A trial of a run in storage: it works in node-local scratch, starting from the checkpoint, train_log and
     trial.log the storage holds (a trial restarted on another node resumes); new checkpoints are copied to the
     storage as they appear; at the end the folder is copied there with result.json last."""
@@ -330,7 +330,7 @@ def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, launch: Execu
             (scratch / name).write_bytes(data)
     remote.delete(layout.RESULT_JSON)  # while it runs again, the trial does not look finished
     try:
-        result = _attempts(cfg, scratch, launch, on_log, placement, on_poll=CheckpointSync(scratch, remote).poll)
+        result = _attempts(cfg, scratch, execution, on_log, placement, on_poll=CheckpointSync(scratch, remote).poll)
         remote.upload(scratch, skip=(layout.CHECKPOINTS,))
         if result.ok:
             remote.delete(layout.CHECKPOINTS)

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from grid.ray_driver import FINAL, trial_config
+from grid.ray_driver import FINAL, config_of_ray_trial
 from grid.tracking_spec import wandb_dir
 from runners.config import ENTRY_FIELDS, TrialConfig
 from runners.contract.choices import Status
@@ -67,7 +67,7 @@ class Identity:
 def identity(trial, where) -> Identity:
     """Name, parameters and tags of a Ray trial (or a LocalTrial); a sample that does not validate keeps Ray's id."""
     try:
-        cfg = trial_config(trial.config)
+        cfg = config_of_ray_trial(trial.config)
     except Exception:  # noqa: BLE001 — a bad sample fails inside its trial, with a message there
         return Identity(f"ray-{trial.trial_id}", {}, {"grid": where.grid, "command": where.command})
     tags = {"grid": where.grid, "command": where.command, "trial_id": cfg.trial_id, "method": str(cfg.method)}

@@ -1,5 +1,5 @@
 """The Ray Tune driver: start or join Ray, refuse resources no node has, run a Tuner whose trials each run one
-cell (`grid.launch.run_cell`), feed the progress display, record trials Ray lost, and always shut Ray down.
+trial (`grid.launch.run_cached_trial`), feed the progress display, record trials Ray lost, and always shut Ray down.
 
 Ray is imported inside functions only, so commands that never schedule (`ftgrid table`) stay fast.
 """
@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from grid.launch import run_cell
+from grid.launch import run_cached_trial
 from grid.runfolder import refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -28,7 +28,7 @@ log = logging.getLogger("ftgrid.ray")
 FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
 
 
-def launch_of(resources, *, retries: int, force: bool, save: str) -> Execution:
+def execution_of(resources, *, retries: int, force: bool, save: str) -> Execution:
     """How every trial of a run runs, from the grid's `resources:` and `save:`, and the command line: the one place
     an `Execution` is built for a run."""
     return Execution(
@@ -48,19 +48,19 @@ def param_space(run_dir: str | Path, execution: Execution, **space) -> dict:
     return {"run_dir": RunStore(run_dir).absolute(), "execution": execution.to_json(), **space}
 
 
-def trial_config(config: dict) -> TrialConfig:
-    """Ray's trial dict back into a TrialConfig: the cell (`trial`) with any sampled settings on top."""
+def config_of_ray_trial(config: dict) -> TrialConfig:
+    """Ray's trial dict back into a TrialConfig: the grid's trial (`trial`) with any sampled settings on top."""
     sampled = {k: v for k, v in config.items() if k not in ("trial", "execution", "run_dir")}
     return TrialConfig.model_validate({**config["trial"], **sampled})
 
 
 def ray_trial(config: dict) -> None:
-    """The Ray Tune trainable: run one cell, stream its log lines to Tune, report its final result."""
+    """The Ray Tune trainable: run one trial, stream its log lines to Tune, report its final result."""
     from ray import tune
 
-    launch = Execution.from_json(config["execution"])
-    cfg = trial_config(config)
-    result, cached = run_cell(cfg, config["run_dir"], launch, on_log=tune.report, placement=placement())
+    execution = Execution.from_json(config["execution"])
+    cfg = config_of_ray_trial(config)
+    result, cached = run_cached_trial(cfg, config["run_dir"], execution, on_log=tune.report, placement=placement())
     tune.report(final_report(result, cached))
 
 
@@ -98,7 +98,7 @@ def final_report(result: TrialResult, cached: bool) -> dict:
 def our_trial_id(ray_trial_obj) -> str:
     """Our trial id of a Ray trial (its folder name in RUN_DIR); Ray's own id if the config does not validate."""
     try:
-        return trial_config(ray_trial_obj.config).trial_id
+        return config_of_ray_trial(ray_trial_obj.config).trial_id
     except Exception:  # noqa: BLE001 — a bad sample fails inside the trial, with a message there
         return f"ray-{ray_trial_obj.trial_id}"
 
@@ -261,7 +261,7 @@ def tune_trials(
             **ray_storage(run_dir),
             verbose=0,
             callbacks=[progress_callback(progress, run_dir), *callbacks],
-            # a failed trial is retried inside its Ray trial (run_cell); this restarts one whose worker or node
+            # a failed trial is retried inside its Ray trial (run_cached_trial); this restarts one whose worker or node
             # was lost, and the trial resumes from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=max_restarts),
         ),
@@ -292,7 +292,7 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
         if res.error is None:
             continue
         try:
-            cfg = trial_config(res.config)
+            cfg = config_of_ray_trial(res.config)
         except Exception:  # noqa: BLE001 — a sample that does not validate has no trial folder
             continue
         store = RunStore(run_dir)

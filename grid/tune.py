@@ -1,5 +1,5 @@
 """What is specific to `ftgrid tune`, an Optuna (TPE) search over numeric settings of one grid cell on Ray Tune
-(`grid.driver.run_search` runs it, with the launch, caching and failure rules of `ftgrid run`): the search block,
+(`grid.driver.run_search` runs it, with the execution, caching and failure rules of `ftgrid run`): the search block,
 the searcher, optional ASHA early stopping on eval loss, `--dry-run`'s plan, and RUN_DIR/best.yaml.
 
 The search YAML is a grid file whose `axes:` fix one cell (one model, dataset, template, …) plus a block:
@@ -339,14 +339,14 @@ def previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock
     return found if resume else []
 
 
-def ray_search(spec, search: SearchBlock, base: TrialConfig, previous, run_dir: str | Path, launch):
+def ray_search(spec, search: SearchBlock, base: TrialConfig, previous, run_dir: str | Path, execution):
     """What the search puts on Ray Tune, as callables run once Ray is up (the domains, the searcher and the
     scheduler are Ray objects): the param space (the cell with the searched settings on top) and the Tuner's
     search algorithm (Optuna, told about `previous`) and scheduler (ASHA, if asked for)."""
 
     def space() -> dict:
         domains = {key: domain.to_ray() for key, domain in search.space.items()}
-        return param_space(run_dir, launch, trial=base.model_dump(mode="json"), **domains)
+        return param_space(run_dir, execution, trial=base.model_dump(mode="json"), **domains)
 
     def tune_extra() -> dict:
         extra = {"search_alg": make_searcher(search, previous)}

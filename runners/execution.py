@@ -1,5 +1,5 @@
 """How a trial runs, as opposed to what it computes: one record, `Execution`, built by the driver from the grid's
-`resources:` and `save:` and the command line (`grid.ray_driver.launch_of`), and handed to a trial process as one
+`resources:` and `save:` and the command line (`grid.ray_driver.execution_of`), and handed to a trial process as one
 private file with the trial's configuration (`write_handoff` / `read_handoff`). Not part of a trial's identity.
 
 Each setting has one default, here; the grid file's `resources:` and `save:` take theirs from `DEFAULT`.
