@@ -3,9 +3,11 @@
 Entry points for the CLI (each raises `AnalysisError`, a ValueError, for bad input: exit code 2):
 
     cli_table(run_dirs, rows=None, cols=None, metric="rougeL", fmt="md", compare=None,
-              baseline=None, best=None, where=None, ci=False, conditions=None) -> str
+              baseline=None, best=None, where=None, ci=False, conditions=None, power=None) -> str
         `ftgrid table`. One of: the main table (default; `ci=True` adds bootstrap intervals), a
-        pivot (`rows`/`cols`: axis names, or "metric"), paired tests of one axis (`compare="loss"`),
+        pivot (`rows`/`cols`: axis names, or "metric"), tests of one axis (`compare="loss"`; seeds as the
+        unit of replication where cells are repeated; `power=1.0`: the seeds and dialogues a difference of
+        1.0 would need),
         the baseline table (`baseline="method=zero_shot"`, optional `conditions=["loss=full", ...]`)
         or the best trial per level of an axis (`best="template"`). `where="AXIS=VALUE,..."`
         keeps only the matching trials first. `fmt`: md, csv, latex or json.
@@ -36,6 +38,11 @@ if TYPE_CHECKING:
 
 __all__ = ["AnalysisError", "cli_table", "cli_report"]
 
+SEED_NOTE = (
+    "One row per cell, its seeds aggregated: the mean over the training runs and the seed standard deviation; "
+    "with --ci, a 95% interval that covers a new training run and new test dialogues."
+)
+
 
 def cli_table(
     run_dirs,
@@ -49,9 +56,10 @@ def cli_table(
     where: str | None = None,
     ci: bool = False,
     conditions: Sequence[str] | None = None,
+    power: float | None = None,
 ) -> str:
     """The text of one table over the run folder(s); see the module docstring."""
-    from analysis import load, tables
+    from analysis import comparison, load, tables
     from analysis.axes import decimals
     from analysis.render import format_table
 
@@ -60,13 +68,16 @@ def cli_table(
     left_out = unreadable_note(trials.attrs.get("unreadable", []))
     note = ""
     if compare:
-        table = _comparison(trials, load.load_examples(run_dirs), compare, metric, fmt)
+        table, note = _comparison(trials, load.load_examples(run_dirs), compare, metric, fmt, power)
     elif baseline:
         table, note = tables.baseline_table(trials, baseline=baseline, conditions=conditions, metric=metric)
     elif best:
         table = tables.best_per_level(trials, best, by=metric)
     elif rows or cols:
         table, note = tables.pivot_table(trials, rows or "metric", cols or "metric", metric)
+    elif comparison.is_repeated(trials):
+        examples = load.load_examples(run_dirs) if ci else None
+        table, note = comparison.seed_table(trials, metric=metric, examples=examples), SEED_NOTE
     else:
         table = tables.main_table(trials, metric=metric, examples=load.load_examples(run_dirs) if ci else None)
     if left_out and fmt in ("csv", "json"):
@@ -114,17 +125,22 @@ def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
     return trials
 
 
-def _comparison(trials: pd.DataFrame, examples: pd.DataFrame, axis: str, metric: str, fmt: str) -> pd.DataFrame:
-    """Paired tests of `axis`: the raw results indexed by metric and levels for csv/json, else the comparison table."""
-    from analysis import tables
+def _comparison(
+    trials: pd.DataFrame, examples: pd.DataFrame, axis: str, metric: str, fmt: str, power: float | None
+) -> tuple[pd.DataFrame, str]:
+    """Tests of `axis` and their note: the raw results indexed by metric and levels for csv/json (`covers` says
+    what each row's interval and p-value count), else the comparison table."""
+    from analysis import comparison
     from analysis.compare import compare
 
-    result = compare(trials, examples, axis=axis, metrics=metric)
+    if power is not None and not power > 0:
+        raise AnalysisError(f"--power {power}: give the difference to detect, a positive number (e.g. 1.0)")
+    result = compare(trials, examples, axis=axis, metrics=metric, target=power)
+    note = comparison.comparison_note(result)
     if fmt in ("csv", "json"):
-        return result.drop(columns=["trial_a", "trial_b"]).set_index(
-            [c for c in result.columns if c in ("metric", "a", "b")]
-        )
-    return tables.comparison_table(result)
+        index = [c for c in result.columns if c in ("metric", "a", "b")]
+        return result.drop(columns=["trial_a", "trial_b"]).set_index(index), note
+    return comparison.comparison_table(result), note
 
 
 def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = MAIN_METRIC) -> dict[str, Path]:

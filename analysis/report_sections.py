@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from analysis import compare, plots, qualitative, tables
+from analysis import compare, comparison, plots, qualitative, tables
 from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
+from analysis.seeds import REPLICATE
 from runners.contract.choices import Method, Status
 
 TEST_METRICS = [MAIN_METRIC, "rouge1", "bleu"]  # tested pairwise, besides the metric asked for
@@ -94,8 +95,8 @@ def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) ->
     blocks: list[Block] = []
     without_pairs = []
     for axis in varying_axes(ok_trials(trials)):
-        if len(levels(ok_trials(trials), axis)) < 2:
-            continue
+        if axis == REPLICATE or len(levels(ok_trials(trials), axis)) < 2:
+            continue  # seeds are repetitions of a cell, not a condition to test
         try:
             n_pairs = len(compare.comparable_pairs(trials, axis))
             chosen = metrics if n_pairs * len(metrics) <= MAX_TEST_ROWS else [metric]
@@ -108,10 +109,11 @@ def _tests_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) ->
             continue
         blocks += [
             f"### {axis}",
-            f"Each row pairs two trials that differ only in `{axis}` (A, B), scored on the same "
-            f"{int(result['n'].iloc[0])} examples: B − A with its 95% paired bootstrap interval, "
-            "and the p-value of a paired permutation test, Holm-corrected over the rows of this table.",
-            TableBlock(tables.comparison_table(result)),
+            f"Each row compares two cells that differ only in `{axis}` (A, B), scored on the same "
+            f"{int(result['n'].iloc[0])} examples: B − A with its 95% interval and p-value, Holm-corrected over "
+            "the rows of this table, and the smallest difference the comparison detects with 80% power "
+            "(alpha 0.05). " + comparison.comparison_note(result),
+            TableBlock(comparison.comparison_table(result)),
         ]
     if without_pairs:
         blocks.append("No two trials differ in only one of: " + ", ".join(without_pairs) + ".")
@@ -207,8 +209,19 @@ def _finished_sections(
 
 
 def _results_section(trials: pd.DataFrame, examples: pd.DataFrame, metric: str) -> list[Block]:
-    """How to read the main table, then the table (with bootstrap intervals when there are examples)."""
+    """How to read the main table, then the table (with bootstrap intervals when there are examples); for a grid
+    with seeds, first the cells with their seeds aggregated."""
+    seeds = []
+    if comparison.is_repeated(trials):
+        aggregated = comparison.seed_table(trials, metric=metric, examples=examples if not examples.empty else None)
+        seeds = [
+            f"One row per cell, its seeds aggregated, best {metric} first: the mean over the training runs, "
+            f"[the 95% interval that covers a new training run and new test dialogues], and {metric}'s seed "
+            "standard deviation. Every run follows.",
+            TableBlock(aggregated),
+        ]
     return [
+        *seeds,
         f"One row per trial, best {metric} first. ROUGE and BLEU on 0–100; ± is half the width "
         "of the 95% bootstrap interval over examples (1000 resamples; BLEU recomputed as corpus "
         "BLEU on each resample).",

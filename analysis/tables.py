@@ -41,7 +41,6 @@ __all__ = [
     "grid_table",
     "cost_table",
     "failed_table",
-    "comparison_table",
 ]
 
 TABLE_METRICS = [m.name for m in METRICS.values() if m.in_tables]  # the default columns
@@ -353,29 +352,6 @@ def failed_table(trials: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({"trial_id": failed["trial_id"], "error": failed["error"].map(_first_line)}).set_index(
         "trial_id"
     )
-
-
-def comparison_table(result: pd.DataFrame) -> pd.DataFrame:
-    """A `compare.compare` result for reading: the fixed axes, metric and the two levels as labels;
-    both values, the difference B - A with its 95% interval, raw and Holm-corrected p."""
-    labels = [
-        c
-        for c in result.columns
-        if c
-        not in {"n", "value_a", "value_b", "delta", "low", "high", "p", "p_holm", "significant", "trial_a", "trial_b"}
-    ]
-    table = result[labels].copy()
-    table["n"] = result["n"]
-    table["A"] = [_fixed(v, m) for v, m in zip(result["value_a"], result["metric"], strict=True)]
-    table["B"] = [_fixed(v, m) for v, m in zip(result["value_b"], result["metric"], strict=True)]
-    table["B - A [95% CI]"] = [
-        f"{d:+.{decimals(m)}f} [{lo:+.{decimals(m)}f}, {hi:+.{decimals(m)}f}]"
-        for d, lo, hi, m in zip(result["delta"], result["low"], result["high"], result["metric"], strict=True)
-    ]
-    table["p"] = result["p"]
-    table["p (Holm)"] = result["p_holm"]
-    table["significant"] = result["significant"]
-    return table.set_index(labels)
 
 
 def _fixed(value: float, metric: str) -> str:

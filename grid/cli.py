@@ -309,6 +309,10 @@ def table(
     where: Annotated[str | None, typer.Option(help="Keep trials matching AXIS=VALUE[,AXIS=VALUE].")] = None,
     ci: Annotated[bool, typer.Option("--ci", help="95% bootstrap intervals in the main table.")] = False,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, latex or json.")] = "md",
+    power: Annotated[
+        float | None,
+        typer.Option("--power", help="With --compare: the seeds and dialogues a difference of this size needs."),
+    ] = None,
 ):
     """Comparison tables of one or more run folders."""
     from analysis import AnalysisError, cli_table
@@ -328,6 +332,7 @@ def table(
             where=where,
             ci=ci,
             conditions=condition,
+            power=power,
         )
     except AnalysisError as e:
         raise BadInput(str(e)) from e
