@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from seed_simulation import frames, scores  # noqa: E402
 
 from analysis.compare import compare  # noqa: E402
+from analysis.sequential import decide  # noqa: E402
 
 # (dialogues, seeds per cell, seed sd, output noise sd)
 SETTINGS = [(100, 3, 1.5, 10.0), (500, 3, 1.5, 10.0), (100, 5, 1.5, 10.0), (50, 3, 0.5, 10.0), (100, 3, 3.0, 10.0)]
@@ -69,6 +70,40 @@ def setting(n: int, seeds: int, seed_sd: float, noise_sd: float, grids: int) -> 
     }
 
 
+SEQUENTIAL = (100, 2, 6, 1.5, 10.0)  # dialogues, first seeds, cap, seed sd, noise sd
+
+
+def sequential(delta: float, grids: int) -> dict:
+    """`--until-decided` on simulated grids: seeds revealed a round at a time (the first `first`, then one more
+    per round up to `cap`), the real rule deciding; the share of grids decided significant and the trials used."""
+    n, first, cap, seed_sd, noise_sd = SEQUENTIAL
+    looks = cap - first + 1
+    rng = np.random.default_rng([n, cap, int(delta * 100)])
+    significant, trials = 0, []
+    for _ in range(grids):
+        runs = scores(rng, n, cap, delta, seed_sd, noise_sd)
+        for look in range(1, looks + 1):
+            seen = {key: value for key, value in runs.items() if key[1] <= first + look - 1}
+            row = decide(compare(*frames(seen), axis="loss", metrics="rouge1", n_resamples=RESAMPLES), look, looks)
+            if row["decided"].iloc[0] or look == looks:
+                significant += bool(row["decided"].iloc[0])
+                trials.append(len(seen))
+                break
+    return {
+        "delta": delta,
+        "grids": grids,
+        "decided_significant": significant / grids,
+        "mean_trials": float(np.mean(trials)),
+    }
+
+
+def fixed_power(delta: float, seeds: int, grids: int) -> float:
+    """The power of a fixed design: every cell trained `seeds` times, one test at alpha."""
+    n, _, _, seed_sd, noise_sd = SEQUENTIAL
+    rng = np.random.default_rng([n, seeds, int(delta * 100), 1])
+    return sum(tested(scores(rng, n, seeds, delta, seed_sd, noise_sd))["p"] < 0.05 for _ in range(grids)) / grids
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--grids", type=int, default=1000, help="simulated grids per setting and truth")
@@ -83,9 +118,26 @@ def main() -> None:
             f"{row['fpr_example_only']:16.3f} | {row['predicted_mdd']:9.2f} | {row['power_at_mdd']:.3f}",
             flush=True,
         )
+    n, first, cap, seed_sd, noise_sd = SEQUENTIAL
+    print(f"--until-decided: {n} dialogues, {first} to {cap} seeds per cell, seed sd {seed_sd}, noise sd {noise_sd}")
+    null = sequential(0.0, args.grids)
+    print(f"  no true difference: decided significant in {null['decided_significant']:.3f} of grids (alpha 0.05)")
+    effect = rows[0]["predicted_mdd"]  # what 3 seeds per cell detect with 80% power
+    alt = sequential(effect, args.grids)
+    fixed = {seeds: fixed_power(effect, seeds, args.grids) for seeds in range(first + 1, cap + 1)}
+    reach = min((s for s, power in fixed.items() if power >= alt["decided_significant"]), default=None)
+    print(
+        f"  true difference {effect:.2f}: power {alt['decided_significant']:.3f}, {alt['mean_trials']:.1f} trials on average"
+    )
+    for seeds, power in fixed.items():
+        print(f"  fixed design, {seeds} seeds per cell ({2 * seeds} trials): power {power:.3f}")
+    if reach:
+        print(f"  the fixed design needs {2 * reach} trials to reach that power", flush=True)
     out = ROOT / "benchmarks" / "results" / "sim_seeds.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"settings": rows, "wall_s": round(time.perf_counter() - started, 1)}, indent=2))
+    fixed_record = {str(k): v for k, v in fixed.items()}
+    record = {"settings": rows, "sequential": {"null": null, "effect": alt, "fixed_power": fixed_record, "cap": cap}}
+    out.write_text(json.dumps({**record, "wall_s": round(time.perf_counter() - started, 1)}, indent=2))
     print(f"± Monte-Carlo error: FPR {rows[0]['fpr_mc_error']:.3f}, power {rows[0]['power_mc_error']:.3f} → {out}")
 
 

@@ -241,6 +241,12 @@ def run(
     set_: SetOpt = None,
     smoke: SmokeOpt = False,
     track: TrackOpt = None,
+    until_decided: Annotated[
+        str | None, typer.Option("--until-decided", help="Add seeds in rounds until the tests of this axis decide.")
+    ] = None,
+    max_seeds: Annotated[
+        int, typer.Option("--max-seeds", min=2, help="With --until-decided: seeds per cell, most.")
+    ] = 5,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
     from grid.driver import default_run_dir, load_run, run_grid
@@ -252,19 +258,14 @@ def run(
     check_address(address)
     spec, trials = load_run(grid, parse_pairs(set_, "--set"), track, smoke=smoke, address=address)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
-    code = run_grid(
-        spec,
-        trials,
-        run_dir,
-        address=address,
-        max_concurrent=max_concurrent,
-        force=force,
-        retries=retries,
-        dry_run=dry_run,
-        fmt=fmt,
-        console=out,
-    )
-    raise typer.Exit(code)
+    options = {"address": address, "max_concurrent": max_concurrent, "force": force, "retries": retries}
+    if until_decided and not dry_run:
+        from grid.sequential import check_axis, run_until_decided
+
+        check_axis(spec, trials, until_decided)
+        rounds = lambda chosen: run_grid(spec, chosen, run_dir, console=out, **options)  # noqa: E731
+        raise typer.Exit(run_until_decided(trials, run_dir, until_decided, max_seeds, rounds, out))
+    raise typer.Exit(run_grid(spec, trials, run_dir, dry_run=dry_run, fmt=fmt, console=out, **options))
 
 
 @app.command()
