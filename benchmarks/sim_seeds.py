@@ -126,9 +126,8 @@ def main() -> None:
     alt = sequential(effect, args.grids)
     fixed = {seeds: fixed_power(effect, seeds, args.grids) for seeds in range(first + 1, cap + 1)}
     reach = min((s for s, power in fixed.items() if power >= alt["decided_significant"]), default=None)
-    print(
-        f"  true difference {effect:.2f}: power {alt['decided_significant']:.3f}, {alt['mean_trials']:.1f} trials on average"
-    )
+    power, used = alt["decided_significant"], alt["mean_trials"]
+    print(f"  true difference {effect:.2f}: power {power:.3f}, {used:.1f} trials on average")
     for seeds, power in fixed.items():
         print(f"  fixed design, {seeds} seeds per cell ({2 * seeds} trials): power {power:.3f}")
     if reach:
