@@ -8,7 +8,6 @@ YAML path and the allowed values.
 from __future__ import annotations
 
 import codecs
-import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grid.expand import all_excluded, cell, points
 from grid.tracking_spec import Tracking
 from runners.config import (
     AXES,
@@ -252,15 +252,15 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
     if problems:
         raise ConfigError("\n".join(problems))
     trials: dict[str, TrialConfig] = {}
-    for point in _points(spec, axes):
+    for point in points(spec, axes):
         try:
-            cfg = TrialConfig.model_validate(_cell(spec, point, registries))
+            cfg = TrialConfig.model_validate(cell(spec, point, registries))
         except ValidationError as err:
             problems += _cell_problems(err, spec, axes, point, where)
             continue
         trials.setdefault(cfg.trial_id, cfg)
     if not trials and not problems:
-        raise ConfigError(_all_excluded(spec, axes, picks or {}, where))
+        raise ConfigError(all_excluded(spec, axes, picks or {}, where))
     if problems:
         unique = list(dict.fromkeys(problems))
         raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
@@ -323,50 +323,6 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
                     f"(or add an entry under `{key}s:`{', or give a local file or folder path' * (key == 'dataset')})"
                 )
     return problems
-
-
-def _product(axes: dict[str, list]):
-    """Every cell of the cross product (axis → value, the five axes first)."""
-    ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
-    for values in itertools.product(*(axes[k] for k in ordered)):
-        yield dict(zip(ordered, values, strict=True))
-
-
-def _points(spec: GridSpec, axes: dict[str, list]):
-    """The cells of the cross product that no `exclude` rule removes."""
-    for point in _product(axes):
-        if not any(_matches(point, rule) for rule in spec.exclude):
-            yield point
-
-
-def _all_excluded(spec: GridSpec, axes: dict[str, list], picks: dict, where: str) -> str:
-    """Why no cell is left: the `exclude` entries that removed them all (or the cell a --pick landed on)."""
-    used = sorted({next(i for i, rule in enumerate(spec.exclude) if _matches(point, rule)) for point in _product(axes)})
-    entries = " and ".join(
-        f"exclude[{i}] {yaml.safe_dump(spec.exclude[i], default_flow_style=True, sort_keys=False).strip()}"
-        for i in used
-    )
-    if picks:
-        picked = " ".join(f"--pick {k}={v}" for k, v in picks.items())
-        return f"{where}: {picked}: that cell is removed by {entries}; pick other values or drop the entry"
-    return f"{where}: exclude: no cell of the grid is left (removed by {entries}); remove or narrow an entry"
-
-
-def _matches(point: dict, rule: dict) -> bool:
-    return all(point.get(k) == v for k, v in rule.items())
-
-
-def _cell(spec: GridSpec, point: dict, registries: dict) -> dict:
-    """The raw settings of one cell: fixed settings, the cell's axis values, matching overrides, resolved entries."""
-    cell = {**spec.settings, **point}
-    for rule in spec.overrides:
-        if _matches(point, rule.match):
-            cell.update(rule.settings)
-    cell.setdefault("template", "custom")
-    cell["model_entry"] = registries["model"][cell["model"]]
-    cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
-    cell["template_entry"] = registries["template"][cell["template"]]
-    return cell
 
 
 def _cell_problems(err: ValidationError, spec: GridSpec, axes: dict, point: dict, where: str) -> list[str]:
