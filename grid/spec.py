@@ -8,7 +8,6 @@ YAML path and the allowed values.
 from __future__ import annotations
 
 import codecs
-import itertools
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -16,9 +15,11 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from grid.expand import all_excluded, cell, points
 from grid.tracking_spec import Tracking
 from runners.config import (
     AXES,
+    DEFAULT_SEED,
     ENTRY_FIELDS,
     DatasetEntry,
     ModelEntry,
@@ -106,6 +107,12 @@ class GridSpec(BaseModel):
     datasets: dict[str, dict] = Field(default_factory=dict, description="Named dataset entries (add or override).")
     templates: dict[str, dict] = Field(default_factory=dict, description="Named prompt templates (add or override).")
     axes: dict[str, Any] = Field(description="Axis name → list of values; the grid is their cross product.")
+    repeats: int | None = Field(
+        None,
+        ge=1,
+        description="Train every cell N times, with seeds settings.seed (default 42), +1, …, +N-1: a `seed` axis in "
+        "one line (it behaves as one). Not with a `seed` axis.",
+    )
     settings: dict[str, Any] = Field(default_factory=dict, description="Fixed TrialConfig settings.")
     exclude: list[dict[str, Any]] = Field(
         default_factory=list,
@@ -130,6 +137,15 @@ class GridSpec(BaseModel):
                 f"'.', '_' and '-', starting with a letter or digit, at most 100 characters (e.g. name: {fixed})"
             )
         return name
+
+    @model_validator(mode="after")
+    def _seeds_given_once(self) -> GridSpec:
+        if self.repeats is not None and "seed" in self.axes:
+            raise ValueError(
+                f"repeats: {self.repeats} and axes.seed: {self.axes['seed']} both give the seeds; keep one of them "
+                "(repeats: N is seeds settings.seed, +1, …, +N-1)"
+            )
+        return self
 
 
 UTF_BOMS = {codecs.BOM_UTF32_LE: "UTF-32", codecs.BOM_UTF32_BE: "UTF-32", codecs.BOM_UTF16_LE: "UTF-16"}
@@ -177,11 +193,14 @@ def read_yaml(path: Path) -> dict:
 
 
 def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
+    """A grid file read and validated, `repeats:` written out as its `seed` axis, and the `--set` values applied
+    (to an axis for a setting that is one)."""
     data = read_yaml(path)
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as err:
         raise ConfigError("\n".join(format_validation_error(err, str(path)))) from err
+    spec = with_repeats(spec, str(path))
     if sets:
         settings, axes = dict(spec.settings), dict(spec.axes)
         for key, value in sets.items():
@@ -196,6 +215,19 @@ def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
         ]
         spec = spec.model_copy(update={"settings": settings, "axes": axes, "overrides": overrides})
     return spec
+
+
+def with_repeats(spec: GridSpec, where: str = "grid") -> GridSpec:
+    """`repeats: N` written out as the `seed` axis it stands for — seeds settings.seed (or the default), +1, …,
+    +N-1 — so that it is an axis for everything after (`--set`, `--pick`, exclude, overrides, the dry-run)."""
+    if spec.repeats is None:
+        return spec
+    first = spec.settings.get("seed", DEFAULT_SEED)
+    if isinstance(first, bool) or not isinstance(first, int):
+        raise ConfigError(f"{where}: settings.seed: the first seed of repeats:; expected an integer, got {first!r}")
+    settings = {key: value for key, value in spec.settings.items() if key != "seed"}
+    axes = {**spec.axes, "seed": list(range(first, first + spec.repeats))}
+    return spec.model_copy(update={"axes": axes, "settings": settings, "repeats": None})
 
 
 def _merged(
@@ -239,6 +271,7 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
 
     Every problem of the file is collected first and raised at once, each with its YAML path.
     """
+    spec = with_repeats(spec, where)
     problems: list[str] = []
     registries = {
         "model": _merged(MODELS, spec.models, ModelEntry, "models", where, problems),
@@ -252,15 +285,15 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
     if problems:
         raise ConfigError("\n".join(problems))
     trials: dict[str, TrialConfig] = {}
-    for point in _points(spec, axes):
+    for point in points(spec, axes):
         try:
-            cfg = TrialConfig.model_validate(_cell(spec, point, registries))
+            cfg = TrialConfig.model_validate(cell(spec, point, registries))
         except ValidationError as err:
             problems += _cell_problems(err, spec, axes, point, where)
             continue
         trials.setdefault(cfg.trial_id, cfg)
     if not trials and not problems:
-        raise ConfigError(_all_excluded(spec, axes, picks or {}, where))
+        raise ConfigError(all_excluded(spec, axes, picks or {}, where))
     if problems:
         unique = list(dict.fromkeys(problems))
         raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))
@@ -323,50 +356,6 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
                     f"(or add an entry under `{key}s:`{', or give a local file or folder path' * (key == 'dataset')})"
                 )
     return problems
-
-
-def _product(axes: dict[str, list]):
-    """Every cell of the cross product (axis → value, the five axes first)."""
-    ordered = [k for k in AXES if k in axes] + [k for k in axes if k not in AXES]
-    for values in itertools.product(*(axes[k] for k in ordered)):
-        yield dict(zip(ordered, values, strict=True))
-
-
-def _points(spec: GridSpec, axes: dict[str, list]):
-    """The cells of the cross product that no `exclude` rule removes."""
-    for point in _product(axes):
-        if not any(_matches(point, rule) for rule in spec.exclude):
-            yield point
-
-
-def _all_excluded(spec: GridSpec, axes: dict[str, list], picks: dict, where: str) -> str:
-    """Why no cell is left: the `exclude` entries that removed them all (or the cell a --pick landed on)."""
-    used = sorted({next(i for i, rule in enumerate(spec.exclude) if _matches(point, rule)) for point in _product(axes)})
-    entries = " and ".join(
-        f"exclude[{i}] {yaml.safe_dump(spec.exclude[i], default_flow_style=True, sort_keys=False).strip()}"
-        for i in used
-    )
-    if picks:
-        picked = " ".join(f"--pick {k}={v}" for k, v in picks.items())
-        return f"{where}: {picked}: that cell is removed by {entries}; pick other values or drop the entry"
-    return f"{where}: exclude: no cell of the grid is left (removed by {entries}); remove or narrow an entry"
-
-
-def _matches(point: dict, rule: dict) -> bool:
-    return all(point.get(k) == v for k, v in rule.items())
-
-
-def _cell(spec: GridSpec, point: dict, registries: dict) -> dict:
-    """The raw settings of one cell: fixed settings, the cell's axis values, matching overrides, resolved entries."""
-    cell = {**spec.settings, **point}
-    for rule in spec.overrides:
-        if _matches(point, rule.match):
-            cell.update(rule.settings)
-    cell.setdefault("template", "custom")
-    cell["model_entry"] = registries["model"][cell["model"]]
-    cell["dataset_entry"] = registries["dataset"][cell["dataset"]]
-    cell["template_entry"] = registries["template"][cell["template"]]
-    return cell
 
 
 def _cell_problems(err: ValidationError, spec: GridSpec, axes: dict, point: dict, where: str) -> list[str]:

@@ -42,6 +42,7 @@ from runners.contract.store import RunStore
 log = logging.getLogger("ftgrid.tune")
 
 NOT_SEARCHABLE = ("model", "dataset", "template")  # they carry registry entries: fix them in `axes:`
+SEEDS = "— a search compares samples, not seeds (`repeats:` is this axis); `ftgrid run` its best.yaml with repeats:"
 
 
 class Domain(BaseModel):
@@ -136,10 +137,8 @@ def parse_search(spec, grid_path: Path) -> SearchBlock:
             problems.append(f"{where}: search.space.{key}: also set in axes.{key}; keep one of them")
     for key, values in spec.axes.items():
         if isinstance(values, list) and len(values) > 1:
-            problems.append(
-                f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) "
-                f"or search it with search.space.{key}: {{choice: {values}}}"
-            )
+            instead = SEEDS if key == "seed" else f"or search it with search.space.{key}: {{choice: {values}}}"
+            problems.append(f"{where}: axes.{key}: a search runs on one cell; give one value (got {values}) {instead}")
     if search.metric not in METRICS:
         available = ", ".join(METRICS)
         problems.append(f"{where}: search.metric: unknown metric {search.metric!r}; available: {available}")

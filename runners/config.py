@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from runners.contract.choices import Loss, Method
 from runners.contract.scores import METRIC_GROUPS
@@ -26,6 +26,7 @@ ENTRY_FIELDS = ("model_entry", "dataset_entry", "template_entry")
 TRAINING = {"needs": "training"}
 ADAPTER = {"needs": "adapter"}
 QUANTISATION = {"needs": "quantisation"}
+RANDOMNESS = {"needs": "randomness"}  # training or sampling: a zero-shot that decodes deterministically has no seed
 
 
 class _Frozen(BaseModel):
@@ -160,7 +161,11 @@ class TrialConfig(_Frozen):
         None, ge=1, description="Use the first N training examples after a seeded shuffle.", json_schema_extra=TRAINING
     )
     n_eval: int | None = Field(100, ge=1, description="Evaluate on the first N evaluation examples (null: all).")
-    seed: int = Field(42, description="Seed for data order, LoRA init and sampling.")
+    seed: int = Field(
+        42,
+        description="Seed for data order, LoRA init and sampling (`repeats: N` in a grid file: N seeds from this one).",
+        json_schema_extra=RANDOMNESS,
+    )
     logging_steps: int = Field(
         10, ge=1, description="Write a train_log.jsonl line every N optimiser steps.", json_schema_extra=TRAINING
     )
@@ -222,8 +227,14 @@ class TrialConfig(_Frozen):
         if self.lora_rank:
             parts.append(f"r{self.lora_rank}")
         parts.append(self.method.value.replace("_", ""))
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:80]
-        return f"{slug}-{digest}"
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")
+        if self.seed != DEFAULT_SEED:  # named when it is not the default, so earlier releases' ids stay as they were
+            seed = f"-s{self.seed}"
+            return f"{slug[: 80 - len(seed)].rstrip('-')}{seed}-{digest}"
+        return f"{slug[:80]}-{digest}"
+
+
+DEFAULT_SEED = TrialConfig.model_fields["seed"].default  # a trial id names its seed when it is another
 
 
 def setting_needs(name: str) -> str | None:
@@ -235,10 +246,20 @@ def setting_needs(name: str) -> str | None:
 
 def normalise(data: dict) -> dict:
     """A trial's raw settings with what its method ignores reset: the axes it fixes set, the settings it does not
-    use dropped (back to their defaults). A ValueError for an unknown method."""
+    use dropped (back to their defaults) — the seed too when nothing is random (no training, no sampling). A
+    ValueError for an unknown method."""
     method = Method(data.get("method", Method.QLORA))
     data = {**data, **method.fixed_axes}
-    return {key: value for key, value in data.items() if method.uses(setting_needs(key))}
+    sampling = _is_true(data.get("do_sample", False))
+    return {key: value for key, value in data.items() if method.uses(setting_needs(key), sampling=sampling)}
+
+
+def _is_true(value: Any) -> bool:
+    """A raw boolean setting read as TrialConfig reads it ("true", 1, …); a value it refuses counts as false."""
+    try:
+        return TypeAdapter(bool).validate_python(value)
+    except ValidationError:
+        return False
 
 
 def format_validation_error(err: ValidationError, where: str, prefix: tuple = ()) -> list[str]:

@@ -56,3 +56,12 @@ def test_inconsistent_settings_are_errors():
         make(loss="none")
     with pytest.raises(ValidationError, match="unknown metrics"):
         make(metrics=["rouge", "rogue"])
+
+
+def test_the_trial_id_names_a_seed_that_is_not_the_default_even_when_the_slug_is_cut():
+    assert make().trial_id.split("-")[-2] == "lora" and "-r8-lora-s7-" in make(seed=7).trial_id
+    long = make(model="m" * 90, seed=123456)
+    slug, digest = long.trial_id.rsplit("-", 1)
+    assert slug.endswith("-s123456") and len(slug) <= 80 and len(digest) == 8
+    assert make(method="zero_shot", seed=7).trial_id == make(method="zero_shot").trial_id  # nothing random
+    assert make(method="zero_shot", seed=7, do_sample=True).trial_id.split("-")[-2] == "s7"

@@ -40,6 +40,10 @@ def test_the_method_decides_what_a_trial_trains():
     assert full == {"method": "full", "loss": "full", "lora_rank": 0}
     qlora = normalise({"method": "qlora", "quant_type": "fp4", "lora_alpha": 8, "seed": 3})
     assert qlora == {"method": "qlora", "quant_type": "fp4", "lora_alpha": 8, "seed": 3}
+    # the seed matters to training or sampling: a zero-shot that decodes greedily has none, one that samples has
+    assert normalise({"method": "zero_shot", "seed": 3}) == {"method": "zero_shot", "loss": "none", "lora_rank": 0}
+    sampled = normalise({"method": "zero_shot", "seed": 3, "do_sample": "true"})
+    assert sampled == {"method": "zero_shot", "loss": "none", "lora_rank": 0, "seed": 3, "do_sample": "true"}
 
 
 def test_the_normalisation_rules_come_from_the_settings_themselves():
@@ -51,6 +55,7 @@ def test_the_normalisation_rules_come_from_the_settings_themselves():
         n for n, need in needs.items() if need == "training"
     }
     assert needs["model"] is None and needs["n_eval"] is None and needs["max_new_tokens"] is None
+    assert {n for n, need in needs.items() if need == "randomness"} == {"seed"}
     for method in Method:
         kept = normalise({"method": method.value, **{n: object() for n in needs if n != "method"}})
         assert set(kept) - {"method"} == {n for n, need in needs.items() if n != "method" and method.uses(need)}

@@ -58,14 +58,16 @@ class Method(Choice):
             return {"lora_rank": 0}
         return {}
 
-    def uses(self, needs: str | None) -> bool:
-        """Whether a setting that `needs` something ("training", "adapter", "quantisation", None: nothing) matters
-        to this method; the settings it ignores are reset, so equal experiments share one trial id."""
+    def uses(self, needs: str | None, *, sampling: bool = False) -> bool:
+        """Whether a setting that `needs` something ("training", "adapter", "quantisation", "randomness": training
+        or `sampling` decoding; None: nothing) matters to this method; the settings it ignores are reset, so equal
+        experiments share one trial id."""
         return {
             None: True,
             "training": self.trains,
             "adapter": self.has_adapter,
             "quantisation": self.quantised,
+            "randomness": self.trains or sampling,
         }[needs]
 
 
