@@ -112,15 +112,15 @@ def _cells_to_grow(cells: dict[str, list[TrialConfig]], undecided) -> list[str]:
 def _say_round(console: Console, look: int, looks: int, verdict, axis: str) -> None:
     """What a round decided and what the next seeds are for."""
     level = float(verdict["level"].iloc[0]) if len(verdict) else 0.0
-    console.print(f"[bold]round {look}/{looks}[/] (this round's level {level:.4f}):", highlight=False)
+    console.print(f"[bold]round {look}/{looks}[/] (this round's level {level:.4f}):", highlight=False, soft_wrap=True)
     for _, row in verdict.iterrows():
         fixed = ", ".join(f"{k}={row[k]}" for k in row.index if k not in _RESULT and k != axis)
-        state = "decided" if row["decided"] else "undecided, one more seed per cell"
+        state = "decided" if row["decided"] else "undecided" + (", one more seed per cell" if look < looks else "")
         line = (
             f"  {axis} {row['a']} vs {row['b']}{' (' + fixed + ')' if fixed else ''}: "
             f"{row['delta']:+.2f} with {row['seeds_a']}/{row['seeds_b']} seeds, p {row['p_seq']:.4f} → {state}"
         )
-        console.print(escape(line), highlight=False)
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 _RESULT = {
