@@ -9,7 +9,6 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftgrid-installed
 PYTEST_ARGS ?=
 
-export RAY_AUTH_MODE ?= disabled
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
 .PHONY: venv demo test lint format clean

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -135,11 +134,11 @@ def overhead_parts(work: Path) -> dict:
         ]
     )
     ray_code = (
-        "import logging, ray, time; t=time.perf_counter(); "
-        "ray.init(address='local', include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING); "
+        "import ray, time; from grid.ray_driver import start_ray; t=time.perf_counter(); "
+        "start_ray(None); "  # as ftgrid starts it: loopback only, Ray's token authentication
         "print(time.perf_counter()-t); t=time.perf_counter(); ray.shutdown(); print(time.perf_counter()-t)"
     )
-    wall, proc = timed([machine.PYTHON, "-c", ray_code], env={**os.environ, "RAY_AUTH_MODE": "disabled"})
+    wall, proc = timed([machine.PYTHON, "-c", ray_code])
     init_s, shutdown_s = (float(x) for x in proc.stdout.split()[-2:])
     parts.update(ray_process_s=round(wall, 3), ray_init_s=round(init_s, 3), ray_shutdown_s=round(shutdown_s, 3))
     return {k: round(v, 3) for k, v in parts.items()}

@@ -364,7 +364,6 @@ def report(
 
 
 def main() -> None:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
         code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)

@@ -20,6 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from grid import sweep, tune
+from grid.launch import scratch_root
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, refresh_results_csv, write_grid_yaml
@@ -82,6 +83,8 @@ def _start(spec, run_dir: str | Path, address: str | None) -> None:
     cannot give a local Ray, are refused (ConfigError, exit code 2)."""
     check_installed(spec.tracking)
     check_fits(spec.resources, address)
+    if RunStore(run_dir).local is None:
+        scratch_root()  # a run in storage works in this user's private scratch folder: refuse a bad one here
     write_grid_yaml(spec, run_dir)
 
 

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
+from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result, write_trial_json
 from runners.contract.store import RunStore
 from runners.execution import DEFAULT, Execution, write_handoff
@@ -313,9 +315,36 @@ def _attempts(
 
 
 def scratch_dir(store: RunStore, trial_id: str) -> Path:
-    """Where a trial of a run in storage works on this node: FTGRID_SCRATCH (default: the temp folder)."""
-    base = Path(os.environ.get("FTGRID_SCRATCH") or tempfile.gettempdir()) / "ftgrid-scratch"
-    return base / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
+    """Where a trial of a run in storage works on this node: in this user's private scratch folder."""
+    return scratch_root() / hashlib.sha256(store.location.encode()).hexdigest()[:12] / trial_id
+
+
+def scratch_root() -> Path:
+    """This user's scratch folder, FTGRID_SCRATCH (default: the temp folder)/ftgrid-scratch-<uid>: created 0700,
+    and refused (ConfigError, exit code 2) unless it is a folder (not a link) this user owns that nobody else can
+    open, so another user of the machine can neither read a trial's files nor plant their own."""
+    base = Path(os.environ.get("FTGRID_SCRATCH") or tempfile.gettempdir())
+    root = base / f"ftgrid-scratch-{os.getuid()}"
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(root)
+    except OSError as err:
+        why = err.strerror or err
+        raise ConfigError(f"scratch folder {root}: cannot create it ({why}); set FTGRID_SCRATCH") from err
+    why = None
+    if not stat.S_ISDIR(info.st_mode):
+        why = "is not a folder (a link or a file)"
+    elif info.st_uid != os.getuid():
+        why = f"belongs to user id {info.st_uid}, not to you ({os.getuid()})"
+    elif info.st_mode & 0o077:
+        why = f"has mode {stat.S_IMODE(info.st_mode):04o}: other users can open it (it must be 0700)"
+    if why:
+        raise ConfigError(
+            f"scratch folder {root} {why}; remove it or set FTGRID_SCRATCH to a folder of your own "
+            "(ftgrid creates ftgrid-scratch-<uid> in it, 0700)"
+        )
+    return root
 
 
 def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Execution, on_log, placement):

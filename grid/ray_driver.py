@@ -104,13 +104,55 @@ def our_trial_id(ray_trial_obj) -> str:
 
 
 def start_ray(address: str | None) -> None:
-    """Join the cluster at `address`, or start a local Ray sized to this machine."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Join the cluster at `address`, or start a local Ray sized to this machine that listens on loopback only.
+    Ray's token authentication stays as Ray sets it (a local Ray has it on by default); a cluster that refuses us
+    (no token, or the wrong one) is a ConfigError (exit code 2) that says how to give the token."""
     import ray
+    from ray.exceptions import AuthenticationError
 
     started = time.perf_counter()
-    ray.init(address=address or "local", include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    options = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.WARNING}
+    try:
+        if address is None:
+            with loopback_only():
+                ray.init(address="local", _node_ip_address=LOOPBACK, **options)
+        else:
+            ray.init(address=address, **options)
+    except AuthenticationError as err:  # token mode on here, but no token found
+        raise ConfigError(f"--address {address}: {err.message}; {TOKEN_HELP}") from err
+    except ConnectionError as err:  # the head answered (check_address) but refused us: most often the token
+        raise ConfigError(f"--address {address}: Ray could not join the cluster ({err}); {TOKEN_HELP}") from err
     log.info("ray started in %.1f s: %s", time.perf_counter() - started, ray.cluster_resources())
+
+
+LOOPBACK = "127.0.0.1"
+TOKEN_HELP = (
+    "if the cluster uses token authentication (its nodes were started with RAY_AUTH_MODE=token), run ftgrid with "
+    "RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN, in a file named by RAY_AUTH_TOKEN_PATH, or in "
+    "~/.ray/auth_token (`ray get-auth-token` on the head prints it)"
+)
+
+
+@contextlib.contextmanager
+def loopback_only():
+    """While a local Ray starts: its node address is 127.0.0.1, so its GCS server and raylet listen on loopback
+    only, not on every interface. Ray on Linux replaces 127.0.0.1 by the machine's address
+    (`services.resolve_ip_for_localhost`) unless Ray clusters are off (`ray_constants.ENABLE_RAY_CLUSTER`, what
+    Ray does on macOS and Windows); this turns them off for the start: in this process and, through the variable,
+    in the processes Ray starts."""
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
 
 
 def local_node() -> dict[str, float]:

@@ -3,6 +3,7 @@
 import io
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -22,7 +23,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HOME"] = str(_SESSION_TMP / "hf")
-os.environ["RAY_AUTH_MODE"] = "disabled"
 os.environ.setdefault("FTGRID_CACHE", str(_SESSION_TMP / "cache"))  # export FTGRID_CACHE to reuse built models
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # Processes the tests start (trainers, Ray nodes and their workers) import this checkout, installed or not.
@@ -151,7 +151,8 @@ def processes_mentioning(marker: str) -> list[psutil.Process]:
 
 class LocalCluster:
     """A real Ray cluster of several nodes on this machine, each started with `ray start` as on separate
-    machines (logical GPUs need no hardware). Node deaths are noticed within seconds."""
+    machines (logical GPUs need no hardware), with Ray's token authentication: every node, and every driver
+    started with `env`, has RAY_AUTH_MODE=token and the cluster's token. Node deaths are noticed within seconds."""
 
     HEALTH_CHECKS = {  # the head's GCS declares a silent node dead after ~3 s, not the default ~30 s
         "RAY_health_check_initial_delay_ms": "0",
@@ -166,11 +167,20 @@ class LocalCluster:
             s.bind(("127.0.0.1", 0))
             self.address = f"127.0.0.1:{s.getsockname()[1]}"
         self.ray = str(Path(sys.executable).parent / "ray")
+        token = Path(tmp) / "auth_token"  # made as `ray get-auth-token --generate` makes one, in a file of its own
+        token.touch(mode=0o600)
+        token.write_text(secrets.token_hex(32))
+        self.auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment of a driver that joins this cluster: this process's, with the cluster's token."""
+        return {**os.environ, **self.auth}
 
     def _start(self, args: list[str], env: dict | None = None) -> None:
         common = ["--node-ip-address=127.0.0.1", "--disable-usage-stats"]
         proc = subprocess.run(
-            [self.ray, "start", *args, *common], capture_output=True, text=True, env={**os.environ, **(env or {})}
+            [self.ray, "start", *args, *common], capture_output=True, text=True, env={**self.env, **(env or {})}
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 

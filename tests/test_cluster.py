@@ -34,11 +34,12 @@ def grid_file(tmp_path: Path, name: str, ranks: str, resources: str, max_steps: 
     return write_yaml(tmp_path / f"{name}.yaml", text)
 
 
-def ftgrid_run(grid: Path, run_dir: Path, address: str, log: Path) -> subprocess.Popen:
-    """`ftgrid run GRID --address HEAD --out RUN_DIR`, as a user types it, in its own process group."""
-    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", address, "--out", str(run_dir)]
+def ftgrid_run(grid: Path, run_dir: Path, cluster: LocalCluster, log: Path) -> subprocess.Popen:
+    """`ftgrid run GRID --address HEAD --out RUN_DIR` with the cluster's token, as a user types it, in its own
+    process group."""
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", cluster.address, "--out", str(run_dir)]
     with log.open("a") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=cluster.env)
 
 
 def results(run_dir: Path) -> dict[str, dict]:
@@ -87,7 +88,7 @@ def two_nodes():
 def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(two_nodes, tmp_path):
     grid = grid_file(tmp_path, "half", "2, 4, 8", "  gpus_per_trial: 0.5\n  cpus_per_trial: 1\n")
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
-    driver = ftgrid_run(grid, run_dir, two_nodes.address, log)
+    driver = ftgrid_run(grid, run_dir, two_nodes, log)
     try:
         wait_for(lambda: any(r.ok for r in results(run_dir).values()), "a trial", driver=driver, log=log)
     finally:
@@ -98,7 +99,7 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
     # the job's workers go with their driver, and no trainer trains on as an orphan
     assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)), timeout=60)
 
-    again = ftgrid_run(grid, run_dir, two_nodes.address, log)
+    again = ftgrid_run(grid, run_dir, two_nodes, log)
     assert again.wait(timeout=600) == 0, log.read_text()[-3000:]
     done = results(run_dir)
     assert len(done) == 6 and all(r.ok for r in done.values())
@@ -131,7 +132,7 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
 def test_whole_gpus_go_to_one_trial_at_a_time_with_a_process_each(two_nodes, tmp_path):
     grid = grid_file(tmp_path, "two", "2", "  gpus_per_trial: 2\n  cpus_per_trial: 2\n")
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
-    assert ftgrid_run(grid, run_dir, two_nodes.address, log).wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert ftgrid_run(grid, run_dir, two_nodes, log).wait(timeout=600) == 0, log.read_text()[-3000:]
     done = list(results(run_dir).values())
     assert len(done) == 2 and all(r.ok for r in done)
     for result in done:
@@ -152,7 +153,7 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(l
     (head, _), (worker, _) = local_cluster.raylets()
     grid = grid_file(tmp_path, "lost", "2", "  cpus_per_trial: 2\n  checkpoint_steps: 5\n", max_steps=60)
     run_dir, log = tmp_path / "run", tmp_path / "driver.log"
-    driver = ftgrid_run(grid, run_dir, local_cluster.address, log)
+    driver = ftgrid_run(grid, run_dir, local_cluster, log)
 
     def on_worker_with_checkpoint() -> str | None:
         for trial_log in run_dir.glob("*/trial.log"):
@@ -175,3 +176,17 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(l
     steps = [line["step"] for line in lines if "loss" in line]
     assert steps == sorted(set(steps)) and steps[-1] == 60  # one line per logged step, none lost, none twice
     assert not (run_dir / lost / "checkpoints").exists()  # kept only while the trial trains
+
+
+def test_a_driver_without_the_cluster_token_is_refused_with_exit_2_and_told_how_to_give_it(two_nodes, tmp_path):
+    grid = grid_file(tmp_path, "notoken", "2", "  cpus_per_trial: 1\n")
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", two_nodes.address, "--out", str(tmp_path / "r")]
+    env = {k: v for k, v in two_nodes.env.items() if not k.startswith("RAY_AUTH")}
+    env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    for auth in ({}, {"RAY_AUTH_MODE": "token"}):  # Ray's default client (no token sent), token mode without one
+        proc = subprocess.run(cmd, env={**env, **auth}, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 2, (auth, proc.stdout[-2000:], proc.stderr[-3000:])
+        assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        message = proc.stderr[proc.stderr.index("error:") :]
+        assert "RAY_AUTH_MODE=token" in message and "RAY_AUTH_TOKEN" in message, message
+    assert not list((tmp_path / "r").glob("*/result.json"))

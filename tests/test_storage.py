@@ -146,7 +146,9 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     run, store, log = f"{s3}/grid", RunStore(f"{s3}/grid"), tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
     with log.open("w") as out:
-        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        driver = subprocess.Popen(
+            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=local_cluster.env
+        )
 
     def finished_and_a_checkpoint_in_the_bucket() -> bool:
         done = {t for t in store.folders() if (r := read_result(store / t)) and r.ok}
@@ -177,7 +179,8 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     assert not wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=60)
 
     with log.open("a") as out:
-        assert subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT).returncode == 0, log.read_text()[-3000:]
+        again = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=local_cluster.env)
+        assert again.returncode == 0, log.read_text()[-3000:]
     results = {t: read_result(store / t) for t in store.folders()}
     assert len(results) == 4 and all(r.ok for r in results.values())
     for trial_id, finished_at in finished.items():  # not run again
@@ -192,7 +195,7 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
 
     local = tmp_path / "local"
     cmd_local = [*cmd[:-1], str(local)]
-    assert subprocess.run(cmd_local, capture_output=True).returncode == 0
+    assert subprocess.run(cmd_local, capture_output=True, env=local_cluster.env).returncode == 0
     from analysis import cli_table
 
     for args in ({"ci": True}, {"compare": "loss"}, {"rows": "lora_rank", "cols": "loss"}):
