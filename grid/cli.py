@@ -203,12 +203,22 @@ def summarize(
         str, typer.Argument(help="RUN_DIR/<trial_id> of a finished trial (a path or a URI).", parser=a_location)
     ],
     text: Annotated[str | None, typer.Argument(help="A conversation, or - to read it from stdin.")] = "-",
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option("--trust-remote-code", help="Run the model's own code if the trial asks to (trust_remote_code)."),
+    ] = False,
+    base: Annotated[
+        str | None,
+        typer.Option(
+            "--base", help="SOURCE[@REVISION]: the base model the trial asks for, confirmed (any but builtin:)."
+        ),
+    ] = None,
     verbose: VerboseOpt = False,
 ):
     """Summarise a new conversation with a trained adapter."""
     _setup_logging(verbose)
     _quiet_libraries(verbose)
-    from runners.inference import check_weights, read_trial_config
+    from runners.inference import check_trusted, check_weights, read_trial_config
     from runners.inference import summarize as run_summarize
 
     store = RunStore(trial_dir)
@@ -216,11 +226,13 @@ def summarize(
         if store.local is None:  # the trial folder from storage, for loading
             store.download(Path(scratch))
         folder = store.local if store.local is not None else Path(scratch)
-        check_weights(folder, read_trial_config(folder))  # before waiting on stdin
+        cfg = read_trial_config(folder)
+        check_trusted(trial_dir, cfg, trust_remote_code=trust_remote_code, base=base)  # before waiting on stdin
+        check_weights(folder, cfg)
         dialogue = read_stdin() if text in (None, "-") else text
         if not dialogue.strip():
             raise BadInput("no conversation given (pass TEXT or pipe it to stdin with -)")
-        print(run_summarize(folder, [dialogue])[0])
+        print(run_summarize(folder, [dialogue], trust_remote_code=trust_remote_code, base=base)[0])
 
 
 @app.command()

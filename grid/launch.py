@@ -27,6 +27,7 @@ from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
+from runners.contract.files import open_nofollow, refuse_links
 from runners.contract.result import TrialResult, read_result, write_trial_json
 from runners.contract.store import RunStore
 from runners.execution import DEFAULT, Execution, write_handoff
@@ -100,14 +101,15 @@ class LogTail:
 
     def read(self) -> list[dict]:
         try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
+            handle = open_nofollow(self.path, "rb")  # a link planted there is not read through
+        except (OSError, ConfigError):
             return []
-        if size < self.offset:
-            self.offset = 0
-        if size == self.offset:
-            return []
-        with self.path.open("rb") as handle:
+        with handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size < self.offset:
+                self.offset = 0
+            if size == self.offset:
+                return []
             handle.seek(self.offset)
             chunk = handle.read()
         complete = chunk[: chunk.rfind(b"\n") + 1]
@@ -142,12 +144,13 @@ def launch_trial(
     `accelerate`: a child process (a clean CUDA context per trial; its memory goes back when it exits) whose
     output goes to trial.log; `inline`: `runners.trial.execute` in this process (small CPU runs, tests).
     Each new train_log.jsonl line is passed to `on_log` while the trial runs, and `on_poll` is called at each
-    look (e.g. to copy new checkpoints to storage). A child that dies without
-    writing result.json gets a `failed` one built from the tail of trial.log. `placement` (where the scheduler
-    put the trial) goes into result.json.
+    look (e.g. to copy new checkpoints to storage). A child that dies without writing result.json gets a `failed`
+    one built from the tail of trial.log. `placement` (where the scheduler put the trial) goes into result.json.
     """
     trial_dir = Path(trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
+    if (refused := _refused(cfg, trial_dir)) is not None:
+        return 2, refused
     # Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
     (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
     if not (trial_dir / layout.CHECKPOINTS).is_dir():
@@ -178,8 +181,21 @@ def launch_trial(
     return code, result
 
 
+def _refused(cfg: TrialConfig, trial_dir: Path) -> TrialResult | None:
+    """The failed result of a trial folder with a link where the folder or one of its files belongs (the folder
+    may be shared: nothing is written through a link), or None."""
+    try:
+        refuse_links(trial_dir, layout.TRIAL_ENTRIES)
+    except ConfigError as err:
+        result = TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err)
+        if not trial_dir.is_symlink():
+            result.write(trial_dir)  # result.json replaces whatever is there, a link included
+        return result
+    return None
+
+
 def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Callable[[], None], poll_s: float) -> int:
-    with (trial_dir / layout.TRIAL_LOG).open("ab") as out:
+    with open_nofollow(trial_dir / layout.TRIAL_LOG, "ab") as out:
         out.write(f"$ {' '.join(cmd)}\n".encode())
         out.flush()
         child = subprocess.Popen(
@@ -226,12 +242,12 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, execution: Execution, watch, 
 
     from runners.trial import execute
 
-    with (trial_dir / layout.TRIAL_LOG).open("a") as out:  # one "$ " line per execution, as for a child process
+    with open_nofollow(trial_dir / layout.TRIAL_LOG, "a") as out:  # one "$ " line per execution, as for a child process
         where = f" --placement {json.dumps(execution.placement)}" if execution.placement else ""
         out.write(f"$ inline runners.trial.execute in process {os.getpid()}{where}\n")
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(execution.cpus)))  # the trial's CPU share, as a child process gets it
-    handler = logging.FileHandler(trial_dir / layout.TRIAL_LOG)  # records the loggers let through
+    handler = logging.StreamHandler(open_nofollow(trial_dir / layout.TRIAL_LOG, "a"))  # what the loggers let through
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
     box: dict = {}
@@ -252,16 +268,17 @@ def _run_inline(cfg: TrialConfig, trial_dir: Path, execution: Execution, watch, 
         watch()
     finally:
         logging.getLogger().removeHandler(handler)
-        handler.close()
+        handler.stream.close()
         torch.set_num_threads(threads)
     return box.get("code", 1)
 
 
 def failure_from_log(cfg: TrialConfig, trial_dir: Path, code: int) -> TrialResult:
     """The failed result of a trial process that ended without writing one: why, and the tail of trial.log."""
-    try:
-        lines = (trial_dir / layout.TRIAL_LOG).read_text(errors="replace").strip().splitlines()[-30:]
-    except OSError:
+    try:  # never through a link: its target's lines would land in a shared result.json
+        with open_nofollow(trial_dir / layout.TRIAL_LOG, "rb") as handle:
+            lines = handle.read().decode("utf-8", "replace").strip().splitlines()[-30:]
+    except (OSError, ConfigError):
         lines = []
     if code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
@@ -288,7 +305,12 @@ def run_cached_trial(
     trial_dir = store.local / cfg.trial_id if store.local is not None else scratch_dir(store, cfg.trial_id)
     trial_dir.mkdir(parents=True, exist_ok=True)
     lock_path = trial_dir / layout.LOCK if store.local is not None else trial_dir.with_name(f"{cfg.trial_id}.lock")
-    with lock_path.open("w") as lock:
+    try:
+        refuse_links(trial_dir)
+        lock = open_nofollow(lock_path, "a")
+    except ConfigError as err:  # a link planted as the folder or its lock: nothing is opened through it
+        return TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err), False
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
         cached = None if execution.force else read_result(store / cfg.trial_id)
         if cached and cached.ok:

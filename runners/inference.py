@@ -1,7 +1,13 @@
-"""Using a finished trial: load its base model with the trained adapter (or full weights) and summarise."""
+"""Using a finished trial: load its base model with the trained adapter (or full weights) and summarise.
+
+A trial folder may be shared, so what it says is data: it may not turn on a model's own code
+(`trust_remote_code`) or choose where the base model's weights come from (a hub id or a local path) unless the
+command line says the same (`check_trusted`). A built-in model (`builtin:…`) is ftgrid's own and needs nothing.
+"""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -10,6 +16,7 @@ from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.choices import Method
 from runners.contract.errors import ConfigError
+from runners.contract.files import refuse_links
 from runners.contract.result import read_result, read_trial_json
 
 
@@ -31,8 +38,35 @@ def read_trial_config(trial_dir: Path) -> TrialConfig:
         ) from err
 
 
+def base_of(cfg: TrialConfig) -> str:
+    """Where a trial's base model comes from, as `--base` confirms it: SOURCE, or SOURCE@REVISION."""
+    entry = cfg.model_entry
+    return entry.source + (f"@{entry.revision}" if entry.revision else "")
+
+
+def check_trusted(trial_dir: Path, cfg: TrialConfig, *, trust_remote_code: bool = False, base: str | None = None):
+    """A ConfigError unless the command line allows what the trial folder asks for: running the model repository's
+    own code (`--trust-remote-code`), and a base model that is not built in (`--base`, equal to `base_of(cfg)`)."""
+    asked = base_of(cfg)
+    if cfg.model_entry.trust_remote_code and not trust_remote_code:
+        raise ConfigError(
+            f"{trial_dir}: its {layout.TRIAL_JSON} asks to run the model's own code (trust_remote_code: true, model "
+            f"{asked}); a run folder is data and cannot turn that on: pass --trust-remote-code if you trust {asked}"
+        )
+    if base is None and cfg.model_entry.source.startswith("builtin:"):
+        return
+    if base != asked:
+        given = f" (--base {shlex.quote(base)} was given)" if base is not None else ""
+        raise ConfigError(
+            f"{trial_dir}: its {layout.TRIAL_JSON} loads the base model from {asked}{given}; a run folder is data and "
+            f"cannot choose where weights come from: pass --base {shlex.quote(asked)} if that is the model you mean"
+        )
+
+
 def check_weights(trial_dir: Path, cfg: TrialConfig) -> None:
-    """A ConfigError unless the trial's trained weights are there: not kept (`save:`), or the trial did not finish."""
+    """A ConfigError unless the trial's trained weights are there: not kept (`save:`), or the trial did not finish.
+    A link as adapter/ is refused: the weights are the folder's own."""
+    refuse_links(trial_dir, [layout.ADAPTER])
     if not cfg.method.trains or (Path(trial_dir) / layout.ADAPTER).is_dir():
         return
     result = read_result(trial_dir)
@@ -46,10 +80,11 @@ def check_weights(trial_dir: Path, cfg: TrialConfig) -> None:
     raise ConfigError(f"{trial_dir}: the trial has no {layout.ADAPTER}/ (did it finish? status in result.json)")
 
 
-def load_trained(trial_dir: Path):
-    """(cfg, model, tokenizer, device) of a finished trial folder."""
+def load_trained(trial_dir: Path, *, trust_remote_code: bool = False, base: str | None = None):
+    """(cfg, model, tokenizer, device) of a finished trial folder, if `check_trusted` lets it load."""
     trial_dir = Path(trial_dir)
     cfg = read_trial_config(trial_dir)
+    check_trusted(trial_dir, cfg, trust_remote_code=trust_remote_code, base=base)
     check_weights(trial_dir, cfg)
     import torch
 
@@ -72,11 +107,12 @@ def load_trained(trial_dir: Path):
     return cfg, model, tokenizer, device
 
 
-def summarize(trial_dir: Path, dialogues: list[str]) -> list[str]:
-    """A summary of each dialogue by the trial's model, generated as its evaluation was."""
+def summarize(trial_dir: Path, dialogues: list[str], **trusted) -> list[str]:
+    """A summary of each dialogue by the trial's model, generated as its evaluation was (`trusted`: the keywords
+    of `check_trusted`)."""
     from runners.generate import generate
     from runners.masking import encode_prompts
 
-    cfg, model, tokenizer, device = load_trained(trial_dir)
+    cfg, model, tokenizer, device = load_trained(trial_dir, **trusted)
     texts, _, _ = generate(model, tokenizer, encode_prompts(dialogues, tokenizer, cfg), cfg, device)
     return texts

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from runners.checkpoint import Checkpoints
 from runners.config import TrialConfig
+from runners.contract.files import open_nofollow
 from runners.loss import training_loss
 from runners.masking import IGNORE, Encoded, collate
 
@@ -248,9 +249,9 @@ def _open_log(path: Path, main: bool, resumed_from: int | None):
     if not main:
         return None
     if resumed_from is None:
-        return path.open("w")
+        return open_nofollow(path, "w")
     kept = [line for line in _read_lines(path) if line.get("step", 0) <= resumed_from]
-    handle = path.open("w")
+    handle = open_nofollow(path, "w")
     for line in [*kept, {"step": resumed_from, "resumed_from_checkpoint": resumed_from}]:
         _write_line(handle, line)
     return handle
@@ -258,7 +259,8 @@ def _open_log(path: Path, main: bool, resumed_from: int | None):
 
 def _read_lines(path: Path) -> list[dict]:
     try:
-        text = path.read_text()
+        with open_nofollow(path, "r") as handle:
+            text = handle.read()
     except FileNotFoundError:
         return []
     lines = []

@@ -20,7 +20,7 @@ from pathlib import Path
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
-from runners.contract.files import share, size_mb, write_atomic, write_jsonl
+from runners.contract.files import refuse_links, share, size_mb, write_atomic, write_jsonl
 from runners.contract.result import TrialResult, now, package_versions, write_trial_json
 from runners.execution import DEFAULT, Execution, read_handoff
 
@@ -57,7 +57,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     if not is_main_process():
         return None
     placement = where_it_ran(execution.placement, accelerator, [*window, time.time()])
-    done = Finished(train_block, evaluation, placement, execution.save, started_at, clock)
+    done = Finished(train_block, evaluation, placement, execution.save, started_at, clock, checkpoints.warnings)
     result = assemble_result(cfg, data, done, out_dir)
     result.write(out_dir)  # written last: its presence means done
     checkpoints.clear()
@@ -92,9 +92,11 @@ def is_main_process() -> bool:
 
 
 def start_folder(cfg: TrialConfig, out_dir: Path) -> None:
-    """The trial folder with its trial.json, and no result.json of an earlier run: a rerun replaces, never mixes."""
+    """The trial folder with its trial.json, and no result.json of an earlier run: a rerun replaces, never mixes.
+    A symbolic link where the folder or one of its files belongs is a ConfigError: nothing is written through it."""
     if is_main_process():
         out_dir.mkdir(parents=True, exist_ok=True)
+        refuse_links(out_dir, layout.TRIAL_ENTRIES)
         (out_dir / layout.RESULT_JSON).unlink(missing_ok=True)
         write_trial_json(out_dir, cfg.model_dump(mode="json"))
 
@@ -192,16 +194,26 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
 
 def save_weights(model, tokenizer, adapter: Path, keep: bool) -> None:
     """The trained weights and the tokenizer into adapter/, readable as the umask says; with `save: none`, no
-    adapter/ at all (not even an earlier run's)."""
+    adapter/ at all (not even an earlier run's). Written into a new owner-only folder (nobody can plant a link in
+    it), shared, then renamed over the old adapter/; adapter/ being a link is a ConfigError."""
     import shutil
+    import tempfile
 
+    refuse_links(adapter.parent, [adapter.name])
     if not keep:
         shutil.rmtree(adapter, ignore_errors=True)
         log.info("trained weights not kept (save: none)")
         return
-    model.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
-    share(adapter)  # safetensors writes its files owner-only
+    fresh = Path(tempfile.mkdtemp(dir=adapter.parent, prefix=f".{adapter.name}.", suffix=".tmp"))
+    try:
+        model.save_pretrained(fresh)
+        tokenizer.save_pretrained(fresh)
+        share(fresh)  # safetensors writes its files owner-only, mkdtemp its folder
+        shutil.rmtree(adapter, ignore_errors=True)  # an earlier run's (rmtree removes links, never follows them)
+        fresh.rename(adapter)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        raise
     log.info("saved the trained weights to %s", adapter)
 
 
@@ -240,6 +252,7 @@ class Finished:
     save: str  # the grid's `save:`
     started_at: str
     clock: float  # time.perf_counter() at the start
+    warnings: list[str] = field(default_factory=list)  # e.g. a checkpoint that could not be loaded
 
 
 def assemble_result(cfg: TrialConfig, data: TrialData, done: Finished, out_dir: Path) -> TrialResult:
@@ -278,7 +291,7 @@ def assemble_result(cfg: TrialConfig, data: TrialData, done: Finished, out_dir: 
         finished_at=now(),
         wall_s=round(time.perf_counter() - done.clock, 2),
         placement=done.placement,
-        warnings=placement_warnings(done.placement),
+        warnings=placement_warnings(done.placement) + done.warnings,
         weights=weights_record(cfg, out_dir, done.save),
         disk_mb=size_mb(out_dir, skip=(layout.CHECKPOINTS,)),  # the checkpoint is removed next
     )

@@ -1,12 +1,20 @@
 """Files of a run folder on a local disk: atomic writes with the modes the umask gives, JSON and JSON lines,
-sizes, and the modes of what other libraries write owner-only."""
+sizes, and the modes of what other libraries write owner-only. A run folder may be shared, so it is data: no
+symbolic link inside it is followed (`open_nofollow`, `refuse_links`), and only files we own change mode."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
+
+from runners.contract.errors import ConfigError
+
+_FLAGS = {"r": os.O_RDONLY, "w": os.O_WRONLY | os.O_CREAT | os.O_TRUNC, "a": os.O_WRONLY | os.O_CREAT | os.O_APPEND}
 
 
 def umask() -> int:
@@ -22,14 +30,77 @@ def umask() -> int:
     return mask
 
 
+def link_refused(path: Path) -> ConfigError:
+    """The error for a symbolic link found where a run folder's own file or folder belongs."""
+    try:
+        target = os.readlink(path)
+    except OSError:
+        target = "?"
+    return ConfigError(
+        f"{path}: a symbolic link (to {target}) inside a run folder; ftgrid follows no link there (a shared folder "
+        "must not make it write or read elsewhere): remove the link and run again"
+    )
+
+
+def refuse_links(folder: Path, names: Iterable[str] = ()) -> None:
+    """A ConfigError if `folder`, or one of its entries `names`, is a symbolic link."""
+    for path in [Path(folder), *(Path(folder) / name for name in names)]:
+        if path.is_symlink():
+            raise link_refused(path)
+
+
+def open_nofollow(path: Path, mode: str = "r"):
+    """`open(path, mode)` (`r`, `w` or `a`, with `b` for bytes; text is UTF-8) for a run folder's file, which never
+    follows a symbolic link: the file being one is a ConfigError (O_NOFOLLOW, so nothing is truncated or written
+    through it), and so is anything but a regular file (a FIFO, a device)."""
+    path = Path(path)
+    flags = _FLAGS[mode.replace("b", "")] | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o666)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise link_refused(path) from err
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ConfigError(f"{path}: not a regular file; remove it and run again")
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8")
+
+
 def share(path: Path) -> None:
     """Give a file, or a folder and everything in it, the modes `open()` and `mkdir()` would have: 0o666 (files)
-    and 0o777 (folders) less the umask. For what other libraries write owner-only (safetensors, mkdtemp)."""
+    and 0o777 (folders) less the umask. For what other libraries write owner-only (safetensors, mkdtemp).
+    Only what this user owns changes, and never through a link: a link (and all it points to) is left alone."""
     path, mask = Path(path), umask()
-    paths = [path, *path.rglob("*")] if path.is_dir() else [path]
-    for item in paths:
-        if not item.is_symlink():
-            item.chmod((0o777 if item.is_dir() else 0o666) & ~mask)
+    items = [path]
+    if path.is_dir() and not path.is_symlink():
+        for folder, dirs, files in os.walk(path):  # a linked folder is listed, not entered
+            items += [Path(folder, name) for name in dirs + files]
+    for item in items:
+        _chmod_own(item, mask)
+
+
+def _chmod_own(path: Path, mask: int) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # a link (ELOOP), gone, or not readable: not ours to change
+        return
+    try:
+        info = os.fstat(fd)
+        if info.st_uid == os.getuid() and (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            os.fchmod(fd, (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~mask)
+    finally:
+        os.close(fd)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a folder (its entries: a rename into it) to the disk."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def size_mb(path: Path, skip: tuple[str, ...] = ()) -> float:

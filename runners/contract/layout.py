@@ -22,3 +22,5 @@ TRIAL_LOG = "trial.log"  # the trial process's stdout and stderr
 ADAPTER = "adapter"  # the LoRA adapter (or the full weights) and the tokenizer
 CHECKPOINTS = "checkpoints"  # the last resumable training checkpoint, while the trial trains
 LOCK = ".lock"  # held while a trial runs, so two drivers never share a trial folder
+# What ftgrid itself writes into a trial folder: none of them may be a symbolic link (runners.contract.files)
+TRIAL_ENTRIES = (TRIAL_JSON, RESULT_JSON, PREDICTIONS, TRAIN_LOG, TRIAL_LOG, ADAPTER, CHECKPOINTS, LOCK)
