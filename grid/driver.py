@@ -20,7 +20,7 @@ from pathlib import Path
 from rich.console import Console
 
 from grid import sweep, tune
-from grid.launch import scratch_root
+from grid.cache import scratch_root
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
 from grid.runfolder import keep_best_weights, refresh_results_csv, write_grid_yaml

@@ -1,5 +1,5 @@
 """The Ray Tune driver: start or join Ray, refuse resources no node has, run a Tuner whose trials each run one
-trial (`grid.launch.run_cached_trial`), feed the progress display, record trials Ray lost, and always shut Ray down.
+trial (`grid.cache.run_cached_trial`), feed the progress display, record trials Ray lost, and always shut Ray down.
 
 Ray is imported inside functions only, so commands that never schedule (`ftgrid table`) stay fast.
 """
@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-from grid.launch import run_cached_trial
+from grid.cache import run_cached_trial
 from grid.runfolder import refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout

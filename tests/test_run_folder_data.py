@@ -14,7 +14,8 @@ from types import SimpleNamespace
 import pytest
 from conftest import TINY_SETTINGS, write_yaml
 
-from grid.launch import launch_trial, run_cached_trial
+from grid.cache import run_cached_trial
+from grid.launch import launch_trial
 from grid.spec import load_grid
 from runners import checkpoint
 from runners.contract.errors import ConfigError

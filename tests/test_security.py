@@ -11,7 +11,7 @@ import psutil
 import pytest
 from conftest import ray_processes
 
-from grid.launch import scratch_dir, scratch_root
+from grid.cache import scratch_dir, scratch_root
 from runners.contract.errors import ConfigError
 from runners.contract.store import RunStore
 
