@@ -357,10 +357,11 @@ def report(
             out.print(f"{name}: {path}", highlight=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`ftgrid ARGS…` (`argv`: the arguments, default the command line's); ends with SystemExit(code)."""
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     try:
-        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
+        code = app(args=argv, standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # [x] is text
