@@ -27,6 +27,7 @@ from grid.cli_checks import (
 )
 from runners.contract import layout
 from runners.contract.errors import ConfigError
+from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.store import RunStore
 
@@ -368,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        err.print(f"[bold red]error:[/] {escape(no_space(e))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)

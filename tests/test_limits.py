@@ -2,14 +2,20 @@
 prompt plus generated or target tokens beyond the model's context, YAML aliases that expand a few lines into
 gigabytes, a cross product of millions of cells. And a full disk ends a run with its summary and a message."""
 
+import errno
+import itertools
 import json
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from conftest import TINY_SETTINGS, write_yaml
 from inprocess import ftgrid
 
 from grid.limits import MAX_YAML_NODES
+from grid.spec import load_grid
+from runners.contract.result import TrialResult
 
 LONG = "settings:\n  max_source_length: 1000\n  max_new_tokens: 100\n  max_target_length: 64\n"
 
@@ -90,3 +96,65 @@ def test_a_cross_product_of_millions_of_cells_is_refused_before_any_is_built(tmp
     done = ftgrid("run", path, "--dry-run", cwd=tmp_path)
     assert time.monotonic() - start < 2 and done.code == 2, done.output
     assert "40 seed × 40 n_eval × 40 n_train × 40 eval_batch_size make 2,560,000 cells" in " ".join(done.stderr.split())
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MiB tmpfs (mounting needs root: skipped without it), unmounted afterwards."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True)
+    if mounted.returncode:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(disk: Path, leave_pages: int = 0) -> None:
+    """Fill a tmpfs with 4 KiB files until it is full, then free `leave_pages` pages of it."""
+    filler = disk / "filler"
+    filler.mkdir()
+    names = (filler / str(i) for i in itertools.count())
+    written = []
+    try:
+        for name in names:
+            name.write_bytes(b"x" * 4096)
+            written.append(name)
+    except OSError as err:
+        assert err.errno == errno.ENOSPC
+    for name in written[len(written) - leave_pages :] if leave_pages else []:
+        name.unlink()
+
+
+def cached_run(tmp_path: Path, run_dir: Path) -> Path:
+    """A grid of one trial whose finished result.json is already in `run_dir`."""
+    path = write_yaml(tmp_path / "g.yaml", grid("  model: [tiny-llama]\n", TINY_SETTINGS))
+    _, trials = load_grid(path)
+    cfg = trials[0]
+    TrialResult(cfg.trial_id, config=cfg.model_dump(mode="json"), metrics={"rougeL": 12.5}).write(
+        run_dir / cfg.trial_id
+    )
+    return path
+
+
+def test_a_full_disk_before_anything_ran_is_a_message_and_exit_code_1(tmp_path, tiny_disk):
+    path = cached_run(tmp_path, tiny_disk / "run")
+    fill(tiny_disk)
+    done = ftgrid("run", path, "--out", tiny_disk / "run", cwd=tmp_path)
+    assert done.code == 1 and "Traceback" not in done.output, done.output
+    message = " ".join(done.stderr.split())
+    assert f"no space left on the device of the run folder ({tiny_disk / 'run' / 'grid.yaml'})" in message
+    assert "free some space (or give --out on another disk)" in message
+
+
+def test_a_full_disk_while_the_driver_writes_results_csv_ends_with_the_summary_and_the_message(tmp_path, tiny_disk):
+    path = cached_run(tmp_path, tiny_disk / "run")
+    fill(tiny_disk, leave_pages=1)  # grid.yaml fits, results.csv does not
+    done = ftgrid("run", path, "--out", tiny_disk / "run", cwd=tmp_path)
+    assert done.code == 1 and "Traceback" not in done.output, done.output
+    assert (tiny_disk / "run" / "grid.yaml").is_file() and not (tiny_disk / "run" / "results.csv").exists()
+    out, message = " ".join(done.stdout.split()), " ".join(done.stderr.split() + done.stdout.split())
+    assert "done: 0 ok · 1 cached · 0 failed · best rougeL 12.50" in out, done.output  # the summary
+    assert f"no space left on the device of the run folder ({tiny_disk / 'run' / 'results.csv'})" in message

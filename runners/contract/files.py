@@ -60,6 +60,15 @@ def disk_full(err: BaseException) -> bool:
     return isinstance(err, OSError) and err.errno in DISK_FULL
 
 
+def no_space(err: OSError) -> str:
+    """The message of a full disk: where, and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"no space left on the device of the run folder{where}: {err.strerror or err}; free some space (or give "
+        "--out on another disk) and run the same command again"
+    )
+
+
 def write_atomic(path: Path, data: str | bytes | BinaryIO) -> None:
     """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half.
     `data` may be an open binary file, copied in chunks of CHUNK bytes. The file gets the mode `open()` would
