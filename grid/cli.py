@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sys
@@ -27,6 +26,7 @@ from grid.cli_checks import (
 )
 from runners.contract import layout
 from runners.contract.errors import ConfigError
+from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.store import RunStore
 
@@ -154,6 +154,7 @@ def audit(
     _, cfg = pick_trial(grid, *sets_and_picks(set_, pick), smoke=smoke)
     if not cfg.method.trains:
         raise BadInput("audit shows training examples; this trial is zero_shot (try --pick method=lora)")
+    from grid.audit import as_json_line, as_text
     from runners.masking import supervised_ids
     from runners.models import load_tokenizer
     from runners.trial import encode_rows, select_rows
@@ -164,37 +165,13 @@ def audit(
     for row, enc in zip(rows, encode_rows(rows, tokenizer, cfg, cfg.loss), strict=True):
         supervised = supervised_ids(enc)
         empty += not supervised
-        (_audit_json if as_json else _audit_text)(cfg, tokenizer, row, enc, supervised)
+        if as_json:
+            print(as_json_line(cfg, tokenizer, row, enc))
+        else:
+            as_text(out, cfg, tokenizer, row, enc, supervised)
     if empty:
         err.print(f"[bold red]{empty} of {len(rows)} examples have no supervised token[/]")
         raise typer.Exit(1)
-
-
-def _audit_json(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
-    """One JSON line: the exact ids and labels the trainer sees (the `ftgrid audit --json` contract)."""
-    from runners.models import resolve_source
-
-    record = {
-        "id": row["id"],
-        "template": cfg.template,
-        "loss": cfg.loss,
-        "tokenizer": resolve_source(cfg.model_entry),
-        "prompt": tokenizer.decode(enc.prompt_ids),
-        "summary": row["summary"],
-        "input_ids": enc.input_ids,
-        "labels": enc.labels,
-    }
-    print(json.dumps(record))
-
-
-def _audit_text(cfg, tokenizer, row: dict, enc, supervised: list[int]) -> None:
-    """The prompt and the text of the tokens the loss is taken on, for reading."""
-    out.rule(f"{row['id']}  ({cfg.template}, loss {cfg.loss}, {cfg.model})")
-    out.print("[bold]prompt[/]", highlight=False)
-    out.print(tokenizer.decode(enc.prompt_ids), markup=False, highlight=False)
-    shortened = " (dialogue shortened)" if enc.dialogue_truncated else ""
-    out.print(f"[bold]loss on {len(supervised)} of {enc.n_targets} tokens[/]{shortened}:", highlight=False)
-    out.print(repr(tokenizer.decode(supervised)), markup=False, highlight=False)
 
 
 @app.command()
@@ -375,15 +352,21 @@ def report(
             out.print(f"{name}: {path}", highlight=False)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """`ftgrid ARGS…` (`argv`: the arguments, default the command line's); ends with SystemExit(code)."""
     try:
-        code = app(standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
+        code = app(args=argv, standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # [x] is text
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
+    except OSError as e:
+        if not disk_full(e):
+            raise
+        err.print(f"[bold red]error:[/] {escape(no_space(e))}", highlight=False, soft_wrap=True)
+        sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)

@@ -34,6 +34,9 @@ def a_location(value) -> str:
     """A run folder as typed: a path or a storage URI (kept as text: Path would fold s3:// into s3:/)."""
     if not str(value).strip():
         raise typer.BadParameter("empty; give a path or a storage URI")
+    scheme, sep, rest = str(value).partition("://")
+    if sep and "/" not in scheme and not rest.strip("/"):
+        raise typer.BadParameter(f"{value}: a storage URI names a bucket and a folder, e.g. {scheme}://bucket/runs/x")
     return str(value)
 
 

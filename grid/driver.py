@@ -23,7 +23,7 @@ from grid import sweep, tune
 from grid.cache import scratch_root
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
-from grid.runfolder import keep_best_weights, refresh_results_csv, write_grid_yaml
+from grid.runfolder import ends_on_full_disk, keep_best_weights, refresh_results_csv, write_grid_yaml
 from grid.spec import load_grid, load_spec
 from grid.tracking import callbacks, follow
 from grid.tracking_spec import RunContext, check_installed, with_track
@@ -125,11 +125,20 @@ def run_grid(
         sweep.print_trials(spec, trials, fmt, console)
         return 0
     _start(spec, run_dir, address)
-    res = spec.resources
     progress = Progress(total=len(trials), console=console)
     todo = sweep.to_run(trials, run_dir, force, progress)
     cached = len(trials) - len(todo)
     console.print(f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", highlight=False)
+    with ends_on_full_disk(progress):
+        _run_todo(spec, todo, run_dir, address, progress, console, max_concurrent, force, retries)
+        if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
+            console.print(line, highlight=False)
+    return close_run(progress, trials, run_dir, console)
+
+
+def _run_todo(spec, todo, run_dir, address, progress: Progress, console, max_concurrent, force, retries) -> None:
+    """The trials not cached on Ray Tune; results.csv once when there are none."""
+    res = spec.resources
     if todo:
         execution = execution_of(res, retries=res.retries if retries is None else retries, force=force, save=spec.save)
         space = param_space(run_dir, execution, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo]))
@@ -137,9 +146,6 @@ def run_grid(
         _on_ray(spec, run_dir, "run", space, address, progress, console, name=spec.name, max_concurrent=max_concurrent)
     else:
         refresh_results_csv(run_dir)  # nothing ran: the view of the cached results, once
-    if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
-        console.print(line, highlight=False)
-    return close_run(progress, trials, run_dir, console)
 
 
 def run_search(
@@ -168,17 +174,20 @@ def run_search(
     remaining = max(0, search.num_samples - len(previous))
     console.print(tune.search_line(search, base, len(previous), remaining, run_dir), highlight=False)
     progress = Progress(total=remaining, metric=search.metric, mode=search.mode, console=console)
-    if remaining:
-        execution = execution_of(spec.resources, retries=spec.resources.retries, force=False, save=spec.save)
-        space, extra = tune.ray_search(spec, search, base, previous, run_dir, execution)
-        max_concurrent = search.max_concurrent or spec.resources.max_concurrent
-        tune_args = {"tune_config_extra": extra, "num_samples": remaining, "max_concurrent": max_concurrent}
-        _on_ray(spec, run_dir, "tune", space, address, progress, console, name=f"{spec.name}-tune", **tune_args)
-    else:
-        refresh_results_csv(run_dir)  # nothing ran: the view of the finished samples, once
+    with ends_on_full_disk(progress):
+        if remaining:
+            execution = execution_of(spec.resources, retries=spec.resources.retries, force=False, save=spec.save)
+            space, extra = tune.ray_search(spec, search, base, previous, run_dir, execution)
+            max_concurrent = search.max_concurrent or spec.resources.max_concurrent
+            tune_args = {"tune_config_extra": extra, "num_samples": remaining, "max_concurrent": max_concurrent}
+            _on_ray(spec, run_dir, "tune", space, address, progress, console, name=f"{spec.name}-tune", **tune_args)
+        else:
+            refresh_results_csv(run_dir)  # nothing ran: the view of the finished samples, once
     seen = tune.samples_run(run_dir, progress.outcomes)  # this invocation's samples, as `run` reports them
     again = "run the same command with --resume to finish the search"
-    code = close_run(progress, seen, run_dir, console, again) if progress.outcomes else 0
+    code = close_run(progress, seen, run_dir, console, again) if progress.outcomes or progress.disk_full else 0
+    if progress.disk_full is not None:
+        return code
     return tune.write_best(spec, search, base, grid_path, run_dir, console) or code
 
 

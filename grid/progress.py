@@ -9,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from runners.config import TrialConfig
 from runners.contract.choices import Choice, Status
+from runners.contract.files import no_space
 from runners.contract.result import TrialResult, read_result
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.store import RunStore
@@ -59,6 +61,7 @@ class Progress:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     running: dict[str, str] = field(default_factory=dict)  # trial id → last progress note (step, loss)
     best: tuple[float, str] | None = None
+    disk_full: OSError | None = None  # the driver could not write to the run folder: the run ends with exit code 1
     _status: object = None
 
     # --- events ---
@@ -201,6 +204,9 @@ def close_run(
     console.print(f"[bold]done[/]: {line} → {run_dir}", highlight=False)
     if totals[Ending.NOT_RUN]:
         console.print(again, highlight=False)
+    if progress.disk_full is not None:
+        console.print(f"[bold red]error:[/] {escape(no_space(progress.disk_full))}", highlight=False, soft_wrap=True)
+        return 1
     return 1 if totals[Ending.FAILED] or totals[Ending.NOT_RUN] else 0
 
 

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from grid.cache import run_cached_trial
-from grid.runfolder import refresh_results_csv
+from grid.runfolder import ends_on_full_disk, refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.choices import Status
@@ -230,7 +230,8 @@ def progress_callback(progress, run_dir: str | Path):
                 return
             if result.get(FINAL):
                 self.progress.finished(our_trial_id(trial), result)
-                refresh_results_csv(self.run_dir)
+                with ends_on_full_disk(self.progress):  # the trials go on; the run ends with exit code 1
+                    refresh_results_csv(self.run_dir)
             else:
                 self.progress.reported(our_trial_id(trial), result)
 

@@ -4,12 +4,14 @@ it removes at the end: the trained weights of every trial of the grid but the be
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from pathlib import Path
 
 import yaml
 
 from runners.contract import layout
+from runners.contract.files import disk_full
 from runners.contract.result import TrialResult, read_result
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.store import RunStore
@@ -23,13 +25,29 @@ def write_grid_yaml(spec, run_dir: str | Path) -> None:
     RunStore(run_dir).write(text, layout.GRID_YAML)
 
 
+@contextlib.contextmanager
+def ends_on_full_disk(progress):
+    """A full disk while the driver writes the run folder is remembered (`progress.disk_full`): the run ends with
+    its summary, the message and exit code 1 (`close_run`) instead of a traceback."""
+    try:
+        yield
+    except OSError as err:
+        if not disk_full(err):
+            raise
+        log.warning("%s", err)
+        progress.disk_full = err
+
+
 def refresh_results_csv(run_dir: str | Path) -> None:
-    """Rebuild RUN_DIR/results.csv; a problem is logged, never raised: result.json is the record, the CSV a view."""
+    """Rebuild RUN_DIR/results.csv; a problem is logged, not raised (result.json is the record, the CSV a view),
+    except a full disk (an OSError that `disk_full` recognises), which ends the run with its summary."""
     from analysis.load import write_results_csv
 
     try:
         write_results_csv(run_dir)
-    except Exception as err:  # noqa: BLE001 — the summary table must never stop a run
+    except Exception as err:
+        if disk_full(err):
+            raise
         log.warning("could not write %s/%s: %s", run_dir, layout.RESULTS_CSV, err)
 
 

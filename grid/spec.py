@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from grid.expand import all_excluded, cell, points
+from grid.limits import check_cells, context_problems, load_yaml
 from grid.tracking_spec import Tracking
 from runners.config import (
     AXES,
@@ -183,7 +184,7 @@ def read_yaml(path: Path) -> dict:
     """A grid file's top-level mapping."""
     text = read_text(path)
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text, path)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(data, dict):
@@ -284,6 +285,7 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
     problems += _name_problems(spec, axes, registries, where)
     if problems:
         raise ConfigError("\n".join(problems))
+    check_cells(axes, where)
     trials: dict[str, TrialConfig] = {}
     for point in points(spec, axes):
         try:
@@ -294,6 +296,7 @@ def expand(spec: GridSpec, where: str = "grid", picks: dict[str, Any] | None = N
         trials.setdefault(cfg.trial_id, cfg)
     if not trials and not problems:
         raise ConfigError(all_excluded(spec, axes, picks or {}, where))
+    problems += [] if problems else context_problems(list(trials.values()), axes, where)
     if problems:
         unique = list(dict.fromkeys(problems))
         raise ConfigError("\n".join(unique[:30]) + (f"\n… and {len(unique) - 30} more" if len(unique) > 30 else ""))

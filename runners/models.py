@@ -95,6 +95,49 @@ def resolve_source(entry: ModelEntry) -> str:
     return str(target)
 
 
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions")  # how a config names its longest sequence
+
+
+def context_limit(entry: ModelEntry) -> tuple[int, str] | None:
+    """(the longest sequence a model takes, the config key that says so), from its config where that is known
+    without downloading anything: a built-in's own dimensions or built copy, a local folder's config.json, a hub
+    model's config.json in the local cache. None when it cannot be known here, or has no fixed limit (T5's
+    relative positions: an encoder-decoder counts `max_position_embeddings` only)."""
+    import json
+
+    name = entry.source.removeprefix("builtin:")
+    if entry.source.startswith("builtin:") and name in TINY_ARCHS:
+        config = TINY_ARCHS[name][1]
+    else:
+        path = _local_config(entry, name)
+        try:
+            config = json.loads(Path(path).read_text()) if path else {}
+        except (OSError, ValueError):
+            return None
+    keys = CONTEXT_KEYS[:1] if entry.kind == "seq2seq" else CONTEXT_KEYS
+    found = [(config[k], k) for k in keys if isinstance(config, dict) and isinstance(config.get(k), int)]
+    return found[0] if found and found[0][0] > 0 else None
+
+
+def _local_config(entry: ModelEntry, name: str) -> str | None:
+    """The path of a model's config.json on this machine, or None (nothing is downloaded)."""
+    if entry.source.startswith("builtin:"):
+        built = cache_dir() / "models" / name / "config.json"
+        return str(built) if built.is_file() else None
+    local = Path(entry.source).expanduser() / "config.json"
+    if local.is_file():
+        return str(local)
+    if entry.source.startswith((".", "/", "~")) or entry.source.count("/") > 1:
+        return None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(entry.source, "config.json", revision=entry.revision)
+    except Exception:  # noqa: BLE001 — not a valid repo id, or no cache: the limit is not known here
+        return None
+    return found if isinstance(found, str) else None
+
+
 def _build_once(target: Path, build) -> None:
     """Build into a temp dir and rename, under a file lock, so concurrent trials never see half a model."""
     from filelock import FileLock

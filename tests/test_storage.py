@@ -3,12 +3,14 @@ store itself, `ftgrid trial` / `summarize` / `table` on a bucket, and a grid on 
 to the bucket, is killed, resumes (a trial from the checkpoint it had copied there) and gives the same tables as a
 run of the same grid on a local disk."""
 
+import filecmp
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+import tracemalloc
 
 import pytest
 from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
@@ -102,6 +104,35 @@ def test_an_upload_cut_short_never_looks_finished(s3, tmp_path):
         DropsAfterTwo(f"{s3}/cut/t1").upload(folder)
     store = RunStore(f"{s3}/cut")
     assert len(store.files("t1")) == 2 and read_result(store / "t1") is None  # result.json goes last
+
+
+@pytest.mark.parametrize("where", ["bucket", "disk"])
+def test_uploads_and_downloads_stream_a_file_larger_than_a_chunk(s3, tmp_path, monkeypatch, where):
+    from runners.contract import files
+    from runners.contract import store as store_module
+
+    monkeypatch.setattr(files, "CHUNK", 2**20, raising=False)
+    monkeypatch.setattr(store_module, "CHUNK", 2**20, raising=False)
+    size = 24 * 2**20  # 24 chunks
+    folder = tmp_path / "trial"
+    (folder / "adapter").mkdir(parents=True)
+    content = os.urandom(2**20) * 24
+    (folder / "adapter" / "model.safetensors").write_bytes(content)
+    (folder / "result.json").write_text("{}")
+    store = RunStore(f"{s3}/stream" if where == "bucket" else tmp_path / "stream")
+    del content
+    tracemalloc.start()
+    try:
+        store.upload(folder)
+        _, up_peak = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        assert store.download(tmp_path / "back") == ["adapter/model.safetensors", "result.json"]
+        _, down_peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert up_peak < size / 4 and down_peak < size / 4, (up_peak, down_peak)  # a few chunks, never the whole file
+    for name in ("adapter/model.safetensors", "result.json"):
+        assert filecmp.cmp(folder / name, tmp_path / "back" / name, shallow=False), name
 
 
 def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):

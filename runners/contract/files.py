@@ -7,10 +7,12 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 from runners.contract.errors import ConfigError
 
@@ -118,21 +120,48 @@ def size_mb(path: Path, skip: tuple[str, ...] = ()) -> float:
     return round(total / 2**20, 3)
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
+# Bytes a copy holds at once: a multi-GB file (an adapter, a full model's weights) is streamed, never read whole.
+CHUNK = 8 * 2**20
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(err: BaseException) -> bool:
+    """Whether an error is a full disk (or an exhausted quota)."""
+    return isinstance(err, OSError) and err.errno in DISK_FULL
+
+
+def no_space(err: OSError) -> str:
+    """The message of a full disk: where, and what to do."""
+    where = f" ({err.filename})" if err.filename else ""
+    return (
+        f"no space left on the device of the run folder{where}: {err.strerror or err}; free some space (or give "
+        "--out on another disk) and run the same command again"
+    )
+
+
+def write_atomic(path: Path, data: str | bytes | BinaryIO) -> None:
     """Write to a temp file in the same folder, then rename: readers see the old file or the new, never half.
-    The file gets the mode `open()` would give it (0o666 less the umask), not mkstemp's owner-only 0o600."""
+    `data` may be an open binary file, copied in chunks of CHUNK bytes. The file gets the mode `open()` would
+    give it (0o666 less the umask), not mkstemp's owner-only 0o600. A full disk is an OSError naming `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if isinstance(data, (str, bytes)):
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            else:
+                shutil.copyfileobj(data, handle, CHUNK)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if disk_full(err):
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

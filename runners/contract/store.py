@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 from runners.contract.errors import ConfigError
-from runners.contract.files import size_mb, write_atomic
+from runners.contract.files import CHUNK, size_mb, write_atomic
 from runners.contract.layout import RESULT_JSON
 
 
@@ -87,7 +90,8 @@ class RunStore:
         data = self.read_bytes(*parts)
         return None if data is None else data.decode("utf-8", "replace")
 
-    def write(self, data: str | bytes, *parts: str) -> None:
+    def write(self, data: str | bytes | BinaryIO, *parts: str) -> None:
+        """Write a file: `data` a string, bytes, or an open binary file copied in chunks of CHUNK bytes."""
         if self.local is not None:
             write_atomic(self.local.joinpath(*parts), data)
             return
@@ -95,7 +99,21 @@ class RunStore:
         path = self._path(parts)
         fs.create_dir(path.rpartition("/")[0], recursive=True)
         with fs.open_output_stream(path) as handle:
-            handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            if isinstance(data, (str, bytes)):
+                handle.write(data.encode("utf-8") if isinstance(data, str) else data)
+            else:
+                shutil.copyfileobj(data, handle, CHUNK)
+
+    @contextlib.contextmanager
+    def open(self, *parts: str) -> Iterator[BinaryIO]:
+        """A file opened for reading in chunks (FileNotFoundError if there is none)."""
+        if self.local is not None:
+            with self.local.joinpath(*parts).open("rb") as handle:
+                yield handle
+            return
+        fs, _ = self.filesystem()
+        with fs.open_input_stream(self._path(parts)) as handle:
+            yield handle
 
     def exists(self, *parts: str) -> bool:
         if self.local is not None:
@@ -163,15 +181,15 @@ class RunStore:
         names = [str(p.relative_to(local_dir)) for p in files]
         keep = [n for n in names if n.split("/")[0] not in skip and n != last]
         for name in [*keep, *([last] if last in names else [])]:
-            self.write(Path(local_dir, name).read_bytes(), *parts, *name.split("/"))
+            with Path(local_dir, name).open("rb") as source:  # streamed: a file may be larger than the memory
+                self.write(source, *parts, *name.split("/"))
 
     def download(self, local_dir: Path, *parts: str) -> list[str]:
         """Copy the files below `parts` into a local folder; the relative paths copied."""
         names = self.files(*parts)
         for name in names:
-            target = Path(local_dir, name)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(self.read_bytes(*parts, *name.split("/")))
+            with self.open(*parts, *name.split("/")) as source:  # streamed, as upload
+                write_atomic(Path(local_dir, name), source)
         return names
 
     def size_mb(self, *parts: str, skip: tuple[str, ...] = ()) -> float:

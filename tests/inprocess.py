@@ -1,0 +1,37 @@
+"""`ftgrid` run in this process, as the command line runs it (`grid.cli.main`), its output captured: fast enough
+to call hundreds of times in a test. A Python traceback, had one escaped, is in the output as it would be on a
+terminal."""
+
+import io
+import os
+import traceback
+from contextlib import chdir, redirect_stderr, redirect_stdout
+from pathlib import Path
+from typing import NamedTuple
+
+
+class Outcome(NamedTuple):
+    code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def ftgrid(*args, cwd: Path | str | None = None) -> Outcome:
+    """`ftgrid ARGS…` in this process (in `cwd`): the exit code and what it printed."""
+    from grid.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err), chdir(cwd or os.getcwd()):
+        try:
+            main([str(a) for a in args])
+            code = 0
+        except SystemExit as done:
+            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+        except BaseException:  # noqa: BLE001 — what a user would see: the traceback
+            traceback.print_exc()
+            code = 1
+    return Outcome(code, out.getvalue(), err.getvalue())
