@@ -4,6 +4,7 @@ is flagged, the power line through the CLI, and the calibration of both tests on
 truth (the false-positive rate of the seed test holds alpha; the example-only test's does not)."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -79,6 +80,8 @@ def test_a_difference_inside_the_seed_noise_is_flagged_and_the_power_line_says_w
     assert ftgrid("table", tmp_path, "--compare", "loss", "--power", "-1").returncode == 2
     cells = ftgrid("table", tmp_path, "--metric", "rouge1")
     assert cells.returncode == 0 and "seeds" in cells.stdout and "rouge1 seed sd" in cells.stdout
+    with_ci = ftgrid("table", tmp_path, "--metric", "rouge1", "--ci")
+    assert with_ci.returncode == 0 and re.search(r"\d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\]", with_ci.stdout), with_ci.stdout
     report = ftgrid("report", tmp_path, "--metric", "rouge1")
     assert report.returncode == 0, report.stderr
     assert "cover a new training run" in (tmp_path / "report.md").read_text()
