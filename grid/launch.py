@@ -26,6 +26,7 @@ from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.result import TrialResult, read_result, write_trial_json
+from runners.contract.secrets import scrub
 from runners.contract.store import RunStore
 from runners.execution import DEFAULT, Execution, write_handoff
 
@@ -178,7 +179,7 @@ def launch_trial(
 
 def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Callable[[], None], poll_s: float) -> int:
     with (trial_dir / layout.TRIAL_LOG).open("ab") as out:
-        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.write(f"$ {scrub(' '.join(cmd))}\n".encode())  # never a credential in a log
         out.flush()
         child = subprocess.Popen(
             cmd,
