@@ -222,7 +222,7 @@ class TrialConfig(_Frozen):
         if self.lora_rank:
             parts.append(f"r{self.lora_rank}")
         parts.append(self.method.value.replace("_", ""))
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")[:80]
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-").lstrip(".-")[:80] or "trial"  # never hidden
         return f"{slug}-{digest}"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 from runners.contract.errors import ConfigError
 from runners.contract.files import size_mb, write_atomic
@@ -13,6 +14,17 @@ from runners.contract.layout import RESULT_JSON
 def is_uri(location: str | Path) -> bool:
     """Whether a run folder is named by a storage URI (s3://, gs://, hdfs://, …) rather than a local path."""
     return "://" in str(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> str | Path:
+    """A `file://` URI as the local path it names (`file:///tmp/x` → `/tmp/x`); anything else as it is."""
+    text = str(location)
+    if not text.startswith("file://"):
+        return location
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{text}: a file:// URI names a path on this machine; {parts.netloc} is another host")
+    return unquote(parts.path) or "/"
 
 
 class RunStore:
@@ -28,6 +40,7 @@ class RunStore:
     def __init__(self, location: str | Path | RunStore):
         if isinstance(location, RunStore):
             location = location.location
+        location = local_path(location)
         if is_uri(location) and "@" in str(location).partition("://")[2].partition("/")[0]:
             raise ConfigError(
                 f"{str(location).partition('@')[2]}: the run folder's URI holds credentials; give them through "
