@@ -8,6 +8,7 @@ metrics), `rounded_frame` into rounded numbers, and `format_table` into one of `
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 
 import numpy as np
@@ -144,7 +145,14 @@ def rounded_frame(table: pd.DataFrame, decimals: int = 2) -> pd.DataFrame:
     return out
 
 
+# what a Markdown renderer would read as HTML: a tag's `<` (a model's `<unk>`, `</s>`, `<script>`), `>`, an
+# entity's `&`; a `<` before a number stays (`<0.001`)
+_HTML = re.compile(r"&(?=#?\w+;)|<(?![\d\s=.])|>")
+_ENTITY = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
+
+
 def _escape_md(text: str) -> str:
+    text = _HTML.sub(lambda m: _ENTITY[m[0]], text)  # as report.html shows it
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\r\n", "\n").replace("\n", "<br>")
 
 

@@ -28,6 +28,7 @@ from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
+from runners.contract.secrets import scrub
 from runners.contract.store import RunStore
 
 app = typer.Typer(
@@ -61,7 +62,7 @@ TrackOpt = Annotated[
 
 
 def fail_input(message: str) -> None:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -125,7 +126,8 @@ def trial(
     if code == 2:
         fail_input(result.error.removeprefix("ConfigError: "))
     if code:
-        err.print(f"[bold red]trial failed:[/] {result.error}\n{result.traceback or ''}", highlight=False)
+        told = escape(scrub(f"{result.error}\n{result.traceback or ''}"))  # a library's text: never markup
+        err.print(f"[bold red]trial failed:[/] {told}", highlight=False)
         raise typer.Exit(1)
     shown = "  ".join(f"{k} {v:.2f}" for k, v in result.metrics.items())
     train, evaluated = result.train, result.eval
@@ -349,7 +351,7 @@ def report(
         raise BadInput(str(e)) from e
     for name, path in paths.items():
         if name in (layout.REPORT_MD, layout.REPORT_HTML):
-            out.print(f"{name}: {path}", highlight=False)
+            out.print(f"{name}: {path}", markup=False, highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -358,7 +360,7 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)  # click returns the code of a typer.Exit here instead of raising
         sys.exit(code if isinstance(code, int) else 0)
     except (ConfigError, BadInput) as e:
-        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)  # [x] is text
+        err.print(f"[bold red]error:[/] {escape(scrub(str(e)))}", highlight=False, soft_wrap=True)  # [x] is text
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -13,7 +13,8 @@ from pathlib import Path
 import typer
 import yaml
 
-from runners.contract.store import is_uri
+from runners.contract.errors import ConfigError
+from runners.contract.store import is_uri, local_path
 
 # What `ray.init(address=...)` takes: auto, local, a Ray client URL or the head's HOST:PORT.
 ADDRESS = re.compile(r"auto|local|ray://\S+|[A-Za-z0-9._-]+:\d{1,5}|\[[0-9A-Fa-f:]+\]:\d{1,5}")
@@ -34,10 +35,14 @@ def a_location(value) -> str:
     """A run folder as typed: a path or a storage URI (kept as text: Path would fold s3:// into s3:/)."""
     if not str(value).strip():
         raise typer.BadParameter("empty; give a path or a storage URI")
-    scheme, sep, rest = str(value).partition("://")
+    try:
+        value = str(local_path(value))  # file:///tmp/x is the folder /tmp/x, not ./file:/tmp/x
+    except ConfigError as err:
+        raise typer.BadParameter(str(err)) from err
+    scheme, sep, rest = value.partition("://")
     if sep and "/" not in scheme and not rest.strip("/"):
         raise typer.BadParameter(f"{value}: a storage URI names a bucket and a folder, e.g. {scheme}://bucket/runs/x")
-    return str(value)
+    return value
 
 
 def parse_pairs(pairs: list[str] | None, option: str) -> dict:

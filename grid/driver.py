@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from grid import sweep, tune
 from grid.cache import scratch_root
@@ -128,11 +129,13 @@ def run_grid(
     progress = Progress(total=len(trials), console=console)
     todo = sweep.to_run(trials, run_dir, force, progress)
     cached = len(trials) - len(todo)
-    console.print(f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", highlight=False)
+    console.print(
+        f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", markup=False, highlight=False
+    )
     with ends_on_full_disk(progress):
         _run_todo(spec, todo, run_dir, address, progress, console, max_concurrent, force, retries)
         if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
-            console.print(line, highlight=False)
+            console.print(line, markup=False, highlight=False)
     return close_run(progress, trials, run_dir, console)
 
 
@@ -172,7 +175,7 @@ def run_search(
     _start(spec, run_dir, address)
     previous = tune.previous_samples(run_dir, base, search, resume, console)
     remaining = max(0, search.num_samples - len(previous))
-    console.print(tune.search_line(search, base, len(previous), remaining, run_dir), highlight=False)
+    console.print(tune.search_line(search, base, len(previous), remaining, run_dir), markup=False, highlight=False)
     progress = Progress(total=remaining, metric=search.metric, mode=search.mode, console=console)
     with ends_on_full_disk(progress):
         if remaining:
@@ -198,7 +201,7 @@ def run_one_trial(spec, cfg: TrialConfig, run_dir: str | Path, console: Console)
     from runners.execution import Execution
     from runners.trial import execute
 
-    console.print(f"trial [bold]{cfg.trial_id}[/] → {RunStore(run_dir) / cfg.trial_id}", highlight=False)
+    console.print(f"trial [bold]{cfg.trial_id}[/] → {escape(str(RunStore(run_dir) / cfg.trial_id))}", highlight=False)
     context = RunContext(spec.name, run_dir, "trial")
     with _trial_folder(run_dir, cfg.trial_id) as trial_dir, follow(spec.tracking, context, cfg, trial_dir, console):
         code, result = execute(cfg, trial_dir, Execution(save=spec.save.value))

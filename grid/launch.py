@@ -24,6 +24,7 @@ from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.files import open_nofollow, refuse_links
 from runners.contract.result import TrialResult, read_result, write_trial_json
+from runners.contract.secrets import scrub
 from runners.execution import DEFAULT, Execution, write_handoff
 
 log = logging.getLogger("ftgrid.launch")
@@ -190,7 +191,7 @@ def _refused(cfg: TrialConfig, trial_dir: Path) -> TrialResult | None:
 
 def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Callable[[], None], poll_s: float) -> int:
     with open_nofollow(trial_dir / layout.TRIAL_LOG, "ab") as out:
-        out.write(f"$ {' '.join(cmd)}\n".encode())
+        out.write(f"$ {scrub(' '.join(cmd))}\n".encode())  # never a credential in a log
         out.flush()
         child = subprocess.Popen(
             cmd,

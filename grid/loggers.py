@@ -24,6 +24,7 @@ from grid.tracking_spec import wandb_dir
 from runners.config import ENTRY_FIELDS, TrialConfig
 from runners.contract.choices import Status
 from runners.contract.scores import METRICS
+from runners.contract.secrets import redact_uri
 
 # the numbers of a train_log.jsonl line that are logged (not `step`, which is their step)
 TRAIN_METRICS = ("loss", "eval_loss", "lr", "tokens_per_s", "epoch")
@@ -130,6 +131,15 @@ class _MLflow(_Tracked):
 
     def log_trial_start(self, trial):
         return None  # the run starts with the first report (see _Tracked)
+
+    # Tune pickles its run config, callbacks included, into RUN_DIR/.ray: the URI without its credentials, no token,
+    # no client; the live callback keeps them in memory.
+    def __getstate__(self):
+        state = {**self.__dict__, "tracking_token": None, "mlflow_util": None}
+        for key in ("tracking_uri", "registry_uri"):
+            if isinstance(state.get(key), str):
+                state[key] = redact_uri(state[key])
+        return state
 
     def _run_id(self, trial) -> str:
         if trial not in self._trial_runs:

@@ -11,12 +11,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from runners.config import TrialConfig
 from runners.contract.choices import Choice, Status
 from runners.contract.files import no_space
 from runners.contract.result import TrialResult, read_result
 from runners.contract.scores import MAIN_METRIC
+from runners.contract.secrets import scrub
 from runners.contract.store import RunStore
 
 
@@ -46,7 +48,7 @@ class Outcome:
 def one_line(text: str | None, width: int = 160) -> str:
     """The last non-empty line of an error message, shortened: what a summary shows."""
     lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
-    line = lines[-1] if lines else "unknown error"
+    line = scrub(lines[-1]) if lines else "unknown error"
     return line if len(line) <= width else line[: width - 1] + "…"
 
 
@@ -89,7 +91,9 @@ class Progress:
             self._end(Outcome(trial_id, Ending.FAILED, reason=one_line(result.get("error"))))
         warnings = result.get("warnings") or []
         for warning in warnings.splitlines() if isinstance(warnings, str) else warnings:
-            self.console.print(f"[yellow]warning[/] {trial_id}: {warning}", highlight=False, soft_wrap=True)
+            self.console.print(
+                f"[yellow]warning[/] {escape(f'{trial_id}: {scrub(warning)}')}", highlight=False, soft_wrap=True
+            )
 
     def stopped(self, trial_id: str) -> None:
         """Ended without a final report: a scheduler (ASHA) stopped it early."""
@@ -106,8 +110,9 @@ class Progress:
         if outcome.status not in (Ending.CACHED, Ending.NOT_RUN) and not quiet:
             detail = f"{self.metric} {outcome.score:.2f}" if outcome.score is not None else (outcome.reason or "")
             mark = f"[{STYLE[outcome.status]}]{outcome.status}[/]"
+            text = escape(f"{outcome.trial_id}  {detail}")  # an error's [/x] is text, not markup
             self.console.print(
-                f"{mark} {outcome.trial_id}  {detail}  [dim]({self.line()})[/]", highlight=False, soft_wrap=True
+                f"{mark} {text}  [dim]({escape(self.line())})[/]", highlight=False, soft_wrap=True
             )  # one line per trial in a log file, however long
         self._refresh()
 
@@ -146,7 +151,7 @@ class Progress:
 
     def _live_text(self) -> str:
         notes = "  ".join(f"{tid[:40]}: {note}" for tid, note in list(self.running.items())[:4])
-        return self.line() + (f"\n[dim]{notes}[/]" if notes else "")
+        return escape(self.line()) + (f"\n[dim]{escape(notes)}[/]" if notes else "")
 
     def _refresh(self) -> None:
         if self._status is not None:
@@ -159,7 +164,8 @@ class Progress:
         order = [Ending.FAILED, Ending.NOT_RUN, Ending.STOPPED, Ending.OK, Ending.CACHED]
         for o in sorted(self.outcomes.values(), key=lambda o: (order.index(o.status), o.trial_id)):
             score = f"{o.score:.2f}" if o.score is not None else ""
-            table.add_row(o.status.value, o.trial_id, score, o.reason or "", style=STYLE.get(o.status))
+            cells = (o.status.value, o.trial_id, score, o.reason or "")
+            table.add_row(*map(Text, cells), style=STYLE.get(o.status))  # text, never markup
         return table
 
     def totals(self) -> dict[Ending, int]:
@@ -200,10 +206,10 @@ def close_run(
     if warned:
         line += f" · [yellow]{warned} with warnings[/] (in their result.json)"
     if progress.best:
-        line += f" · best {progress.metric} {progress.best[0]:.2f} ({progress.best[1]})"
-    console.print(f"[bold]done[/]: {line} → {run_dir}", highlight=False)
+        line += escape(f" · best {progress.metric} {progress.best[0]:.2f} ({progress.best[1]})")
+    console.print(f"[bold]done[/]: {line} → {escape(str(run_dir))}", highlight=False)
     if totals[Ending.NOT_RUN]:
-        console.print(again, highlight=False)
+        console.print(again, markup=False, highlight=False)
     if progress.disk_full is not None:
         console.print(f"[bold red]error:[/] {escape(no_space(progress.disk_full))}", highlight=False, soft_wrap=True)
         return 1

@@ -14,15 +14,23 @@ from runners.contract import layout
 from runners.contract.files import disk_full
 from runners.contract.result import TrialResult, read_result
 from runners.contract.scores import MAIN_METRIC
+from runners.contract.secrets import MASK, redact
 from runners.contract.store import RunStore
 
 log = logging.getLogger("ftgrid.runfolder")
 
 
 def write_grid_yaml(spec, run_dir: str | Path) -> None:
-    """RUN_DIR/grid.yaml: the resolved spec (with any --set applied) that produced this run."""
-    text = yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
-    RunStore(run_dir).write(text, layout.GRID_YAML)
+    """RUN_DIR/grid.yaml: the resolved spec (with any --set applied) that produced this run, credentials masked
+    (`runners.contract.secrets.redact`: a tracking URI's user and password, secret-named keys)."""
+    RunStore(run_dir).write(safe_yaml(spec.model_dump(mode="json")), layout.GRID_YAML)
+
+
+def safe_yaml(data: dict) -> str:
+    """A file the driver writes (grid.yaml, best.yaml) as YAML, credentials masked, a comment saying so if any was."""
+    safe = redact(data)
+    note = f"# Credentials are masked ({MASK}): give them again (--track, $MLFLOW_TRACKING_URI).\n" * (safe != data)
+    return note + yaml.safe_dump(safe, sort_keys=False)
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ from runners.config import (
 )
 from runners.contract.choices import Save
 from runners.contract.errors import ConfigError
-from runners.data import DATASETS, is_local, path_entry
+from runners.data import DATASETS, is_local, made_absolute, path_entry
 from runners.execution import DEFAULT
 from runners.models import MODELS
 from runners.templates import TEMPLATES
@@ -256,14 +256,10 @@ def _merged(
 def _absolute(entry: BaseModel, fields: dict) -> BaseModel:
     """A relative local path of a user entry (`source: ./data/x.jsonl`) made absolute against the working folder:
     a trial runs in its own folder, where the relative path would point elsewhere."""
-    paths = {
-        key: str(Path(value).expanduser().resolve())
-        for key in ("source", "eval_source")
-        if isinstance(value := fields.get(key), str)
-        and not value.startswith("builtin:")
-        and not Path(value).is_absolute()
-        and Path(value).expanduser().exists()
-    }
+    paths = {key: path for key in ("source", "eval_source") if (path := made_absolute(fields.get(key)))}
+    extra = fields.get("extra_train")
+    if isinstance(extra, list) and any(map(made_absolute, extra)):  # the user's own rows, as `source`
+        paths["extra_train"] = [made_absolute(value) or value for value in extra]
     return entry.model_copy(update=paths) if paths else entry
 
 
@@ -341,10 +337,8 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
     (`--set dataset=./data/dialogsum`) is checked and added to the dataset registry under that name."""
     problems = []
     for key, registry in registries.items():
-        names = axes.get(key, [spec.settings.get(key)])
-        for i, name in enumerate(names):
-            path = f"axes.{key}[{i}]" if key in axes else f"settings.{key}"
-            if not isinstance(name, str) and (name is not None or key in axes):
+        for path, name in _named(spec, axes, key):
+            if not isinstance(name, str) and (name is not None or not path.startswith("settings.")):
                 problems.append(
                     f"{where}: {path}: expected a {key} name, got {name!r}; available: {', '.join(registry)}"
                 )
@@ -359,6 +353,14 @@ def _name_problems(spec: GridSpec, axes: dict[str, list], registries: dict, wher
                     f"(or add an entry under `{key}s:`{', or give a local file or folder path' * (key == 'dataset')})"
                 )
     return problems
+
+
+def _named(spec: GridSpec, axes: dict[str, list], key: str) -> list[tuple[str, Any]]:
+    """(YAML path, name) of every `key` the grid names: its axis values or its setting, and its overrides'."""
+    named = [(f"axes.{key}[{i}]", name) for i, name in enumerate(axes[key])] if key in axes else []
+    named += [] if key in axes else [(f"settings.{key}", spec.settings.get(key))]
+    rules = enumerate(spec.overrides)
+    return named + [(f"overrides[{i}].settings.{key}", r.settings[key]) for i, r in rules if key in r.settings]
 
 
 def _cell_problems(err: ValidationError, spec: GridSpec, axes: dict, point: dict, where: str) -> list[str]:

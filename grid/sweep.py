@@ -11,6 +11,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from grid.progress import Progress
 from runners.config import ENTRY_FIELDS, TrialConfig
@@ -30,7 +31,7 @@ def trial_table(trials: list[TrialConfig]) -> Table:
     for name in columns:
         table.add_column(name, overflow="fold")
     for cfg in trials:
-        table.add_row(cfg.trial_id, *(str(getattr(cfg, name)) for name in columns))
+        table.add_row(*map(Text, (cfg.trial_id, *(str(getattr(cfg, name)) for name in columns))))
     return table
 
 

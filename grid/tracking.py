@@ -21,6 +21,7 @@ from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result
+from runners.contract.secrets import redact_uri
 
 log = logging.getLogger("ftgrid.tracking")
 
@@ -29,7 +30,7 @@ def describe(tracking: Tracking, where: RunContext) -> list[str]:
     """One line per tracker: where its runs go and how to look at them."""
     lines = []
     if tracking.mlflow:
-        uri = mlflow_uri(tracking.mlflow)
+        uri = redact_uri(mlflow_uri(tracking.mlflow))  # the user and password are used, never shown
         experiment = tracking.mlflow.experiment or where.grid
         lines.append(f"MLflow: experiment {experiment!r} at {uri} (mlflow ui --backend-store-uri {uri})")
     if tracking.tensorboard:
@@ -84,7 +85,7 @@ def callbacks(tracking: Tracking, where: RunContext, console=None) -> list:
 
 def say_where(tracking: Tracking, where: RunContext, console=None) -> None:
     for line in describe(tracking, where):  # not wrapped: the paths and commands are copied from here
-        (console.print(line, highlight=False, soft_wrap=True) if console else log.info(line))
+        (console.print(line, markup=False, highlight=False, soft_wrap=True) if console else log.info(line))
 
 
 @contextlib.contextmanager

@@ -25,12 +25,13 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from grid.ray_driver import param_space
+from grid.runfolder import safe_yaml
 from grid.spec import SETTING_FIELDS, expand
 from runners.config import AXES, TrialConfig, format_validation_error
 from runners.contract import layout
@@ -265,7 +266,7 @@ def best_yaml(spec, search: SearchBlock, best: TrialResult, grid_path: Path, n_f
         f"on {split} ({(best.eval or {}).get('n_examples', '?')} examples), trial {best.trial_id}.\n"
         f"# It evaluates on the dataset's own eval_split and settings.n_eval, not the search's.\n"
     )
-    return header + yaml.safe_dump(data, sort_keys=False)
+    return header + safe_yaml(data)
 
 
 def prepare_search(spec, grid_path: Path, *, smoke: bool, address: str | None):
@@ -333,6 +334,7 @@ def previous_samples(run_dir: str | Path, base: TrialConfig, search: SearchBlock
         console.print(
             f"{run_dir} holds {len(found)} finished samples of this search; the search starts over "
             f"(equal samples are cache hits; --resume counts them instead)",
+            markup=False,  # a path is text
             highlight=False,
         )
     return found if resume else []
@@ -369,10 +371,8 @@ def write_best(spec, search: SearchBlock, base: TrialConfig, grid_path: Path, ru
     store = RunStore(run_dir)
     store.write(best_yaml(spec, search, best, grid_path, len(samples)), layout.BEST_YAML)
     shown = ", ".join(f"{k}={_fmt(v)}" for k, v in point.items())
-    console.print(
-        f"[bold]best[/]: {search.metric} {score:.2f} with {shown} ({best.trial_id}) → {store / layout.BEST_YAML}",
-        highlight=False,
-    )
+    told = f": {search.metric} {score:.2f} with {shown} ({best.trial_id}) → {store / layout.BEST_YAML}"
+    console.print(Text.assemble(("best", "bold"), told), highlight=False)  # the values and path as text
     return 0
 
 
@@ -390,7 +390,7 @@ def top_table(samples: list[tuple[dict, float, TrialResult]], search: SearchBloc
         table.add_column(key, justify="right")
     table.add_column("trial_id", no_wrap=True)
     for point, score, result in samples[:n]:
-        table.add_row(f"{score:.2f}", *(_fmt(point[k]) for k in search.space), result.trial_id)
+        table.add_row(*map(Text, (f"{score:.2f}", *(_fmt(point[k]) for k in search.space), result.trial_id)))
     return table
 
 

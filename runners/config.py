@@ -227,7 +227,7 @@ class TrialConfig(_Frozen):
         if self.lora_rank:
             parts.append(f"r{self.lora_rank}")
         parts.append(self.method.value.replace("_", ""))
-        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-")
+        slug = re.sub(r"[^A-Za-z0-9.]+", "-", "-".join(parts)).strip("-").lstrip(".-") or "trial"  # never hidden
         if self.seed != DEFAULT_SEED:  # named when it is not the default, so earlier releases' ids stay as they were
             seed = f"-s{self.seed}"
             return f"{slug[: 80 - len(seed)].rstrip('-')}{seed}-{digest}"

@@ -53,6 +53,15 @@ def is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_SUFFIXES or Path(source).exists()
 
 
+def made_absolute(value) -> str | None:
+    """A relative path of a local file or folder that exists, made absolute (a trial runs in its own folder, where
+    it would point elsewhere); None for anything else."""
+    if not isinstance(value, str) or value.startswith("builtin:") or Path(value).is_absolute():
+        return None
+    path = Path(value).expanduser()
+    return str(path.resolve()) if path.exists() else None
+
+
 def path_entry(value: str) -> DatasetEntry:
     """The entry of a dataset named by its local path (`--set dataset=./data/dialogsum`): one file, or a folder
     of `train.*` and `test.*` files, checked now and made absolute, so a trial that runs in its own folder (or

@@ -16,11 +16,13 @@ from pathlib import Path
 
 from runners.contract.choices import Status
 from runners.contract.layout import RESULT_JSON, TRIAL_JSON
+from runners.contract.secrets import redact
 from runners.contract.store import RunStore
 
 VERSIONED = ("ftgrid", "torch", "transformers", "peft", "accelerate", "bitsandbytes", "rouge-score", "sacrebleu")
 # Written even when empty: every reader finds them.
 ALWAYS = ("trial_id", "status", "error", "config")
+SCRUBBED = ("error", "traceback", "warnings", "placement", "versions")  # text from outside: secrets masked
 
 
 def now() -> str:
@@ -98,6 +100,9 @@ class TrialResult:
             if f.name == "extra" or (value is None and f.name not in ALWAYS):
                 continue
             out[f.name] = value.value if isinstance(value, Status) else value
+        for key in SCRUBBED:  # what a library said may hold a URI with credentials, or an environment secret
+            if out.get(key) is not None:
+                out[key] = redact(out[key])
         return {**out, **{k: v for k, v in self.extra.items() if k not in out}}
 
     def dumps(self) -> str:

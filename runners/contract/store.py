@@ -7,6 +7,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
 
 from runners.contract.errors import ConfigError
 from runners.contract.files import CHUNK, size_mb, write_atomic
@@ -16,6 +17,17 @@ from runners.contract.layout import RESULT_JSON
 def is_uri(location: str | Path) -> bool:
     """Whether a run folder is named by a storage URI (s3://, gs://, hdfs://, …) rather than a local path."""
     return "://" in str(location) and not str(location).startswith("file://")
+
+
+def local_path(location: str | Path) -> str | Path:
+    """A `file://` URI as the local path it names (`file:///tmp/x` → `/tmp/x`); anything else as it is."""
+    text = str(location)
+    if not text.startswith("file://"):
+        return location
+    parts = urlsplit(text)
+    if parts.netloc not in ("", "localhost"):
+        raise ConfigError(f"{text}: a file:// URI names a path on this machine; {parts.netloc} is another host")
+    return unquote(parts.path) or "/"
 
 
 class RunStore:
@@ -31,6 +43,7 @@ class RunStore:
     def __init__(self, location: str | Path | RunStore):
         if isinstance(location, RunStore):
             location = location.location
+        location = local_path(location)
         if is_uri(location) and "@" in str(location).partition("://")[2].partition("/")[0]:
             raise ConfigError(
                 f"{str(location).partition('@')[2]}: the run folder's URI holds credentials; give them through "
