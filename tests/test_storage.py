@@ -103,6 +103,7 @@ def test_an_upload_cut_short_never_looks_finished(s3, tmp_path):
     assert len(store.files("t1")) == 2 and store.read_result("t1") is None  # result.json goes last
 
 
+@pytest.mark.slow
 def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
     run = f"{s3}/one-trial"
     proc = ftgrid("trial", tiny_grid(), "--out", run)
