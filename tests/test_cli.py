@@ -46,6 +46,7 @@ def test_several_problems_reported_at_once(tmp_path):
     assert_bad_input(ftgrid("trial", path), "axes.model[0]: unknown model 'nope'", "settings.batch_sise: unknown key")
 
 
+@pytest.mark.slow
 def test_missing_data_file_and_missing_columns(tmp_path):
     (tmp_path / "d.jsonl").write_text(json.dumps({"text": "a", "abstract": "b"}) + "\n")
     extra = (

@@ -179,6 +179,7 @@ def outcomes(tmp_path_factory):
     return done
 
 
+@pytest.mark.slow  # the sweep: some 60 CLI processes, each importing the whole stack
 @pytest.mark.parametrize("name", CASES)
 def test_bad_input_exits_2_with_a_message_and_no_traceback(outcomes, name):
     proc = outcomes[name]
@@ -188,6 +189,7 @@ def test_bad_input_exits_2_with_a_message_and_no_traceback(outcomes, name):
     assert CASES[name].needle in " ".join(stderr.split()), stderr  # rich may wrap the message
 
 
+@pytest.mark.slow
 def test_a_damaged_result_json_leaves_out_that_trial_only_and_says_so(tmp_path):
     ids = write_seed000_run(tmp_path / "run", n=5)
     damaged = tmp_path / "run" / ids["full"] / "result.json"

@@ -112,6 +112,7 @@ def config(name: str, **settings) -> TrialConfig:
     )
 
 
+@pytest.mark.slow
 def test_generate_runs_the_own_loop_and_agrees_with_the_generate_path(monkeypatch):
     model, tok = load("tiny-llama")
     cfg = config("tiny-llama", max_new_tokens=10, eval_batch_size=3)

@@ -102,6 +102,7 @@ def test_save_best_keeps_the_best_trials_weights_and_a_damaged_result_is_run_aga
     assert not (run_dir / other / "adapter").exists() and (run_dir / best / "adapter").is_dir()  # pruned again
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mask", [0o022, 0o002], ids=["umask-022", "umask-002"])
 def test_what_ftgrid_writes_honours_the_umask(tiny_grid, tmp_path, mask):
     cache = {"FTGRID_CACHE": str(tmp_path / "cache")}  # the tiny model is built under this umask too

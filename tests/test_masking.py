@@ -27,6 +27,8 @@ def tokenizer_for(name):
 # Llama-style (adds BOS), GPT-2/Phi-style (no BOS, pad = EOS), T5 (appends </s>), and the real SmolLM2.
 CASES = [(m, t) for m in ("tiny-llama", "tiny-phi", "smollm2-135m") for t in TEMPLATES if t != "t5"]
 CASES = [(m, t) for m, t in CASES if not (t == "chat" and m == "tiny-phi")]  # tiny-phi has no chat template
+# SmolLM2's tokenizer comes with its model, converted from GGUF on first use (half a minute): slow.
+CASES = [pytest.param(m, t, marks=pytest.mark.slow) if m == "smollm2-135m" else (m, t) for m, t in CASES]
 
 
 @pytest.mark.parametrize(("model", "template"), CASES)
@@ -154,6 +156,7 @@ def test_user_template_with_prefix():
     assert tok.decode(supervised[:-1]) == " " + SUMMARY
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("model", ["tiny-llama", "tiny-t5"])
 def test_audit_json_reports_the_exact_masks(tiny_grid, model):
     template = "t5" if model == "tiny-t5" else "alpaca"

@@ -49,6 +49,7 @@ def test_dry_run_prints_the_trials_without_ray(tiny_grid, tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_accelerate_and_inline_launchers_give_the_same_metrics(tiny_grid, tmp_path):
     _, trials = load_grid(tiny_grid())
     cfg = trials[0]
@@ -96,6 +97,7 @@ def test_log_tail_reads_complete_lines_only(tmp_path):
 
 
 # --- real Ray ----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_grid_asking_for_missing_gpus_is_bad_input_and_ray_is_shut_down(tiny_grid, tmp_path, ray_tmp):
     spec, trials = load_grid(tiny_grid(extra="resources:\n  gpus_per_trial: 1\n"))
     with pytest.raises(ConfigError, match="gpus_per_trial: each trial asks for 1 GPU"):

@@ -135,6 +135,7 @@ def test_uploads_and_downloads_stream_a_file_larger_than_a_chunk(s3, tmp_path, m
         assert filecmp.cmp(folder / name, tmp_path / "back" / name, shallow=False), name
 
 
+@pytest.mark.slow
 def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
     run = f"{s3}/one-trial"
     proc = ftgrid("trial", tiny_grid(), "--out", run)

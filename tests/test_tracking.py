@@ -94,6 +94,7 @@ def test_a_tracker_that_is_not_installed_is_refused_before_anything_runs(
 
 
 # --- the loggers driven without Ray -----------------------------------------------------------------------
+@pytest.mark.slow
 def test_each_point_is_logged_once_and_a_failed_trial_is_a_failed_run(tiny_grid, tmp_path):
     """A trial that Ray restarts streams its train_log again from the top: no point is logged twice. A trial whose
     result is failed ends as a FAILED MLflow run."""

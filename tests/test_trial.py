@@ -75,6 +75,7 @@ def test_scores_equal_a_recomputation_from_predictions(tiny_trial):
     assert result.metrics["bleu"] == pytest.approx(bleu, abs=1e-3)
 
 
+@pytest.mark.slow
 def test_fine_tuned_tiny_model_beats_its_zero_shot_baseline(tiny_grid, tmp_path):
     grid = tiny_grid()
     settings = dict(max_steps=150, learning_rate=1e-2, n_train=None, batch_size=8, n_eval=16, max_new_tokens=32)
@@ -133,6 +134,7 @@ def test_a_failing_trial_leaves_a_failed_result(tiny_grid, tmp_path):
     assert code == 1 and result.status == "failed" and "/nonexistent/model" in result.error
 
 
+@pytest.mark.slow
 def test_summarize_uses_the_trained_adapter_and_answers_with_the_summary_only(tiny_trial):
     """Library warnings (transformers' FutureWarning about gradient checkpointing) and progress bars (loading
     weights) go to the log, shown with -v: not on stdout or stderr of the answer."""
