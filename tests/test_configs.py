@@ -67,7 +67,7 @@ def test_every_grid_config_runs_in_smoke_mode_through_the_cli(tmp_path, ray_tmp)
         assert proc.returncode == 0, (path.name, proc.stdout[-2000:], proc.stderr[-2000:])
         results = [read_result(p.parent) for p in (tmp_path / path.stem).glob("*/result.json")]
         assert results and all(r.ok for r in results), path.name
-        assert {r.config["method"] for r in results} == set(spec.axes.get("method", [results[0]["config"]["method"]]))
+        assert {r.config["method"] for r in results} == set(spec.axes.get("method", [results[0].config["method"]]))
 
 
 def test_a_gpu_grid_without_gpus_is_refused_before_ray_starts(tmp_path):

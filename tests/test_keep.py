@@ -2,7 +2,6 @@
 weights kept, the disk each trial used, `ftgrid summarize` on a trial without weights), and files and folders with
 the modes the user's umask gives, so that a team can share run folders and the model cache."""
 
-import json
 import os
 import stat
 import subprocess
@@ -97,7 +96,7 @@ def test_save_best_keeps_the_best_trials_weights_and_a_damaged_result_is_run_aga
     again = ftgrid("run", grid, "--out", run_dir)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "2 trials: 1 cached, 1 to run" in again.stdout
-    rerun = json.loads(damaged.read_text())
+    rerun = read_result(damaged.parent)
     assert rerun.ok and rerun.metrics == done[other].metrics
     assert not (run_dir / other / "adapter").exists() and (run_dir / best / "adapter").is_dir()  # pruned again
 

@@ -216,7 +216,7 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     results = {t: read_result(store / t) for t in store.folders()}
     assert len(results) == 4 and all(r.ok for r in results.values())
     for trial_id, finished_at in finished.items():  # not run again
-        assert results[trial_id]["finished_at"] == finished_at
+        assert results[trial_id].finished_at == finished_at
     resumed = [r for r in results.values() if r.train.get("resumed_from_step")]
     assert resumed, "no trial resumed from the checkpoint it had copied to the bucket"
     for result in resumed:
