@@ -67,6 +67,7 @@ def test_one_seed_per_cell_gives_the_paired_test_and_says_it_covers_the_test_set
     assert [r["covers"] for r in records] == ["test set only"]
 
 
+@pytest.mark.slow
 def test_a_difference_inside_the_seed_noise_is_flagged_and_the_power_line_says_what_it_would_need(tmp_path):
     runs = scores(np.random.default_rng(8), n=60, seeds=3, delta=0.3, seed_sd=4.0, noise_sd=10)
     row = compare(*frames(runs), axis="loss", metrics="rouge1", target=1.0).iloc[0]

@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import TINY_SETTINGS, write_yaml
 
 from grid.loggers import params_of
@@ -107,6 +108,7 @@ def test_the_cache_runs_only_the_new_seeds(tmp_path):
     assert [(cfg.method.value, cfg.seed) for cfg in todo] == [("lora", 44)]
 
 
+@pytest.mark.slow
 def test_trial_picks_a_seed_and_tracks_it(tmp_path):
     path = seed_grid(tmp_path, axes=AXES.replace("zero_shot, ", ""))
     out = tmp_path / "run"

@@ -62,6 +62,7 @@ def edited(finished: Path, tmp_path: Path, **model_entry) -> Path:
 
 
 # --- summarize: what a trial.json may ask for -----------------------------------------------------------------
+@pytest.mark.slow
 def test_summarize_refuses_remote_code_a_trial_json_asks_for_unless_the_flag_says_so(finished, tmp_path):
     trial_dir = edited(finished, tmp_path, trust_remote_code=True)
     refused = ftgrid("summarize", trial_dir, DIALOGUE)
@@ -73,6 +74,7 @@ def test_summarize_refuses_remote_code_a_trial_json_asks_for_unless_the_flag_say
     assert allowed.stdout.strip()
 
 
+@pytest.mark.slow
 def test_summarize_loads_a_base_model_from_elsewhere_only_when_base_confirms_it(finished, tmp_path):
     trial_dir = edited(finished, tmp_path, source="/elsewhere/model", revision="v2")
     refused = ftgrid("summarize", trial_dir, DIALOGUE)
@@ -90,6 +92,7 @@ def test_summarize_of_a_built_in_model_needs_no_flag_but_a_base_must_match(finis
 
 
 # --- the trial process reads the driver's configuration, not the folder's -------------------------------------
+@pytest.mark.slow
 def test_a_child_trial_runs_the_drivers_config_whatever_trial_json_says_after_launch(tmp_path):
     cfg = tiny_cfg(tmp_path)
     trial_dir = tmp_path / "run" / cfg.trial_id
@@ -160,6 +163,7 @@ def test_open_nofollow_refuses_a_link_and_truncates_nothing(tmp_path):
 
 
 # --- atomic checkpoints ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_corrupt_newest_checkpoint_is_skipped_for_the_one_before_with_a_warning(tmp_path, monkeypatch):
     cfg = tiny_cfg(tmp_path)
     trial_dir = tmp_path / "run" / cfg.trial_id

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from grid.tracking import describe
@@ -57,6 +58,7 @@ def leaks(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 def test_no_secret_is_written_or_printed_by_a_tracked_run(tiny_grid, tmp_path, ray_tmp, monkeypatch):
     import os
 

@@ -63,6 +63,7 @@ def test_cli_errors_tune_best_line_and_tracking_lines_show_markup_as_text(tmp_pa
     assert f"TensorBoard: {tmp_path / 'tb[/x]'}" in shown(console)
 
 
+@pytest.mark.slow
 def test_a_trial_that_fails_with_markup_in_its_error_does_not_stop_the_run(tiny_grid, tmp_path, ray_tmp):
     rows = [{"id": str(i), "dialogue": f"A: hi {i}", "summary": f"s {i}"} for i in range(12)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
