@@ -173,7 +173,10 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     local_cluster.start_head(cpus=2, gpus=0)
     local_cluster.add_node(cpus=2, gpus=0)
     settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 20")
-    resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 2\n"  # two waves: one ends, one is cut
+    # Two waves: one ends, one is cut. Trials run as child processes (launcher accelerate), so that after the kill
+    # the test can wait until no trainer of the dead driver is left: one still running could finish the trial it
+    # was cut from, and the rerun would find it done instead of resuming it.
+    resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 2\n  launcher: accelerate\n"
     grid = write_yaml(tmp_path / "g.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{resources}")
     run, store, log = f"{s3}/grid", RunStore(f"{s3}/grid"), tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
@@ -218,7 +221,8 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     for trial_id, finished_at in finished.items():  # not run again
         assert results[trial_id].finished_at == finished_at
     resumed = [r for r in results.values() if r.train.get("resumed_from_step")]
-    assert resumed, "no trial resumed from the checkpoint it had copied to the bucket"
+    why = {t: (r.warnings, store.read_text(t, "trial.log")[-1500:]) for t, r in results.items()}
+    assert resumed, f"no trial resumed from the checkpoint it had copied to the bucket: {why}"
     for result in resumed:
         lines = store.read_text(result.trial_id, "train_log.jsonl").splitlines()
         assert sum("resumed_from_checkpoint" in line for line in lines) == 1
