@@ -81,23 +81,16 @@ def test_the_wheel_holds_every_module_and_the_metric_script(wheel):
 def test_the_installed_wheel_runs_a_smoke_grid_from_outside_the_checkout(venv, tmp_path, ray_tmp):
     bin_dir = venv / "bin"
     env = clean_env(PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    where = subprocess.run(
-        [bin_dir / "python", "-c", "import grid, runners, analysis; print(grid.__file__, runners.__file__)"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+
+    def python(code: str) -> subprocess.CompletedProcess:
+        """`code` run by the new environment's Python, from outside the checkout."""
+        return subprocess.run([bin_dir / "python", "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
+
+    where = python("import grid, runners, analysis; print(grid.__file__, runners.__file__)")
     assert where.returncode == 0, where.stderr
     for path in where.stdout.split():
         assert Path(path).resolve().is_relative_to(venv.resolve()), (path, venv)
-    metric = subprocess.run(
-        [bin_dir / "python", "-c", "from runners.metrics import evaluate_module_path; print(evaluate_module_path())"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
+    metric = python("from runners.metrics import evaluate_module_path; print(evaluate_module_path())")
     assert metric.returncode == 0, metric.stderr
     folder = Path(metric.stdout.strip())
     assert folder.resolve().is_relative_to(venv.resolve()) and (folder / "ftgrid_metric.py").is_file(), folder
