@@ -196,7 +196,9 @@ def read_yaml(path: Path) -> dict:
 def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
     """A grid file read and validated, `repeats:` written out as its `seed` axis, and the `--set` values applied
     (to an axis for a setting that is one)."""
-    data = read_yaml(path)
+    data, sets = read_yaml(path), dict(sets or {})
+    if "repeats" in sets:  # `--set repeats=3`: checked as the file's own key would be
+        data = {**data, "repeats": sets.pop("repeats")}
     try:
         spec = GridSpec.model_validate(data)
     except ValidationError as err:
@@ -205,8 +207,10 @@ def load_spec(path: Path, *, sets: dict[str, Any] | None = None) -> GridSpec:
     if sets:
         settings, axes = dict(spec.settings), dict(spec.axes)
         for key, value in sets.items():
-            if key in axes:  # `--set lora_rank=8` fixes an axis, `--set lora_rank=[8, 16]` gives it new values
+            if key in axes or (key == "seed" and isinstance(value, list)):  # `--set 'seed=[1, 2]'`: a seed axis
+                # `--set lora_rank=8` fixes an axis, `--set lora_rank=[8, 16]` gives it new values
                 axes[key] = value if isinstance(value, list) and key not in LIST_FIELDS else [value]
+                settings.pop(key, None)
             else:
                 settings[key] = value
         # A value given on the command line holds for every cell: it beats the file's overrides too.

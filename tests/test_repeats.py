@@ -79,6 +79,21 @@ def test_repeats_start_at_the_grids_seed_and_are_an_axis_for_set_exclude_and_ove
     assert [a["seed"] for _, a in plain(ftgrid("run", path, "--dry-run", "--set", "seed=[1, 9]"))] == ["1", "9"]
 
 
+def test_seeds_are_added_from_the_command_line_to_a_grid_without_them(tmp_path):
+    path = seed_grid(tmp_path, top="")  # one seed per cell in the file
+    three = plain(ftgrid("run", path, "--dry-run", "--set", "repeats=3"))
+    expected = [("zero_shot", "42"), ("lora", "42"), ("lora", "43"), ("lora", "44")]
+    assert [(a["method"], a["seed"]) for _, a in three] == expected
+    listed = plain(ftgrid("run", path, "--dry-run", "--set", "seed=[5, 6]"))
+    assert [(a["method"], a["seed"]) for _, a in listed] == [("zero_shot", "42"), ("lora", "5"), ("lora", "6")]
+    one = plain(ftgrid("run", path, "--dry-run", "--set", "seed=5"))  # one seed: a setting, as before
+    assert len(one) == 2 and "seed" not in one[1][1] and "-lora-s5-" in one[1][0]
+    proc = ftgrid("run", path, "--dry-run", "--set", "repeats=0")
+    assert proc.returncode == 2 and "repeats: Input should be greater than or equal to 1" in proc.stderr
+    proc = ftgrid("run", seed_grid(tmp_path, top="", axes=AXES + "\n  seed: [1, 2]"), "--dry-run", "--set", "repeats=2")
+    assert proc.returncode == 2 and "repeats: 2 and axes.seed: [1, 2]" in proc.stderr
+
+
 def test_repeats_with_a_seed_axis_and_bad_values_are_refused_naming_the_keys(tmp_path):
     both = seed_grid(tmp_path, axes=AXES + "\n  seed: [1, 2]")
     proc = ftgrid("run", both, "--dry-run")
