@@ -11,10 +11,12 @@ import sys
 import numpy as np
 import pytest
 from analysis_fixtures import base_config, write_trial
+from scipy import stats as sps
 from seed_simulation import frames, scores
 
 from analysis.compare import compare
 from analysis.load import load_examples, load_trials
+from analysis.seeds import standard_errors
 from analysis.stats import paired_tests
 
 
@@ -25,6 +27,19 @@ def write_runs(run_dir, runs):
 
 def ftgrid(*args):
     return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("df", [2.0, 4.0, 11.5])
+def test_the_minimum_detectable_difference_is_found_with_80_percent_power_by_the_t_test(df):
+    shift = standard_errors(df)
+    crit = sps.t.ppf(0.975, df)
+    assert sps.nct.sf(crit, df, shift) + sps.nct.cdf(-crit, df, shift) == pytest.approx(0.8, abs=1e-3)
+    assert shift > sps.t.ppf(0.975, df) + sps.t.ppf(0.8, df)  # the approximation promises power it lacks
+    t_values = (np.random.default_rng(1).standard_normal(200_000) + shift) / np.sqrt(
+        np.random.default_rng(2).chisquare(df, 200_000) / df
+    )
+    assert np.mean(np.abs(t_values) > crit) == pytest.approx(0.8, abs=0.005)  # Monte Carlo of the same power
+    assert standard_errors(1e6) == pytest.approx(sps.norm.ppf(0.975) + sps.norm.ppf(0.8), abs=1e-3)
 
 
 def test_the_simulated_frames_are_what_the_loader_reads_from_run_folders(tmp_path):
