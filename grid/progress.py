@@ -225,5 +225,7 @@ def _settle(progress: Progress, trial_id: str, result: TrialResult | None) -> No
         progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
     elif result.ok:
         progress.settle(Outcome(trial_id, Ending.OK, result.score(progress.metric)))
+    elif result.status == Status.PREEMPTED:  # not failed: the same command resumes it from its checkpoint
+        progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason=one_line(result.error)))
     else:
         progress.settle(Outcome(trial_id, Ending.FAILED, reason=one_line(result.error)))

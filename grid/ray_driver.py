@@ -61,6 +61,8 @@ def ray_trial(config: dict) -> None:
     execution = Execution.from_json(config["execution"])
     cfg = config_of_ray_trial(config)
     result, cached = run_cached_trial(cfg, config["run_dir"], execution, on_log=tune.report, placement=placement())
+    if result.status == Status.PREEMPTED:  # an error to Ray Tune, which restarts it (max_restarts): it resumes
+        raise RuntimeError(f"trial {cfg.trial_id} {result.error}")
     tune.report(final_report(result, cached))
 
 

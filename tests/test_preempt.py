@@ -1,0 +1,71 @@
+"""A preemption notice honoured: SIGTERM to a training trial's process (as a spot or preemptible machine sends before
+it reclaims one) makes it write a checkpoint at the next optimiser step and exit within seconds, with status
+`preempted` (not failed) and exit code 3; the same command then resumes from that checkpoint and trains as an
+uninterrupted run of the same configuration does — the same loss at every step, the same adapter weights."""
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY_SETTINGS, write_yaml
+from same_training import assert_same_training, logged_losses
+
+from runners.contract.choices import Status
+from runners.contract.result import read_result
+
+pytestmark = pytest.mark.slow
+
+AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  loss: [summary_only]\n"
+    "  lora_rank: [4]\n  method: [lora]"
+)
+NOTICE_TO_EXIT_S = 30  # the time a preemptible machine leaves between its notice and the kill, at the least
+
+
+def trial_cmd(grid: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "grid", "trial", str(grid), "--out", str(out)]
+
+
+def test_sigterm_checkpoints_at_the_next_step_exits_preempted_and_the_rerun_trains_as_if_uninterrupted(tmp_path):
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 24").replace("logging_steps: 2", "logging_steps: 1")
+    grid = write_yaml(tmp_path / "g.yaml", f"name: preempt\naxes:\n  {AXES}\n{settings}")
+    run, log = tmp_path / "run", tmp_path / "trial.log"
+    with log.open("w") as out:
+        trial = subprocess.Popen(trial_cmd(grid, run), stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
+            assert trial.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
+            time.sleep(0.1)
+        trial.send_signal(signal.SIGTERM)
+        noticed = time.monotonic()
+        code = trial.wait(timeout=NOTICE_TO_EXIT_S)
+        took = time.monotonic() - noticed
+    finally:
+        if trial.poll() is None:
+            trial.kill()
+            trial.wait()
+    (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
+    stopped = read_result(trial_dir)
+    assert code == 3 and stopped.status == Status.PREEMPTED, (code, log.read_text()[-3000:])
+    assert took <= NOTICE_TO_EXIT_S
+    step = stopped.train["steps"]
+    assert 3 <= step < 24 and f"at step {step}" in stopped.error
+    assert "run the same command again" in log.read_text()
+    # the checkpoint is at the step it stopped after, and the log goes no further
+    assert [p.parent.name for p in trial_dir.glob("checkpoints/*/done")] == [f"step-{step:06d}"]
+    assert max(logged_losses(trial_dir)) == step
+
+    again = subprocess.run(trial_cmd(grid, run), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = read_result(trial_dir)
+    assert resumed.ok and resumed.train["resumed_from_step"] == step and resumed.train["steps"] == 24
+
+    reference = tmp_path / "reference"
+    uninterrupted = subprocess.run(trial_cmd(grid, reference), capture_output=True, text=True, timeout=600)
+    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    assert_same_training(trial_dir, reference / trial_dir.name)
