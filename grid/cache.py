@@ -20,12 +20,12 @@ from grid.launch import OnLog, launch_trial
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
+from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
 from runners.contract.files import open_nofollow, refuse_links
 from runners.contract.result import TrialResult, read_result
 from runners.contract.store import RunStore
 from runners.execution import DEFAULT, Execution
-from runners.preempt import PREEMPTED_EXIT
 
 log = logging.getLogger("ftgrid.cache")
 
@@ -67,7 +67,7 @@ def _attempts(
         if attempt:
             log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, execution.retries + 1)
         code, result = launch_trial(cfg, trial_dir, execution, on_log=on_log, on_poll=on_poll, placement=placement)
-        if code in (0, 2, PREEMPTED_EXIT):
+        if code in (0, 2) or result.status == Status.PREEMPTED:  # the launcher may report it as 1
             break
     if attempt:
         result = result.replace(attempts=attempt + 1)

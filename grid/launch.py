@@ -30,18 +30,27 @@ from runners.execution import DEFAULT, Execution, write_handoff
 log = logging.getLogger("ftgrid.launch")
 
 # Killed with its parent, a child process would train on as an orphan and race the rerun for its folder.
-# This watchdog (its own session, so it outlives the parent's process group) kills the child's process
-# group as soon as its parent — the Ray worker — is gone, and exits when the child ends.
+# This watchdog (its own session, so it outlives the parent's process group) ends the child's process group
+# as soon as its parent — the Ray worker — is gone (a stopped driver, a lost worker): SIGTERM first, a
+# preemption notice on which a training trial writes a checkpoint and exits (`runners.preempt`), then SIGKILL
+# after NOTICE_GRACE_S seconds; it exits when the child ends.
+NOTICE_GRACE_S = 60
 _WATCHDOG = """
 import os, signal, sys, time
-parent, group = int(sys.argv[1]), int(sys.argv[2])
-while True:
+parent, group, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def alive():
     try:
         os.killpg(group, 0)
+        return True
     except (ProcessLookupError, PermissionError):
-        break
-    if os.getppid() != parent:
+        return False
+while alive():
+    if os.getppid() != parent:  # the launching worker is gone: a preemption notice, the kill after the grace
         try:
+            os.killpg(group, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -203,7 +212,7 @@ def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Cal
             start_new_session=True,
         )
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid)],
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid), str(NOTICE_GRACE_S)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from grid.cache import run_cached_trial
+from grid.interrupt import sigterm_as_ctrl_c
 from grid.runfolder import ends_on_full_disk, refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -314,7 +315,7 @@ def tune_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    with progress.live():
+    with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
         return tuner.fit()
 
 

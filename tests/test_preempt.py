@@ -3,6 +3,7 @@ it reclaims one) makes it write a checkpoint at the next optimiser step and exit
 `preempted` (not failed) and exit code 3; the same command then resumes from that checkpoint and trains as an
 uninterrupted run of the same configuration does — the same loss at every step, the same adapter weights."""
 
+import os
 import signal
 import subprocess
 import sys
@@ -69,3 +70,81 @@ def test_sigterm_checkpoints_at_the_next_step_exits_preempted_and_the_rerun_trai
     uninterrupted = subprocess.run(trial_cmd(grid, reference), capture_output=True, text=True, timeout=600)
     assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
     assert_same_training(trial_dir, reference / trial_dir.name)
+
+
+def test_sigterm_to_the_driver_checkpoints_its_running_trial_and_the_summary_says_how_to_resume(ray_tmp, tmp_path):
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 40").replace("logging_steps: 2", "logging_steps: 1")
+    resources = "resources:\n  launcher: accelerate\n"  # the trial in a process of its own, as on a GPU
+    grid = write_yaml(tmp_path / "g.yaml", f"name: stop\naxes:\n  {AXES}\n{settings}{resources}")
+    run, log = tmp_path / "run", tmp_path / "driver.log"
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
+            time.sleep(0.2)
+        driver.send_signal(signal.SIGTERM)
+        code = driver.wait(timeout=180)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    said = log.read_text()
+    assert code == 1 and "Traceback" not in said, said[-3000:]
+    assert "preempted" in said and "run the same command again" in said, said[-3000:]
+    (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
+    stopped = read_result(trial_dir)
+    assert stopped.status == Status.PREEMPTED, said[-3000:]
+    step = stopped.train["steps"]
+    assert [p.parent.name for p in trial_dir.glob("checkpoints/*/done")] == [f"step-{step:06d}"]
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    resumed = read_result(trial_dir)
+    assert resumed.ok and resumed.train["resumed_from_step"] == step and resumed.train["steps"] == 40
+    assert sorted(logged_losses(trial_dir)) == list(range(1, 41))
+
+
+def test_sigterm_to_a_trial_under_ray_ends_it_preempted_and_ray_restarts_it_from_that_checkpoint(ray_tmp, tmp_path):
+    import psutil
+
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 30").replace("logging_steps: 2", "logging_steps: 1")
+    resources = "resources:\n  launcher: accelerate\n  retries: 2\n"  # a preempted trial is not retried in place
+    grid = write_yaml(tmp_path / "g.yaml", f"name: restart\naxes:\n  {AXES}\n{settings}{resources}")
+    run, log = tmp_path / "run", tmp_path / "driver.log"
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
+            time.sleep(0.2)
+        (trainer,) = [  # the trial's own process, not the `accelerate launch` in front of it
+            p
+            for p in psutil.process_iter(["cmdline"])
+            if "runners.trial" in (line := " ".join(p.info["cmdline"] or [])) and str(run) in line
+            and "accelerate" not in line
+        ]  # fmt: skip
+        trainer.send_signal(signal.SIGTERM)
+        noticed = time.monotonic()
+        trainer.wait(timeout=NOTICE_TO_EXIT_S)
+        assert time.monotonic() - noticed <= NOTICE_TO_EXIT_S
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert code == 0, log.read_text()[-3000:]
+    (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
+    result = read_result(trial_dir)
+    step = result.train["resumed_from_step"]
+    assert result.ok and step >= 3 and result.train["steps"] == 30
+    trial_log = (trial_dir / "trial.log").read_text()
+    assert f"preempted (SIGTERM) at step {step}" in trial_log
+    assert trial_log.count("$ ") == 2  # launched twice: once preempted, once restarted by Ray Tune; no retry between
+    assert sorted(logged_losses(trial_dir)) == list(range(1, 31))
