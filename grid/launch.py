@@ -155,10 +155,7 @@ def launch_trial(
     trial_dir.mkdir(parents=True, exist_ok=True)
     if (refused := _refused(cfg, trial_dir)) is not None:
         return 2, refused
-    # Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
-    (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
-    if not (trial_dir / layout.CHECKPOINTS).is_dir():
-        (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    restarted = _clear_previous(trial_dir)
     write_trial_json(trial_dir, cfg.model_dump(mode="json"))
     tail = LogTail(trial_dir / layout.TRAIN_LOG)
 
@@ -182,7 +179,25 @@ def launch_trial(
         result.write(trial_dir)
     elif code == 0 and not result.ok:
         code = 1
+    if restarted and result.ok:
+        result = result.replace(warnings=[*(result.warnings or []), restarted])
+        result.write(trial_dir)
     return code, result
+
+
+def _clear_previous(trial_dir: Path) -> str | None:
+    """Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
+    Returns what to tell when an attempt that did not finish once it trained (a train_log; no result, or a failed
+    one) left no checkpoint: this one starts from step 0."""
+    previous = read_result(trial_dir)
+    cut_short = (previous is None or not previous.ok) and (trial_dir / layout.TRAIN_LOG).exists()
+    (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
+    if (trial_dir / layout.CHECKPOINTS).is_dir():
+        return None
+    (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    if cut_short:
+        return "started again from step 0: the attempt before did not finish and left no checkpoint"
+    return None
 
 
 def _refused(cfg: TrialConfig, trial_dir: Path) -> TrialResult | None:

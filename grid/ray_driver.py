@@ -328,9 +328,9 @@ def ray_storage(run_dir: str | Path) -> dict:
     return {"storage_path": path, "storage_filesystem": filesystem}
 
 
-def record_ray_errors(results, run_dir: str | Path) -> None:
-    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one; results.csv
-    is rebuilt once if any did."""
+def record_ray_errors(results, run_dir: str | Path, max_restarts: int) -> None:
+    """A Ray trial that errored before its own result.json was written (lost worker, its restarts used up) gets a
+    failed one that says so; results.csv is rebuilt once if any did."""
     from grid.progress import one_line
 
     written = 0
@@ -343,7 +343,7 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
             continue
         store = RunStore(run_dir)
         if read_result(store / cfg.trial_id) is None:
-            error = f"Ray trial error: {one_line(str(res.error))}"
+            error = f"Ray trial error, {max_restarts} restart(s) used up (max_restarts): {one_line(str(res.error))}"
             TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
             written += 1
     if written:
@@ -389,6 +389,6 @@ def run_on_ray(
             num_samples=num_samples,
             callbacks=callbacks,
         )
-        record_ray_errors(results, run_dir)
+        record_ray_errors(results, run_dir, resources.max_restarts)
     finally:
         ray.shutdown()

@@ -143,7 +143,7 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
     for result in done.values():
         seen = cuda_sees(result.placement["cuda_visible_devices"])
         assert result.placement["cuda_device_count"] == seen
-        assert (seen == 0) == any("ran on CPU" in w for w in result.warnings), result.warnings
+        assert (seen == 0) == any("ran on CPU" in w for w in result.warnings or []), result.warnings
     if any(cuda_sees(r.placement["cuda_visible_devices"]) == 0 for r in done.values()):
         assert "with warnings" in log.read_text()
 
@@ -207,6 +207,29 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(l
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert trial.returncode == 0, trial.stderr[-3000:]
     assert_same_training(run_dir / lost, reference / lost)
+
+
+def test_a_trial_whose_node_dies_with_its_restarts_used_up_ends_failed_and_says_why(local_cluster, tmp_path):
+    local_cluster.start_head(cpus=2, gpus=0)
+    local_cluster.add_node(cpus=2, gpus=0)
+    _, (worker, _) = local_cluster.raylets()
+    grid = grid_file(tmp_path, "norestart", "2", "  cpus_per_trial: 2\n  max_restarts: 0\n", max_steps=60)
+    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
+    driver = ftgrid_run(grid, run_dir, local_cluster, log)
+
+    def training_on_worker() -> str | None:
+        for trial_log in run_dir.glob("*/trial.log"):
+            if worker in trial_log.read_text() and (trial_log.parent / "train_log.jsonl").exists():
+                return trial_log.parent.name
+        return None
+
+    lost = wait_for(training_on_worker, "a trial training on the worker node", driver=driver, log=log)
+    local_cluster.kill_node(worker)
+    assert driver.wait(timeout=600) == 1, log.read_text()[-3000:]
+    done = results(run_dir)
+    assert not done[lost].ok and "0 restart(s) used up (max_restarts)" in done[lost].error, done[lost].error
+    assert [r.ok for t, r in done.items() if t != lost] == [True]
+    assert "1 failed" in log.read_text()
 
 
 def test_a_driver_without_the_cluster_token_is_refused_with_exit_2_and_told_how_to_give_it(two_nodes, tmp_path):

@@ -148,3 +148,35 @@ def test_sigterm_to_a_trial_under_ray_ends_it_preempted_and_ray_restarts_it_from
     assert f"preempted (SIGTERM) at step {step}" in trial_log
     assert trial_log.count("$ ") == 2  # launched twice: once preempted, once restarted by Ray Tune; no retry between
     assert sorted(logged_losses(trial_dir)) == list(range(1, 31))
+
+
+def test_a_killed_trial_without_a_checkpoint_is_retried_from_step_0_and_says_so(ray_tmp, tmp_path):
+    import psutil
+
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 12").replace("logging_steps: 2", "logging_steps: 1")
+    resources = "resources:\n  launcher: accelerate\n  retries: 1\n"
+    grid = write_yaml(tmp_path / "g.yaml", f"name: retry\naxes:\n  {AXES}\n{settings}{resources}")
+    run, log = tmp_path / "run", tmp_path / "driver.log"
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 2]:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial did not reach step 2 in time"
+            time.sleep(0.2)
+        for proc in psutil.process_iter(["cmdline"]):  # the trial's process dies at once: no notice, no checkpoint
+            if "runners.trial" in (line := " ".join(proc.info["cmdline"] or [])) and str(run) in line:
+                proc.kill()
+        code = driver.wait(timeout=600)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert code == 0, log.read_text()[-3000:]
+    (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
+    result = read_result(trial_dir)
+    assert result.ok and result.attempts == 2 and "resumed_from_step" not in result.train
+    assert any("started again from step 0" in w for w in result.warnings or []), result.warnings
+    assert sorted(logged_losses(trial_dir)) == list(range(1, 13))
