@@ -20,6 +20,7 @@ from grid.launch import OnLog, launch_trial
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
+from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
 from runners.contract.files import open_nofollow, refuse_links
 from runners.contract.result import TrialResult, read_result
@@ -60,12 +61,13 @@ def run_cached_trial(
 def _attempts(
     cfg: TrialConfig, trial_dir: Path, execution: Execution, on_log: OnLog, placement, on_poll=None
 ) -> TrialResult:
-    """Launch the trial, again after a failure up to `execution.retries` times (not after bad input, exit code 2)."""
+    """Launch the trial, again after a failure up to `execution.retries` times (not after bad input, exit code 2,
+    nor after a preemption notice: this machine is going away, the scheduler restarts the trial elsewhere)."""
     for attempt in range(execution.retries + 1):
         if attempt:
             log.warning("trial %s: attempt %d of %d", cfg.trial_id, attempt + 1, execution.retries + 1)
         code, result = launch_trial(cfg, trial_dir, execution, on_log=on_log, on_poll=on_poll, placement=placement)
-        if code in (0, 2):
+        if code in (0, 2) or result.status == Status.PREEMPTED:  # the launcher may report it as 1
             break
     if attempt:
         result = result.replace(attempts=attempt + 1)

@@ -25,6 +25,7 @@ from grid.cli_checks import (
     sets_and_picks,
 )
 from runners.contract import layout
+from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
 from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
@@ -125,6 +126,9 @@ def trial(
     code, result = run_one_trial(spec, cfg, run_dir, out)
     if code == 2:
         fail_input(result.error.removeprefix("ConfigError: "))
+    if result.status == Status.PREEMPTED:
+        err.print(f"[bold yellow]trial {escape(result.error)}[/]: run the same command again", highlight=False)
+        raise typer.Exit(code)
     if code:
         told = escape(scrub(f"{result.error}\n{result.traceback or ''}"))  # a library's text: never markup
         err.print(f"[bold red]trial failed:[/] {told}", highlight=False)

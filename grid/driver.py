@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from grid import sweep, tune
 from grid.cache import scratch_root
+from grid.interrupt import await_notified
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
 from grid.runfolder import ends_on_full_disk, keep_best_weights, refresh_results_csv, write_grid_yaml
@@ -101,6 +102,10 @@ def _on_ray(spec, run_dir: str | Path, command: str, space, address, progress: P
         callbacks=callbacks(spec.tracking, context, console),
         **tune_args,
     )
+    # Stopped (SIGTERM, Ctrl-C) with trials running: those in a process of their own got a preemption notice and
+    # write their checkpoint; the summary comes when they have.
+    if progress.running and execution_of(spec.resources, retries=0, force=False, save=spec.save).kind != "inline":
+        await_notified(run_dir, list(progress.running))
 
 
 def run_grid(

@@ -30,18 +30,27 @@ from runners.execution import DEFAULT, Execution, write_handoff
 log = logging.getLogger("ftgrid.launch")
 
 # Killed with its parent, a child process would train on as an orphan and race the rerun for its folder.
-# This watchdog (its own session, so it outlives the parent's process group) kills the child's process
-# group as soon as its parent — the Ray worker — is gone, and exits when the child ends.
+# This watchdog (its own session, so it outlives the parent's process group) ends the child's process group
+# as soon as its parent — the Ray worker — is gone (a stopped driver, a lost worker): SIGTERM first, a
+# preemption notice on which a training trial writes a checkpoint and exits (`runners.preempt`), then SIGKILL
+# after NOTICE_GRACE_S seconds; it exits when the child ends.
+NOTICE_GRACE_S = 60
 _WATCHDOG = """
 import os, signal, sys, time
-parent, group = int(sys.argv[1]), int(sys.argv[2])
-while True:
+parent, group, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
+def alive():
     try:
         os.killpg(group, 0)
+        return True
     except (ProcessLookupError, PermissionError):
-        break
-    if os.getppid() != parent:
+        return False
+while alive():
+    if os.getppid() != parent:  # the launching worker is gone: a preemption notice, the kill after the grace
         try:
+            os.killpg(group, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while alive() and time.monotonic() < deadline:
+                time.sleep(0.2)
             os.killpg(group, signal.SIGKILL)
         except ProcessLookupError:
             pass
@@ -146,10 +155,7 @@ def launch_trial(
     trial_dir.mkdir(parents=True, exist_ok=True)
     if (refused := _refused(cfg, trial_dir)) is not None:
         return 2, refused
-    # Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
-    (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
-    if not (trial_dir / layout.CHECKPOINTS).is_dir():
-        (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    restarted = _clear_previous(trial_dir)
     write_trial_json(trial_dir, cfg.model_dump(mode="json"))
     tail = LogTail(trial_dir / layout.TRAIN_LOG)
 
@@ -173,7 +179,25 @@ def launch_trial(
         result.write(trial_dir)
     elif code == 0 and not result.ok:
         code = 1
+    if restarted and result.ok:
+        result = result.replace(warnings=[*(result.warnings or []), restarted])
+        result.write(trial_dir)
     return code, result
+
+
+def _clear_previous(trial_dir: Path) -> str | None:
+    """Never mistake a previous attempt's result (or, unless it resumes from a checkpoint, its log) for this one's.
+    Returns what to tell when an attempt that did not finish once it trained (a train_log; no result, or a failed
+    one) left no checkpoint: this one starts from step 0."""
+    previous = read_result(trial_dir)
+    cut_short = (previous is None or not previous.ok) and (trial_dir / layout.TRAIN_LOG).exists()
+    (trial_dir / layout.RESULT_JSON).unlink(missing_ok=True)
+    if (trial_dir / layout.CHECKPOINTS).is_dir():
+        return None
+    (trial_dir / layout.TRAIN_LOG).unlink(missing_ok=True)
+    if cut_short:
+        return "started again from step 0: the attempt before did not finish and left no checkpoint"
+    return None
 
 
 def _refused(cfg: TrialConfig, trial_dir: Path) -> TrialResult | None:
@@ -203,7 +227,7 @@ def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Cal
             start_new_session=True,
         )
     watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid)],
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(child.pid), str(NOTICE_GRACE_S)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -219,11 +219,14 @@ def close_run(
 def _settle(progress: Progress, trial_id: str, result: TrialResult | None) -> None:
     """A trial's outcome from its result.json, unless this invocation already knows it for sure."""
     known = progress.outcomes.get(trial_id)
-    if known is not None and (known.status == Ending.CACHED or (known.status == Ending.STOPPED and result is None)):
+    stopped = known is not None and known.status == Ending.STOPPED  # its process may have checkpointed on the way
+    if stopped and (result is None or result.status == Status.PREEMPTED) or (known and known.status == Ending.CACHED):
         return
     if result is None:
         progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason="interrupted before it finished"))
     elif result.ok:
         progress.settle(Outcome(trial_id, Ending.OK, result.score(progress.metric)))
+    elif result.status == Status.PREEMPTED:  # not failed: the same command resumes it from its checkpoint
+        progress.settle(Outcome(trial_id, Ending.NOT_RUN, reason=one_line(result.error)))
     else:
         progress.settle(Outcome(trial_id, Ending.FAILED, reason=one_line(result.error)))

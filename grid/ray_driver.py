@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from grid.cache import run_cached_trial
+from grid.interrupt import sigterm_as_ctrl_c
 from grid.runfolder import ends_on_full_disk, refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -61,6 +62,8 @@ def ray_trial(config: dict) -> None:
     execution = Execution.from_json(config["execution"])
     cfg = config_of_ray_trial(config)
     result, cached = run_cached_trial(cfg, config["run_dir"], execution, on_log=tune.report, placement=placement())
+    if result.status == Status.PREEMPTED:  # an error to Ray Tune, which restarts it (max_restarts): it resumes
+        raise RuntimeError(f"trial {cfg.trial_id} {result.error}")
     tune.report(final_report(result, cached))
 
 
@@ -312,7 +315,7 @@ def tune_trials(
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    with progress.live():
+    with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
         return tuner.fit()
 
 
@@ -325,9 +328,9 @@ def ray_storage(run_dir: str | Path) -> dict:
     return {"storage_path": path, "storage_filesystem": filesystem}
 
 
-def record_ray_errors(results, run_dir: str | Path) -> None:
-    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one; results.csv
-    is rebuilt once if any did."""
+def record_ray_errors(results, run_dir: str | Path, max_restarts: int) -> None:
+    """A Ray trial that errored before its own result.json was written (lost worker, its restarts used up) gets a
+    failed one that says so; results.csv is rebuilt once if any did."""
     from grid.progress import one_line
 
     written = 0
@@ -340,7 +343,7 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
             continue
         store = RunStore(run_dir)
         if read_result(store / cfg.trial_id) is None:
-            error = f"Ray trial error: {one_line(str(res.error))}"
+            error = f"Ray trial error, {max_restarts} restart(s) used up (max_restarts): {one_line(str(res.error))}"
             TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
             written += 1
     if written:
@@ -386,6 +389,6 @@ def run_on_ray(
             num_samples=num_samples,
             callbacks=callbacks,
         )
-        record_ray_errors(results, run_dir)
+        record_ray_errors(results, run_dir, resources.max_restarts)
     finally:
         ray.shutdown()

@@ -24,6 +24,7 @@ from runners.config import TrialConfig
 from runners.contract.files import open_nofollow
 from runners.loss import training_loss
 from runners.masking import IGNORE, Encoded, collate
+from runners.preempt import Preempted, notice_of_preemption, preempted
 
 log = logging.getLogger(__name__)
 
@@ -217,30 +218,43 @@ def train(
     if counters:
         loop.restore(counters)
     loop.log_file = _open_log(log_path, accelerator.is_main_process, loop.resumed_from)
-    try:
-        while loop.step < steps:
-            loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=loop.epoch))
-            if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
-                loader = accelerator.skip_first_batches(loader, loop.batch)
-            for batch in loader:
-                loss = _micro_step(model, batch, optimizer, scheduler, accelerator, cfg, loop.step)
-                loop.add(loss, batch)
-                if not accelerator.sync_gradients:
-                    continue
-                loop.step += 1
-                if loop.due(cfg.logging_steps):
-                    loop.log_window(scheduler.get_last_lr()[0])
-                if eval_examples and loop.due(cfg.eval_steps):
-                    loop.log_eval(lambda: eval_loss(model, eval_examples, cfg, pad_id, accelerator))
-                if checkpoints and checkpoints.due(loop.step, steps):
-                    checkpoints.save(model, optimizer, scheduler, loop.counters())
-                if loop.step >= steps:
-                    break
-            loop.epoch, loop.batch = loop.epoch + 1, 0
-    finally:
-        if loop.log_file:
-            loop.log_file.close()
+    with notice_of_preemption():  # SIGTERM while training: a checkpoint at the next step, then stop
+        try:
+            while loop.step < steps:
+                loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=loop.epoch))
+                if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
+                    loader = accelerator.skip_first_batches(loader, loop.batch)
+                for batch in loader:
+                    loss = _micro_step(model, batch, optimizer, scheduler, accelerator, cfg, loop.step)
+                    loop.add(loss, batch)
+                    if not accelerator.sync_gradients:
+                        continue
+                    loop.step += 1
+                    if loop.due(cfg.logging_steps):
+                        loop.log_window(scheduler.get_last_lr()[0])
+                    if eval_examples and loop.due(cfg.eval_steps):
+                        loop.log_eval(lambda: eval_loss(model, eval_examples, cfg, pad_id, accelerator))
+                    _after_step(loop, checkpoints, model, optimizer, scheduler)
+                    if loop.step >= steps:
+                        break
+                loop.epoch, loop.batch = loop.epoch + 1, 0
+        finally:
+            if loop.log_file:
+                loop.log_file.close()
     return loop.block()
+
+
+def _after_step(loop: _Loop, checkpoints: Checkpoints | None, model, optimizer, scheduler) -> None:
+    """A periodic checkpoint when one is due; after a preemption notice, a checkpoint at this step (the periodic one
+    if it was just written), then `Preempted`."""
+    if checkpoints is None:
+        return
+    saved = None
+    if checkpoints.due(loop.step, loop.steps):
+        saved = checkpoints.save(model, optimizer, scheduler, loop.counters())
+    if preempted(loop.accelerator):
+        saved = saved or checkpoints.save(model, optimizer, scheduler, loop.counters())
+        raise Preempted(loop.step, saved.name)
 
 
 def _open_log(path: Path, main: bool, resumed_from: int | None):

@@ -352,9 +352,18 @@ def placement_warnings(placement: dict) -> list[str]:
 
 
 def execute(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> tuple[int, TrialResult | None]:
-    """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2."""
+    """run_trial with failure isolation: any error becomes a `failed` result.json. Exit code 0/1/2; after a
+    preemption notice (SIGTERM, see `runners.preempt`), a `preempted` one and `PREEMPTED_EXIT`."""
+    from runners.preempt import PREEMPTED_EXIT, Preempted
+
     try:
         return 0, run_trial(cfg, out_dir, execution)
+    except Preempted as stop:
+        result = TrialResult.preempted(cfg.trial_id, cfg.model_dump(mode="json"), stop.step, str(stop))
+        if is_main_process():
+            result.write(out_dir)
+        log.warning("trial %s: %s", cfg.trial_id, stop)
+        return PREEMPTED_EXIT, result
     except Exception as err:  # noqa: BLE001 — every failure must end as a result.json, not a lost trial
         result = TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err)
         if is_main_process():

@@ -18,6 +18,7 @@ class Status(Choice):
 
     OK = "ok"
     FAILED = "failed"
+    PREEMPTED = "preempted"  # stopped by a preemption notice (SIGTERM) with a checkpoint it resumes from
 
 
 class Loss(Choice):

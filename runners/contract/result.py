@@ -78,6 +78,12 @@ class TrialResult:
             error = f"{type(error).__name__}: {error}"
         return cls(trial_id, Status.FAILED, error, config, versions=package_versions(), finished_at=now(), **details)
 
+    @classmethod
+    def preempted(cls, trial_id: str, config: dict, step: int, why: str) -> TrialResult:
+        """The result of a trial stopped by a preemption notice after optimiser step `step`, with a checkpoint
+        there: not failed, to be resumed from that checkpoint."""
+        return cls(trial_id, Status.PREEMPTED, why, config, train={"steps": step}, finished_at=now())
+
     @property
     def ok(self) -> bool:
         return self.status == Status.OK
