@@ -42,6 +42,7 @@ class TrialData:
 def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> TrialResult | None:
     """Fine-tune and evaluate one trial; writes the trial folder and returns its result (None on the processes
     other than the main one)."""
+    imported_s = import_stack()
     from runners.checkpoint import Checkpoints
     from runners.models import load_tokenizer
 
@@ -56,12 +57,27 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return None
-    placement = where_it_ran(execution.placement, accelerator, [*window, time.time()])
+    placement = {**where_it_ran(execution.placement, accelerator, [*window, time.time()]), "import_s": imported_s}
     done = Finished(train_block, evaluation, placement, execution.save, started_at, clock, checkpoints.warnings)
     result = assemble_result(cfg, data, done, out_dir)
     result.write(out_dir)  # written last: its presence means done
     checkpoints.clear()
     return result
+
+
+STACK = ("torch", "accelerate", "transformers", "peft", "rouge_score", "sacrebleu")
+
+
+def import_stack() -> float:
+    """Import the training and scoring libraries; the seconds it took (0 in a process that has them already, such
+    as a Ray worker kept from an earlier trial). Not part of a trial's `wall_s`: `ftgrid plan` counts it apart."""
+    import importlib
+
+    clock = time.perf_counter()
+    for name in STACK:
+        if name not in sys.modules:
+            importlib.import_module(name)
+    return round(time.perf_counter() - clock, 2)
 
 
 def make_accelerator(cfg: TrialConfig):
