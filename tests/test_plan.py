@@ -2,7 +2,9 @@
 plan.json, cached trials that cost nothing, `--smoke`, and bad input refused before anything runs."""
 
 import json
+import re
 
+import pandas as pd
 import pytest
 from conftest import ray_processes, wait_until_gone
 from inprocess import ftgrid
@@ -71,7 +73,15 @@ def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_t
     again = ftgrid(*args)  # every pilot cached: nothing runs, Ray is not started
     assert again.code == 0 and "2 pilots cached, 0 to run" in again.stdout
 
-    assert ftgrid("run", str(grid), "--out", str(run_dir)).code == 0
+    ran = ftgrid("run", str(grid), "--out", str(run_dir))  # then the run says how far to trust the plan
+    assert ran.code == 0, ran.output
+    assert re.search(r"plan: 3 trials took \d+ s against \d+ s predicted \([+-]\d+%\)", ran.stdout), ran.stdout
+    assert "; the grid took" in ran.stdout
+    table = pd.read_csv(run_dir / "results.csv")
+    assert (table["plan_wall_s"] > 0).all() and (table["wall_s"] > 0).all()
+    assert table["plan_wall_error"].notna().all() and table["plan_peak_memory_mb"].notna().all()
+    assert ftgrid("report", str(run_dir)).code == 0
+    assert "planned wall s" in (run_dir / "report.md").read_text()
     after = ftgrid(*args)
     assert "total: 0 trials to run (3 cached)" in after.stdout
     assert json.loads((run_dir / "plan.json").read_text())["total"]["wall_s"] == 0
