@@ -30,6 +30,7 @@ PILOT_EVAL = 4  # generations
 # share a pilot. (How many steps and generations a trial takes is counted per trial, not measured.)
 COST_FREE = (
     "seed",
+    "lora_rank",
     "loss",
     "lora_alpha",
     "lora_dropout",
