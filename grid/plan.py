@@ -264,7 +264,7 @@ def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, address, pri
         {
             "group": g,
             "label": label(group[0]),
-            "short": f"{group[0].model} {group[0].method.value}",
+            "short": f"{group[0].model} {group[0].template} {group[0].method.value}",
             "trials": len(group),
         }
         for g, group in enumerate(groups)
@@ -281,8 +281,10 @@ def _span(values: list[float], fmt: str) -> str:
 def print_plan(plan: dict, console: Console) -> None:
     """The plan for reading: a row per cost group (what its pilot measured, what its trials will take), the totals."""
     table = Table(title=f"plan: {plan['grid']}", title_justify="left")
-    for name in ("group", "trials", "steps", "step s", "gen s", "fixed s", "peak MB", "wall s", "trial-h"):
-        table.add_column(name, justify="left" if name == "group" else "right", no_wrap=name == "group")
+    for name in ("group", "trials", "steps", "step s", "gen s", "fixed s", "peak MB", "wall s", "hours"):
+        table.add_column(
+            name, justify="left" if name == "group" else "right", no_wrap=name != "group", min_width=len(name)
+        )
     for g in plan["groups"]:
         mine = [t for t in plan["trials"] if t["group"] == g["group"]]
         todo = [t for t in mine if not t["cached"]]
