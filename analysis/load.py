@@ -143,13 +143,17 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     """
     rows, config_keys, metrics, unreadable = [], [], [], []
     for run_dir in as_run_dirs(run_dirs):
+        plan = read_plan(run_dir)
         for trial_dir in trial_dirs(run_dir):
             try:
-                row, keys, names = _trial_row(run_dir, trial_dir, _read_result(trial_dir))
+                result = _read_result(trial_dir)
+                row, keys, names = _trial_row(run_dir, trial_dir, result)
             except AnalysisError as exc:
                 log.warning("left out: %s", exc)
                 unreadable.append({"run_dir": str(run_dir), "trial": trial_dir.name, "reason": str(exc)})
                 continue
+            if plan:
+                row.update(_planned(plan.get(result.trial_id) or {}, result))
             rows.append(row)
             config_keys += [k for k in keys if k not in config_keys]
             metrics += [m for m in names if m not in metrics]
@@ -160,6 +164,36 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
         m for m in metrics if m not in KNOWN_METRICS
     ]
     return trials
+
+
+def read_plan(run_dir: RunStore) -> dict[str, dict]:
+    """`ftgrid plan`'s prediction for each trial of a run folder (from plan.json, by trial id); {} without one."""
+    data = run_dir.read_bytes(layout.PLAN_JSON) if not run_dir.exists(layout.RESULT_JSON) else None
+    try:
+        trials = json.loads(data)["trials"] if data else []
+        return {t["trial_id"]: t for t in trials if isinstance(t, dict) and isinstance(t.get("trial_id"), str)}
+    except (ValueError, KeyError, TypeError):
+        log.warning("%s: not a plan, ignored", run_dir / layout.PLAN_JSON)
+        return {}
+
+
+def _planned(predicted: dict, result: TrialResult) -> dict:
+    """A row's plan columns: the trial's wall time and peak memory as predicted, its wall time as it ran."""
+    peak = (result.train or {}).get("peak_memory_mb")
+    return {
+        "wall_s": result.wall_s,
+        "plan_wall_s": predicted.get("wall_s"),
+        "plan_wall_error": _relative(result.wall_s, predicted.get("wall_s")),
+        "plan_peak_memory_mb": predicted.get("peak_memory_mb"),
+        "plan_peak_memory_error": _relative(peak, predicted.get("peak_memory_mb")),
+    }
+
+
+def _relative(actual, predicted) -> float | None:
+    """(actual − predicted) / predicted, or None when either is missing."""
+    if not isinstance(actual, (int, float)) or not isinstance(predicted, (int, float)) or not predicted:
+        return None
+    return round((actual - predicted) / predicted, 3)
 
 
 def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> pd.DataFrame:

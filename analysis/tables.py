@@ -331,6 +331,10 @@ COST_COLUMNS = {
     "eval_gen_tokens_per_s": "generated tokens/s",
     "train_peak_memory_mb": "peak memory MB",
     "train_trainable_params": "trainable params",
+    "wall_s": "trial wall s",  # with a plan.json in the run folder (`ftgrid plan`): predicted against actual
+    "plan_wall_s": "planned wall s",
+    "plan_wall_error": "wall vs plan",
+    "plan_peak_memory_mb": "planned peak MB",
 }
 
 

@@ -24,6 +24,7 @@ from grid.cli_checks import (
     refuse_empty,
     sets_and_picks,
 )
+from grid.plan_cli import plan as plan_verb
 from runners.contract import layout
 from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
@@ -356,6 +357,9 @@ def report(
     for name, path in paths.items():
         if name in (layout.REPORT_MD, layout.REPORT_HTML):
             out.print(f"{name}: {path}", markup=False, highlight=False)
+
+
+app.command(name="plan")(plan_verb)  # `ftgrid plan`: the verb lives in grid.plan_cli
 
 
 def main(argv: list[str] | None = None) -> None:

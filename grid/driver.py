@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import tempfile
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -23,6 +24,7 @@ from rich.markup import escape
 from grid import sweep, tune
 from grid.cache import scratch_root
 from grid.interrupt import await_notified
+from grid.plan_check import plan_line
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
 from grid.runfolder import ends_on_full_disk, keep_best_weights, refresh_results_csv, write_grid_yaml
@@ -130,6 +132,7 @@ def run_grid(
     if dry_run:
         sweep.print_trials(spec, trials, fmt, console)
         return 0
+    clock = time.perf_counter()
     _start(spec, run_dir, address)
     progress = Progress(total=len(trials), console=console)
     todo = sweep.to_run(trials, run_dir, force, progress)
@@ -141,7 +144,10 @@ def run_grid(
         _run_todo(spec, todo, run_dir, address, progress, console, max_concurrent, force, retries)
         if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
             console.print(line, markup=False, highlight=False)
-    return close_run(progress, trials, run_dir, console)
+    code = close_run(progress, trials, run_dir, console)
+    if line := plan_line(run_dir, todo, time.perf_counter() - clock, [cfg.trial_id for cfg in todo]):
+        console.print(line, markup=False, highlight=False)  # predicted against actual, when `ftgrid plan` ran first
+    return code
 
 
 def _run_todo(spec, todo, run_dir, address, progress: Progress, console, max_concurrent, force, retries) -> None:

@@ -122,6 +122,7 @@ class _Loop:
     resumed_from: int | None = None
     run_tokens: int = 0  # useful tokens trained on by this run (since a resume): the speed's numerator
     eval_s: float = 0.0
+    first_step_s: float | None = None  # from the start to the end of this run's first optimiser step (warm-up)
     started: float = field(default_factory=time.perf_counter)
     window_start: float = field(default_factory=time.perf_counter)
 
@@ -191,6 +192,8 @@ class _Loop:
             "wall_s": round(wall, 2),
             "num_processes": self.accelerator.num_processes,
         }
+        if self.first_step_s is not None:  # what `ftgrid plan` takes for the warm-up; the rest is steady steps
+            block["first_step_s"] = round(self.first_step_s, 3)
         if self.resumed_from is not None:
             block["resumed_from_step"] = self.resumed_from
         return block
@@ -230,6 +233,8 @@ def train(
                     if not accelerator.sync_gradients:
                         continue
                     loop.step += 1
+                    if loop.first_step_s is None:
+                        loop.first_step_s = time.perf_counter() - loop.started
                     if loop.due(cfg.logging_steps):
                         loop.log_window(scheduler.get_last_lr()[0])
                     if eval_examples and loop.due(cfg.eval_steps):

@@ -23,6 +23,7 @@ from runners.contract.errors import ConfigError
 from runners.contract.files import refuse_links, share, size_mb, write_atomic, write_jsonl
 from runners.contract.result import TrialResult, now, package_versions, write_trial_json
 from runners.execution import DEFAULT, Execution, read_handoff
+from runners.placement import peak_memory_mb, placement_warnings, where_it_ran
 
 log = logging.getLogger("ftgrid.trial")
 
@@ -42,6 +43,7 @@ class TrialData:
 def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> TrialResult | None:
     """Fine-tune and evaluate one trial; writes the trial folder and returns its result (None on the processes
     other than the main one)."""
+    imported_s = import_stack()
     from runners.checkpoint import Checkpoints
     from runners.models import load_tokenizer
 
@@ -56,12 +58,27 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return None
-    placement = where_it_ran(execution.placement, accelerator, [*window, time.time()])
+    placement = {**where_it_ran(execution.placement, accelerator, [*window, time.time()]), "import_s": imported_s}
     done = Finished(train_block, evaluation, placement, execution.save, started_at, clock, checkpoints.warnings)
     result = assemble_result(cfg, data, done, out_dir)
     result.write(out_dir)  # written last: its presence means done
     checkpoints.clear()
     return result
+
+
+STACK = ("torch", "accelerate", "transformers", "peft", "rouge_score", "sacrebleu")
+
+
+def import_stack() -> float:
+    """Import the training and scoring libraries; the seconds it took (0 in a process that has them already, such
+    as a Ray worker kept from an earlier trial). Not part of a trial's `wall_s`: `ftgrid plan` counts it apart."""
+    import importlib
+
+    clock = time.perf_counter()
+    for name in STACK:
+        if name not in sys.modules:
+            importlib.import_module(name)
+    return round(time.perf_counter() - clock, 2)
 
 
 def make_accelerator(cfg: TrialConfig):
@@ -295,60 +312,6 @@ def assemble_result(cfg: TrialConfig, data: TrialData, done: Finished, out_dir: 
         weights=weights_record(cfg, out_dir, done.save),
         disk_mb=size_mb(out_dir, skip=(layout.CHECKPOINTS,)),  # the checkpoint is removed next
     )
-
-
-def peak_memory_mb(device) -> float:
-    import resource
-
-    import torch
-
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
-
-
-def device_name(device) -> str:
-    import platform
-
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def where_it_ran(placement: dict, accelerator, window: list[float]) -> dict:
-    """result.json's `placement`: what the scheduler said (node, Ray's GPU ids) and what this process saw (host,
-    CUDA_VISIBLE_DEVICES, the CUDA devices torch found, processes), and the trial's start and end (epoch seconds)."""
-    import os
-    import socket
-
-    import torch
-
-    return {
-        **placement,
-        "hostname": socket.gethostname(),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
-        "cuda_device_count": torch.cuda.device_count(),
-        "device": device_name(accelerator.device),
-        "num_processes": accelerator.num_processes,
-        "distributed": str(accelerator.distributed_type).rsplit(".", 1)[-1],
-        "window": [round(t, 3) for t in window],
-    }
-
-
-def placement_warnings(placement: dict) -> list[str]:
-    """What a user should know about where the trial ran: GPUs the scheduler gave that CUDA could not see."""
-    given = placement.get("ray_gpu_ids") or []
-    seen = placement.get("cuda_device_count", 0)
-    if given and seen == 0:
-        node = placement.get("node_ip") or placement.get("hostname")
-        visible = placement.get("cuda_visible_devices")
-        return [
-            f"ran on CPU: Ray gave GPU(s) {', '.join(map(str, given))} on node {node}, but CUDA sees no device there "
-            f"(CUDA_VISIBLE_DEVICES={visible}); check the node's driver and its `ray start --num-gpus`"
-        ]
-    return []
 
 
 def execute(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -> tuple[int, TrialResult | None]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 GRID_YAML = "grid.yaml"  # the resolved grid file that produced the run
 RESULTS_CSV = "results.csv"  # one row per trial, from the result.json files
 BEST_YAML = "best.yaml"  # `ftgrid tune`: the best configuration as a grid file
+PLAN_JSON = "plan.json"  # `ftgrid plan`: the predicted cost of every trial and of the grid
 RAY_DIR = ".ray"  # Ray's own bookkeeping (experiment state, Ray's per-trial logs)
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"

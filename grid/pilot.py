@@ -1,0 +1,183 @@
+"""`ftgrid plan`'s pilots: the grid's trials grouped by what decides their cost, and one short pilot per group run
+as the real trials run (the same trial code, on Ray Tune with the grid's resources), in a pilot cache outside any
+run folder, keyed by content as trials are (a pilot that finished is not run again).
+
+A pilot is a trial of its group with `PILOT_STEPS` optimiser steps (the first is the warm-up), `PILOT_EVAL`
+generations and no eval loss. What it measures comes from its result.json: the steady step time (`train.wall_s`
+less the first step, per step), training tokens/s, the peak memory (the allocator's peak on a GPU, the peak RSS on
+a CPU), the generation time per example, the fixed cost (the trial's wall time less training and generation: model load,
+data, scoring, saving) and the import of the training stack, which a fresh process pays before its wall time
+starts (`runners.trial.import_stack`).
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from rich.console import Console
+
+from runners.config import TrialConfig
+from runners.contract.result import TrialResult, read_result
+
+PILOT_STEPS = 4  # the first is the warm-up
+PILOT_EVAL = 4  # generations
+# Settings that do not change what a step, a generation or the fixed cost costs: trials that differ in these only
+# share a pilot. (How many steps and generations a trial takes is counted per trial, not measured.)
+COST_FREE = (
+    "seed",
+    "lora_rank",
+    "loss",
+    "lora_alpha",
+    "lora_dropout",
+    "learning_rate",
+    "lr_scheduler",
+    "warmup_ratio",
+    "weight_decay",
+    "max_grad_norm",
+    "epochs",
+    "max_steps",
+    "n_train",
+    "n_eval",
+    "logging_steps",
+    "eval_steps",
+    "metrics",
+)
+OVERHEAD = "overhead.json"  # in the pilot cache: the start-up and per-trial launch cost last measured
+
+
+def cost_key(cfg: TrialConfig) -> str:
+    """What decides a trial's cost per step and per generation: its settings less `COST_FREE`, as JSON."""
+    data = cfg.model_dump(mode="json")
+    return json.dumps({k: v for k, v in sorted(data.items()) if k not in COST_FREE}, sort_keys=True, default=str)
+
+
+def group_trials(trials: list[TrialConfig]) -> list[list[TrialConfig]]:
+    """The trials grouped by `cost_key`, groups and trials in grid order."""
+    groups: dict[str, list[TrialConfig]] = {}
+    for cfg in trials:
+        groups.setdefault(cost_key(cfg), []).append(cfg)
+    return list(groups.values())
+
+
+def pilot_of(group: list[TrialConfig]) -> TrialConfig:
+    """The pilot of a group: its first trial, shortened (its training set as large as the group's largest)."""
+    first = group[0]
+    n_train = None if any(c.n_train is None for c in group) else max(c.n_train for c in group)
+    data = first.model_dump(mode="json")
+    data.update(seed=first.seed, n_eval=PILOT_EVAL, n_train=n_train, eval_steps=None, logging_steps=1)
+    if first.method.trains:
+        data.update(max_steps=PILOT_STEPS)
+    return TrialConfig.model_validate(data)
+
+
+@dataclass(frozen=True)
+class Measured:
+    """What a pilot measured."""
+
+    step_s: float  # one optimiser step, after the warm-up
+    first_step_s: float  # the warm-up step
+    tokens_per_s: float | None
+    peak_memory_mb: float
+    gen_s_per_example: float
+    fixed_s: float  # the trial's wall time less training and generation
+    n_train_rows: int  # training examples the pilot had (its group's largest n_train, or the whole split)
+    disk_mb: float
+    wall_s: float
+    import_s: float  # importing the training stack, paid by a fresh process only (not in wall_s)
+
+    @classmethod
+    def of(cls, result: TrialResult) -> Measured:
+        """From a pilot's result.json."""
+        train, evaluated = result.train or {}, result.eval or {}
+        steps = train.get("steps") or 0
+        first = float(train.get("first_step_s") or 0.0)
+        training = float(train.get("wall_s") or 0.0) - float(train.get("eval_loss_s") or 0.0)
+        step_s = (training - first) / (steps - 1) if steps > 1 else first
+        gen_s = float(evaluated.get("wall_s") or 0.0)
+        n_eval = evaluated.get("n_examples") or 1
+        return cls(
+            step_s=round(max(step_s, 0.0), 4),
+            first_step_s=round(first, 3),
+            tokens_per_s=train.get("train_tokens_per_s"),
+            peak_memory_mb=float(train.get("peak_memory_mb") or 0.0),
+            gen_s_per_example=round(gen_s / n_eval, 4),
+            fixed_s=round(max(float(result.wall_s or 0.0) - training - gen_s, 0.0), 2),
+            n_train_rows=int((result.data or {}).get("n_train") or 0),
+            disk_mb=float(result.disk_mb or 0.0),
+            wall_s=float(result.wall_s or 0.0),
+            import_s=float((result.placement or {}).get("import_s") or 0.0),
+        )
+
+
+@dataclass(frozen=True)
+class Pilots:
+    """The pilots' measurements, group by group, and the run's overheads (Ray start-up, a trial's launch)."""
+
+    measured: list[Measured]
+    pilot_ids: list[str]
+    ran: int  # pilots run now (the others were cached)
+    seconds: float  # what running them took, start-up included
+    startup_s: float
+    launch_s: float
+    failed: list[str]  # `trial_id: error` of pilots that did not finish
+
+    @property
+    def import_s(self) -> float:
+        """What a fresh process pays to import the training stack, as the pilots measured it (the most of them)."""
+        return max((m.import_s for m in self.measured), default=0.0)
+
+
+def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: Console) -> Pilots:
+    """One pilot per group on Ray Tune, one at a time (a pilot measures alone), cached in `pilot_dir`."""
+    from grid.driver import run_grid
+
+    pilots = [pilot_of(group) for group in groups]
+    todo = [p for p in pilots if not ((r := read_result(pilot_dir / p.trial_id)) and r.ok)]
+    console.print(
+        f"{len(groups)} cost groups: {len(pilots) - len(todo)} pilots cached, {len(todo)} to run → {pilot_dir}"
+    )
+    clock = time.perf_counter()
+    if todo:
+        run_grid(spec, todo, pilot_dir, address=address, max_concurrent=1, console=Console(file=io.StringIO()))
+    seconds = time.perf_counter() - clock
+    results = {p.trial_id: read_result(pilot_dir / p.trial_id) for p in pilots}
+    failed = [f"{i}: {r.error if r else 'no result'}" for i, r in results.items() if not (r and r.ok)]
+    overhead = _overhead(pilot_dir, [results[p.trial_id] for p in todo], seconds)
+    measured = [Measured.of(r) for r in results.values() if r and r.ok]
+    return Pilots(measured, list(results), len(todo), round(seconds, 1), *overhead, failed)
+
+
+def _overhead(pilot_dir: Path, fresh: list, seconds: float) -> tuple[float, float]:
+    """(start-up, launch per trial) from the pilots run now; the last measured ones when all were cached."""
+    done = [r for r in fresh if r and r.ok and r.wall_s is not None]
+    path = pilot_dir / OVERHEAD
+    if not done:
+        try:
+            saved = json.loads(path.read_text())
+            return float(saved["startup_s"]), float(saved["launch_s"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0.0, 0.0
+    imports = sum(float((r.placement or {}).get("import_s") or 0.0) for r in done)
+    outside = max(seconds - sum(r.wall_s for r in done) - imports, 0.0)  # Ray's start, each trial's launch
+    launch = _launch_gap(done)
+    startup = max(outside - launch * len(done), 0.0)
+    path.write_text(json.dumps({"startup_s": round(startup, 2), "launch_s": round(launch, 2)}) + "\n")
+    return round(startup, 2), round(launch, 2)
+
+
+def _launch_gap(done: list[TrialResult]) -> float:
+    """The time between one pilot's end and the next one's start (they run one at a time), median; 0 for one."""
+    import datetime as dt
+
+    stamps = sorted(
+        (dt.datetime.fromisoformat(r.started_at), dt.datetime.fromisoformat(r.finished_at))
+        for r in done
+        if r.started_at and r.finished_at
+    )
+    gaps = sorted(max((b[0] - a[1]).total_seconds(), 0.0) for a, b in itertools.pairwise(stamps))
+    return gaps[len(gaps) // 2] if gaps else 0.0

@@ -1,0 +1,91 @@
+"""`ftgrid plan` through the command line: pilots per cost group (cached, never in the run folder), the table and
+plan.json, cached trials that cost nothing, `--smoke`, and bad input refused before anything runs."""
+
+import json
+import re
+
+import pandas as pd
+import pytest
+from conftest import ray_processes, wait_until_gone
+from inprocess import ftgrid
+
+from grid.pilot import PILOT_EVAL, PILOT_STEPS, group_trials
+from grid.plan import Predicted, check_memory
+from grid.spec import Resources, load_grid
+
+AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
+    "  loss: [summary_only, full]\n  lora_rank: [4]\n  method: [lora, zero_shot]"
+)
+
+
+def test_trials_are_grouped_by_what_decides_their_cost(tiny_grid):
+    _, trials = load_grid(tiny_grid(AXES, extra="overrides:\n  - match: {loss: full}\n    settings: {max_steps: 9}\n"))
+    groups = group_trials(trials)
+    # the two losses (and their step counts) share a pilot; zero-shot, which does not train, has its own
+    assert [[c.method.value for c in g] for g in groups] == [["lora", "lora"], ["zero_shot"]]
+    _, longer = load_grid(tiny_grid(AXES, extra="overrides:\n  - match: {loss: full}\n    settings: {batch_size: 2}\n"))
+    assert len(group_trials(longer)) == 3  # a different batch is a different cost
+
+
+def test_a_trial_that_cannot_fit_is_named():
+    trial = Predicted("big-trial", 0, False, 10, 4, 1.0, 1.0, 1.0, 3.0, 10**9, 1.0, 0)
+    small = Predicted("small-trial", 0, False, 10, 4, 1.0, 1.0, 1.0, 3.0, 10.0, 1.0, 0)
+    problems = check_memory([small, trial], Resources(cpus_per_trial=1))
+    assert len(problems) == 1 and problems[0].startswith("big-trial: peak 1,000,000,000 MB >")
+
+
+def test_bad_input_is_refused_before_anything_runs(tiny_grid, tmp_path):
+    grid = tiny_grid(AXES)
+    for args, message in (
+        (["plan", str(tmp_path / "missing.yaml")], "missing.yaml"),
+        (["plan", str(grid), "--price", "-1"], "--price"),
+        (["plan", str(grid), "--set", "batch_size=0"], "batch_size"),
+    ):
+        outcome = ftgrid(*args, "--pilots", str(tmp_path / "pilots"), "--out", str(tmp_path / "run"))
+        assert outcome.code == 2, outcome.output
+        assert message in outcome.output and "Traceback" not in outcome.output
+    refused = ftgrid("plan", str(tiny_grid(AXES, extra="resources:\n  cpus_per_trial: 4096\n")), "--out", str(tmp_path))
+    assert refused.code == 2 and "cpus_per_trial" in refused.stderr
+    assert not (tmp_path / "pilots").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_tmp):
+    grid, run_dir, pilots = tiny_grid(AXES), tmp_path / "run", tmp_path / "pilots"
+    args = ("plan", str(grid), "--out", str(run_dir), "--pilots", str(pilots), "--price", "2.5")
+    first = ftgrid(*args)
+    assert first.code == 0, first.output
+    assert "2 cost groups: 0 pilots cached, 2 to run" in first.stdout
+    assert "total: 3 trials to run (0 cached)" in first.stdout and "0.000 GPU-hours" in first.stdout
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert [t["steps"] for t in plan["trials"]] == [4, 0, 4]  # max_steps 4; zero-shot does not train
+    assert all(t["n_eval"] == 6 and t["wall_s"] > t["fixed_s"] > 0 and t["peak_memory_mb"] > 0 for t in plan["trials"])
+    lora = plan["groups"][0]
+    assert lora["step_s"] > 0 and lora["gen_s_per_example"] > 0 and lora["tokens_per_s"] > 0
+    assert plan["total"]["price"] == 0.0 and plan["total"]["wall_s"] > 0
+    # pilots live in their cache, keyed by content, never among the run's results
+    assert sorted(p.name for p in run_dir.iterdir()) == ["plan.json"]
+    pilot = json.loads((pilots / plan["pilots"]["ids"][0] / "result.json").read_text())
+    assert pilot["train"]["steps"] == PILOT_STEPS and pilot["eval"]["n_examples"] == PILOT_EVAL
+    assert not wait_until_gone(lambda: ray_processes(ray_tmp))
+
+    again = ftgrid(*args)  # every pilot cached: nothing runs, Ray is not started
+    assert again.code == 0 and "2 pilots cached, 0 to run" in again.stdout
+
+    ran = ftgrid("run", str(grid), "--out", str(run_dir))  # then the run says how far to trust the plan
+    assert ran.code == 0, ran.output
+    assert re.search(r"plan: 3 trials took \d+ s against \d+ s predicted \([+-]\d+%\)", ran.stdout), ran.stdout
+    assert "; the grid took" in ran.stdout
+    table = pd.read_csv(run_dir / "results.csv")
+    assert (table["plan_wall_s"] > 0).all() and (table["wall_s"] > 0).all()
+    assert table["plan_wall_error"].notna().all() and table["plan_peak_memory_mb"].notna().all()
+    assert ftgrid("report", str(run_dir)).code == 0
+    assert "planned wall s" in (run_dir / "report.md").read_text()
+    after = ftgrid(*args)
+    assert "total: 0 trials to run (3 cached)" in after.stdout
+    assert json.loads((run_dir / "plan.json").read_text())["total"]["wall_s"] == 0
+
+    smoke = ftgrid("plan", str(grid), "--smoke", "--out", str(tmp_path / "smoke"), "--pilots", str(pilots))
+    assert smoke.code == 0, smoke.output
+    assert [t["steps"] for t in json.loads((tmp_path / "smoke" / "plan.json").read_text())["trials"]] == [2, 0, 2]
