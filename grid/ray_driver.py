@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from grid.cache import run_cached_trial
+from grid.results_view import ResultsView
 from grid.runfolder import ends_on_full_disk, refresh_results_csv
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -210,12 +211,13 @@ def check_resources(gpus: float, cpus: float) -> str | None:
 
 
 def progress_callback(progress, run_dir: str | Path):
-    """A Tune callback (driver side) that feeds Progress and rewrites results.csv as trials end."""
+    """A Tune callback (driver side) that feeds Progress and results.csv (`ResultsView`) as trials end."""
     from ray import tune
 
     class _Callback(tune.Callback):
         def __init__(self, progress, run_dir):
             self.progress, self.run_dir = progress, run_dir
+            self.view = ResultsView(run_dir) if progress is not None else None
 
         # Tune pickles its run config into the experiment state; the live view (a console, locks) stays here.
         def __getstate__(self):
@@ -231,7 +233,7 @@ def progress_callback(progress, run_dir: str | Path):
             if result.get(FINAL):
                 self.progress.finished(our_trial_id(trial), result)
                 with ends_on_full_disk(self.progress):  # the trials go on; the run ends with exit code 1
-                    refresh_results_csv(self.run_dir)
+                    self.view.landed(our_trial_id(trial))
             else:
                 self.progress.reported(our_trial_id(trial), result)
 
@@ -288,6 +290,7 @@ def tune_trials(
     def dirname(trial) -> str:
         return f"{our_trial_id(trial)}-{trial.trial_id}"  # Ray's id too: two equal samples are two Ray trials
 
+    tune_callback = progress_callback(progress, run_dir)
     tuner = tune.Tuner(
         tune.with_resources(ray_trial, resources),
         param_space=param_space,
@@ -303,17 +306,26 @@ def tune_trials(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
             **ray_storage(run_dir),
             verbose=0,
-            callbacks=[progress_callback(progress, run_dir), *callbacks],
+            callbacks=[tune_callback, *callbacks],
             # a failed trial is retried inside its Ray trial (run_cached_trial); this restarts one whose worker or node
             # was lost, and the trial resumes from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=max_restarts),
         ),
     )
+    return _fit(tuner, progress, tune_callback)
+
+
+def _fit(tuner, progress, tune_callback):
+    """The Tuner run with the live view; on an error or Ctrl-C, results.csv as the trials that landed left it."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with progress.live():
-        return tuner.fit()
+        try:
+            return tuner.fit()
+        except BaseException:
+            tune_callback.view.flush()  # what landed since the last write (the run ends without the final rebuild)
+            raise
 
 
 def ray_storage(run_dir: str | Path) -> dict:
@@ -326,11 +338,9 @@ def ray_storage(run_dir: str | Path) -> dict:
 
 
 def record_ray_errors(results, run_dir: str | Path) -> None:
-    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one; results.csv
-    is rebuilt once if any did."""
+    """A Ray trial that errored before its own result.json was written (lost worker) gets a failed one."""
     from grid.progress import one_line
 
-    written = 0
     for res in results:
         if res.error is None:
             continue
@@ -342,9 +352,6 @@ def record_ray_errors(results, run_dir: str | Path) -> None:
         if read_result(store / cfg.trial_id) is None:
             error = f"Ray trial error: {one_line(str(res.error))}"
             TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
-            written += 1
-    if written:
-        refresh_results_csv(run_dir)
 
 
 def run_on_ray(
@@ -387,5 +394,6 @@ def run_on_ray(
             callbacks=callbacks,
         )
         record_ray_errors(results, run_dir)
+        refresh_results_csv(run_dir)  # once, from every result.json: the view the run ends with
     finally:
         ray.shutdown()

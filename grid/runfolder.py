@@ -1,5 +1,6 @@
 """What the driver writes into a run folder beside the trial folders: grid.yaml (the resolved grid) and
-results.csv (one row per trial, rebuilt from the result.json files as trials end); and, for `save: best`, what
+results.csv (one row per trial, rebuilt from the result.json files: once when Ray ends; while trials run,
+`grid.results_view` keeps it from memory); and, for `save: best`, what
 it removes at the end: the trained weights of every trial of the grid but the best."""
 
 from __future__ import annotations
