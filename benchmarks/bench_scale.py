@@ -178,9 +178,12 @@ def bookkeeping(n: int, run_dir: str, workdir: Path, landed: int) -> dict:
             spent += time.perf_counter() - begin
             time.sleep(0.05)
             requests += requests_logged(log_path) - before  # the callback's requests only
+    view = getattr(callback, "view", None)  # results.csv kept in memory (grid.results_view), where there is one
     return {
         "trials": n,
         "landed": landed,
+        "csv_writes": view.writes if view else landed,
+        "csv_write_s": view.write_s if view else None,
         "callback_start_s": start_s,
         "driver_per_landed_trial_ms": 1000 * spent / landed,
         "driver_requests_per_landed_trial": requests / landed if log_path != Path(os.devnull) else None,

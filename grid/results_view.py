@@ -21,16 +21,20 @@ log = logging.getLogger("ftgrid.runfolder")
 # results.csv is written at most this often while trials land (plus once at the end): writing it is O(trials), so
 # once per trial would make a big grid's bookkeeping quadratic
 WRITE_EVERY_S = 5.0
+# ... and at most this share of the driver's time goes to writing it: after a write of w seconds, the next waits
+# at least w / WRITE_SHARE (a 1 s write of 10,000 rows: 10 s), so the cost per trial stays flat as the grid grows
+WRITE_SHARE = 0.1
 
 
 class ResultsView:
     """results.csv of a running grid, in memory. `landed(trial_id)` after a trial's result.json is written;
     `flush()` writes what is held now."""
 
-    def __init__(self, run_dir: str | Path, every_s: float = WRITE_EVERY_S):
+    def __init__(self, run_dir: str | Path, every_s: float = WRITE_EVERY_S, share: float | None = WRITE_SHARE):
         self.store = RunStore(run_dir)
         self.run_dir = RunStore(self.store.location)  # as write_results_csv names it in the run_dir column
-        self.every_s, self.written_at, self.dirty = every_s, None, False
+        self.every_s, self.share, self.written_at, self.dirty = every_s, share, None, False
+        self.writes, self.write_s = 0, 0.0  # how often, and how long in all, results.csv was written
         self.rows = {}  # trial folder name -> trial_row(...), written sorted by name as load_trials orders them
         try:
             folders, rows = read_rows(self.run_dir) if self.store.is_dir() else ([], [])
@@ -49,8 +53,13 @@ class ResultsView:
             log.warning("left out of %s: %s", layout.RESULTS_CSV, err)
             self.rows.pop(trial_id, None)
         self.dirty = True
-        if self.written_at is None or time.monotonic() - self.written_at >= self.every_s:
+        if self.written_at is None or time.monotonic() - self.written_at >= self._wait():
             self.flush()
+
+    def _wait(self) -> float:
+        """Seconds between two writes: `every_s`, or a write's mean duration / `share` when longer."""
+        last = self.write_s / self.writes if self.writes else 0.0
+        return max(self.every_s, last / self.share if self.share else 0.0)
 
     def text(self) -> str:
         """results.csv as it would be written now."""
@@ -61,10 +70,13 @@ class ResultsView:
         """Write results.csv from memory; a problem is logged, not raised, except a full disk."""
         if not self.dirty:
             return
-        self.written_at, self.dirty = time.monotonic(), False
+        start, self.dirty = time.monotonic(), False
         try:
             self.store.write(self.text(), layout.RESULTS_CSV)
         except Exception as err:
             if disk_full(err):
                 raise
             log.warning("could not write %s: %s", self.store / layout.RESULTS_CSV, err)
+        finally:
+            self.written_at = time.monotonic()
+            self.writes, self.write_s = self.writes + 1, self.write_s + self.written_at - start

@@ -38,7 +38,7 @@ def test_results_csv_of_the_running_grid_is_the_rebuilt_file_and_reads_only_the_
         _result(f"t{n:02d}", n).write(run / f"t{n:02d}")
     (run / "t90").mkdir()
     (run / "t90" / "result.json").write_text("{cut short")  # unreadable: left out, as the rebuild leaves it out
-    view = ResultsView(run, every_s=0)
+    view = ResultsView(run, every_s=0, share=None)
     for n in (9, 5, 7, 6, 8):  # landing out of order
         _result(f"t{n:02d}", n).write(run / f"t{n:02d}")
         view.landed(f"t{n:02d}")
