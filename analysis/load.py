@@ -13,6 +13,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -33,6 +34,8 @@ RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
 META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
 KNOWN_METRICS = list(METRICS)
+# result.json files read at once by `load_trials` (a storage request each: they wait on the network, not the CPU)
+READERS = 16
 
 
 def as_run_dirs(run_dirs: RunDirs) -> list[RunStore]:
@@ -52,7 +55,8 @@ def _read_json(folder: RunStore, name: str) -> dict:
         raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
-def _read_result(trial_dir: RunStore) -> TrialResult:
+def read_result_file(trial_dir: RunStore) -> TrialResult:
+    """A trial folder's result.json as a TrialResult (AnalysisError when it is missing or not a result)."""
     result = _read_json(trial_dir, layout.RESULT_JSON)
     if not isinstance(result, dict):
         raise AnalysisError(f"{trial_dir / layout.RESULT_JSON}: not a JSON object")
@@ -85,8 +89,9 @@ def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
     if store.exists(layout.RESULT_JSON):
         return [store]
     names = store.folders()  # not .ray/
-    finished = [name for name in names if store.exists(name, layout.RESULT_JSON)]
-    unfinished = [name for name in names if name not in finished and store.exists(name, layout.TRIAL_JSON)]
+    done = dict(zip(names, _parallel(lambda name: store.exists(name, layout.RESULT_JSON), names), strict=True))
+    finished = [name for name in names if done[name]]
+    unfinished = [name for name in names if not done[name] and store.exists(name, layout.TRIAL_JSON)]
     if unfinished:
         log.info("%s: skipping %d trial(s) without result.json: %s", store, len(unfinished), ", ".join(unfinished))
     if not finished and not unfinished and not store.exists(layout.GRID_YAML) and not store.exists(layout.RESULTS_CSV):
@@ -98,8 +103,11 @@ def _is_scalar(value) -> bool:
     return value is None or isinstance(value, (str, int, float, bool))
 
 
-def _trial_row(run_dir, trial_dir: RunStore, result: TrialResult) -> tuple[dict, list[str], list[str]]:
-    """One trials-frame row from a result.json, with the config keys and metric names it holds."""
+def trial_row(
+    run_dir, trial_dir: RunStore, result: TrialResult, plan: dict | None = None
+) -> tuple[dict, list[str], list[str]]:
+    """One trials-frame row from a result.json, with the config keys and metric names it holds (`run_dir`: the
+    run folder as `load_trials` names it in its `run_dir` column; `plan`: `read_plan`'s, for the plan columns)."""
     config = result.config or {}
     if not config and trial_dir.exists(layout.TRIAL_JSON):
         config = read_trial_json(trial_dir)
@@ -128,6 +136,8 @@ def _trial_row(run_dir, trial_dir: RunStore, result: TrialResult) -> tuple[dict,
             if _is_scalar(value):
                 # train.train_tokens_per_s stays train_tokens_per_s, not train_train_tokens_per_s
                 row[key if key.startswith(f"{section}_") else f"{section}_{key}"] = value
+    if plan:
+        row.update(_planned(plan.get(result.trial_id) or {}, result))
     return row, config_keys, list(metrics)
 
 
@@ -140,26 +150,51 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     `eval` sections flattened (`train_wall_s`, `eval_n_examples`, `eval_ids_sha256`, ...).
     `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which; `attrs["unreadable"]` the trials
     whose result.json could not be read (`run_dir`, `trial`: the folder name, `reason`), left out of the rows.
+    Each result.json is read once, several at a time (`READERS` threads: storage answers in parallel).
     """
-    rows, config_keys, metrics, unreadable = [], [], [], []
+    rows, unreadable = [], []
     for run_dir in as_run_dirs(run_dirs):
-        plan = read_plan(run_dir)
-        for trial_dir in trial_dirs(run_dir):
-            try:
-                result = _read_result(trial_dir)
-                row, keys, names = _trial_row(run_dir, trial_dir, result)
-            except AnalysisError as exc:
-                log.warning("left out: %s", exc)
-                unreadable.append({"run_dir": str(run_dir), "trial": trial_dir.name, "reason": str(exc)})
-                continue
-            if plan:
-                row.update(_planned(plan.get(result.trial_id) or {}, result))
-            rows.append(row)
-            config_keys += [k for k in keys if k not in config_keys]
-            metrics += [m for m in names if m not in metrics]
-    trials = pd.DataFrame(rows, columns=list(dict.fromkeys(META_COLUMNS + [c for r in rows for c in r])))
+        for trial_dir, row in zip(*read_rows(run_dir), strict=True):
+            if isinstance(row, AnalysisError):
+                log.warning("left out: %s", row)
+                unreadable.append({"run_dir": str(run_dir), "trial": trial_dir.name, "reason": str(row)})
+            else:
+                rows.append(row)
+    return trials_frame(rows, unreadable)
+
+
+def read_rows(run_dir: RunStore) -> tuple[list[RunStore], list]:
+    """The finished trial folders of a run folder and, for each, its row (`trial_row`) or the AnalysisError; each
+    result.json read once, `READERS` at a time."""
+    folders, plan = trial_dirs(run_dir), read_plan(run_dir)
+
+    def row(trial_dir: RunStore):
+        try:
+            return trial_row(run_dir, trial_dir, read_result_file(trial_dir), plan)
+        except AnalysisError as exc:
+            return exc
+
+    return folders, _parallel(row, folders)
+
+
+def _parallel(call, items: list) -> list:
+    """`call` on each item, the results in order, `READERS` items at a time."""
+    if len(items) < 2:
+        return [call(item) for item in items]
+    with ThreadPoolExecutor(max_workers=min(READERS, len(items))) as pool:
+        return list(pool.map(call, items))
+
+
+def trials_frame(rows: list[tuple[dict, list[str], list[str]]], unreadable: list[dict] | None = None) -> pd.DataFrame:
+    """The trials frame of `load_trials` from rows as `trial_row` gives them, in that order."""
+    config_keys, metrics = [], []
+    for _, keys, names in rows:
+        config_keys += [k for k in keys if k not in config_keys]
+        metrics += [m for m in names if m not in metrics]
+    records = [row for row, _, _ in rows]
+    trials = pd.DataFrame(records, columns=list(dict.fromkeys(META_COLUMNS + [c for r in records for c in r])))
     trials.attrs["config_keys"] = config_keys
-    trials.attrs["unreadable"] = unreadable
+    trials.attrs["unreadable"] = unreadable or []
     trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + [
         m for m in metrics if m not in KNOWN_METRICS
     ]
@@ -204,7 +239,7 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
             if not trial_dir.exists(name):
                 continue  # e.g. a failed trial has no predictions
             try:
-                trial_id = _read_result(trial_dir).trial_id
+                trial_id = read_result_file(trial_dir).trial_id
             except AnalysisError:
                 continue  # an unreadable result.json: the trial is not in the trials frame either
             frame = pd.DataFrame(_read_jsonl(trial_dir, name))

@@ -232,6 +232,9 @@ def run(
         ),
     ] = "table",
     force: Annotated[bool, typer.Option("--force", help="Rerun trials that already finished.")] = False,
+    yes: Annotated[
+        bool, typer.Option("--yes", "-y", help="Run a grid of more than 1,000 trials without asking.")
+    ] = False,
     max_concurrent: Annotated[int | None, typer.Option("--max-concurrent", min=1)] = None,
     retries: Annotated[int | None, typer.Option("--retries", min=0, help="Retries of a failed trial.")] = None,
     set_: SetOpt = None,
@@ -245,6 +248,7 @@ def run(
     ] = 5,
 ):
     """Run the grid sweep on Ray Tune: one trial per cell, cached, resumable."""
+    from grid.confirm import confirm_size
     from grid.driver import default_run_dir, load_run, run_grid
     from grid.sweep import DRY_RUN_FORMATS
 
@@ -254,6 +258,8 @@ def run(
     check_address(address)
     spec, trials = load_run(grid, parse_pairs(set_, "--set"), track, smoke=smoke, address=address)
     run_dir = check_out_dir(out_dir or default_run_dir(spec, smoke))
+    if not dry_run:
+        confirm_size(len(trials), str(grid), yes)
     options = {"address": address, "max_concurrent": max_concurrent, "force": force, "retries": retries}
     if until_decided and not dry_run:
         from grid.sequential import check_axis, run_until_decided

@@ -4,9 +4,10 @@ in this process (`run_one_trial`, `ftgrid trial`).
 
 `run` and `tune` share one sequence, written here once: refuse a tracker that is not installed and resources a
 local Ray cannot give (before anything is written), write grid.yaml, count the trials in a `Progress`, put the
-trials on Ray Tune with the trackers' callbacks, then the summary and exit code (`close_run`). results.csv is
-rebuilt once per change: by the progress callback as each trial's result lands, by whatever changes result.json
-files afterwards (a trial Ray lost, `save: best`), and once here when nothing went to Ray. What is specific stays
+trials on Ray Tune with the trackers' callbacks, then the summary and exit code (`close_run`). While trials run,
+results.csv is kept from memory as each trial's result lands (`grid.results_view`); it is rebuilt from every
+result.json once when Ray ends, by whatever changes result.json files afterwards (`save: best`), and once here when
+nothing went to Ray. What is specific stays
 with each command: the dry-run formats and the cache for `run` (`grid.sweep`), the search block, Optuna, ASHA and
 best.yaml for `tune` (`grid.tune`).
 """

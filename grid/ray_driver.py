@@ -15,9 +15,9 @@ from pathlib import Path
 
 from grid.cache import run_cached_trial
 from grid.interrupt import sigterm_as_ctrl_c
-from grid.runfolder import ends_on_full_disk, refresh_results_csv
+from grid.results_view import ResultsView
+from grid.runfolder import ends_on_full_disk, ray_storage, refresh_results_csv
 from runners.config import TrialConfig
-from runners.contract import layout
 from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
 from runners.contract.result import TrialResult, read_result
@@ -213,12 +213,13 @@ def check_resources(gpus: float, cpus: float) -> str | None:
 
 
 def progress_callback(progress, run_dir: str | Path):
-    """A Tune callback (driver side) that feeds Progress and rewrites results.csv as trials end."""
+    """A Tune callback (driver side) that feeds Progress and results.csv (`ResultsView`) as trials end."""
     from ray import tune
 
     class _Callback(tune.Callback):
         def __init__(self, progress, run_dir):
             self.progress, self.run_dir = progress, run_dir
+            self.view = ResultsView(run_dir) if progress is not None else None
 
         # Tune pickles its run config into the experiment state; the live view (a console, locks) stays here.
         def __getstate__(self):
@@ -234,7 +235,7 @@ def progress_callback(progress, run_dir: str | Path):
             if result.get(FINAL):
                 self.progress.finished(our_trial_id(trial), result)
                 with ends_on_full_disk(self.progress):  # the trials go on; the run ends with exit code 1
-                    refresh_results_csv(self.run_dir)
+                    self.view.landed(our_trial_id(trial))
             else:
                 self.progress.reported(our_trial_id(trial), result)
 
@@ -291,6 +292,7 @@ def tune_trials(
     def dirname(trial) -> str:
         return f"{our_trial_id(trial)}-{trial.trial_id}"  # Ray's id too: two equal samples are two Ray trials
 
+    tune_callback = progress_callback(progress, run_dir)
     tuner = tune.Tuner(
         tune.with_resources(ray_trial, resources),
         param_space=param_space,
@@ -306,34 +308,33 @@ def tune_trials(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
             **ray_storage(run_dir),
             verbose=0,
-            callbacks=[progress_callback(progress, run_dir), *callbacks],
+            callbacks=[tune_callback, *callbacks],
             # a failed trial is retried inside its Ray trial (run_cached_trial); this restarts one whose worker or node
             # was lost, and the trial resumes from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=max_restarts),
         ),
     )
+    return _fit(tuner, progress, tune_callback)
+
+
+def _fit(tuner, progress, tune_callback):
+    """The Tuner run with the live view; on an error or Ctrl-C, results.csv as the trials that landed left it."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
-        return tuner.fit()
-
-
-def ray_storage(run_dir: str | Path) -> dict:
-    """Where Tune keeps its own state: RUN_DIR/.ray, in the run's storage (RunConfig's storage arguments)."""
-    store = RunStore(run_dir) / layout.RAY_DIR
-    if store.local is not None:
-        return {"storage_path": store.absolute()}
-    filesystem, path = store.filesystem()
-    return {"storage_path": path, "storage_filesystem": filesystem}
+        try:
+            return tuner.fit()
+        except BaseException:
+            tune_callback.view.flush()  # what landed since the last write (the run ends without the final rebuild)
+            raise
 
 
 def record_ray_errors(results, run_dir: str | Path, max_restarts: int) -> None:
     """A Ray trial that errored before its own result.json was written (lost worker, its restarts used up) gets a
-    failed one that says so; results.csv is rebuilt once if any did."""
+    failed one that says so."""
     from grid.progress import one_line
 
-    written = 0
     for res in results:
         if res.error is None:
             continue
@@ -345,9 +346,6 @@ def record_ray_errors(results, run_dir: str | Path, max_restarts: int) -> None:
         if read_result(store / cfg.trial_id) is None:
             error = f"Ray trial error, {max_restarts} restart(s) used up (max_restarts): {one_line(str(res.error))}"
             TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), error).write(store / cfg.trial_id)
-            written += 1
-    if written:
-        refresh_results_csv(run_dir)
 
 
 def run_on_ray(
@@ -390,5 +388,6 @@ def run_on_ray(
             callbacks=callbacks,
         )
         record_ray_errors(results, run_dir, resources.max_restarts)
+        refresh_results_csv(run_dir)  # once, from every result.json: the view the run ends with
     finally:
         ray.shutdown()

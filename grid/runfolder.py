@@ -1,6 +1,8 @@
 """What the driver writes into a run folder beside the trial folders: grid.yaml (the resolved grid) and
-results.csv (one row per trial, rebuilt from the result.json files as trials end); and, for `save: best`, what
-it removes at the end: the trained weights of every trial of the grid but the best."""
+results.csv (one row per trial, rebuilt from the result.json files: once when Ray ends; while trials run,
+`grid.results_view` keeps it from memory); and, for `save: best`, what
+it removes at the end: the trained weights of every trial of the grid but the best. And where in the run folder
+Ray Tune keeps its own state (`ray_storage`)."""
 
 from __future__ import annotations
 
@@ -97,3 +99,12 @@ def _remove_weights(trial: RunStore, result: TrialResult, why: str) -> float | N
     result.replace(weights=weights, disk_mb=trial.size_mb(skip=(layout.CHECKPOINTS,))).write(trial)
     log.info("removed the weights of %s (%.1f MB): %s", trial.name, mb, why)
     return mb
+
+
+def ray_storage(run_dir: str | Path) -> dict:
+    """Where Tune keeps its own state: RUN_DIR/.ray, in the run's storage (RunConfig's storage arguments)."""
+    store = RunStore(run_dir) / layout.RAY_DIR
+    if store.local is not None:
+        return {"storage_path": store.absolute()}
+    filesystem, path = store.filesystem()
+    return {"storage_path": path, "storage_filesystem": filesystem}

@@ -70,7 +70,11 @@ def print_trials(spec, trials: list[TrialConfig], fmt: str, console: Console) ->
     else:
         lines = [" ".join([cfg.trial_id, *(f"{k}={getattr(cfg, k)}" for k in spec.axes)]) for cfg in trials]
         text = "\n".join([*lines, f"{len(trials)} trials"])
-    console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+    if console.is_terminal or console.record:
+        console.print(text, markup=False, highlight=False, emoji=False, soft_wrap=True)
+    else:  # piped: the text as it is, at once (rich takes seconds on the lines of a grid of 10,000 trials)
+        console.file.write(text + "\n")
+        console.file.flush()
 
 
 def to_run(trials: list[TrialConfig], run_dir: str | Path, force: bool, progress: Progress) -> list[TrialConfig]:

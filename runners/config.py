@@ -7,6 +7,7 @@ of the whole config, so the same settings give the same id on any machine.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -237,6 +238,7 @@ class TrialConfig(_Frozen):
 DEFAULT_SEED = TrialConfig.model_fields["seed"].default  # a trial id names its seed when it is another
 
 
+@functools.cache
 def setting_needs(name: str) -> str | None:
     """What a TrialConfig setting needs to matter ("training", "adapter", "quantisation"; None: nothing)."""
     info = TrialConfig.model_fields.get(name)
@@ -254,10 +256,13 @@ def normalise(data: dict) -> dict:
     return {key: value for key, value in data.items() if method.uses(setting_needs(key), sampling=sampling)}
 
 
+_BOOL = TypeAdapter(bool)  # built once: building one costs more than a trial's whole normalisation
+
+
 def _is_true(value: Any) -> bool:
     """A raw boolean setting read as TrialConfig reads it ("true", 1, …); a value it refuses counts as false."""
     try:
-        return TypeAdapter(bool).validate_python(value)
+        return _BOOL.validate_python(value)
     except ValidationError:
         return False
 
