@@ -21,6 +21,7 @@ import pytest
 from conftest import TINY_SETTINGS, LocalCluster, processes_mentioning, wait_until_gone, write_yaml
 from same_training import assert_same_training
 
+from grid.launch import NOTICE_GRACE_S
 from runners.contract.result import read_result
 
 pytestmark = pytest.mark.slow
@@ -114,7 +115,8 @@ def test_fractional_gpus_are_shared_on_both_nodes_and_a_killed_driver_resumes(tw
     before = {k: r.finished_at for k, r in results(run_dir).items() if r.ok}
     assert 1 <= len(before) < 6
     # the job's workers go with their driver, and no trainer trains on as an orphan
-    assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)), timeout=60)
+    # (a trial's process gets the preemption notice first and SIGKILL NOTICE_GRACE_S later: wait past both)
+    assert not wait_until_gone(lambda: processes_mentioning(str(run_dir)), timeout=NOTICE_GRACE_S + 60)
 
     again = ftgrid_run(grid, run_dir, two_nodes, log)
     assert again.wait(timeout=600) == 0, log.read_text()[-3000:]

@@ -15,6 +15,7 @@ import tracemalloc
 import pytest
 from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
 
+from grid.launch import NOTICE_GRACE_S
 from runners.contract.result import read_result
 from runners.contract.store import RunStore
 
@@ -211,7 +212,9 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     for trial_id in store.folders():  # whatever the kill interrupted, a result.json means a complete folder
         if read_result(store / trial_id):
             assert {"predictions.jsonl", "trial.json", "train_log.jsonl"} <= set(store.files(trial_id))
-    assert not wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=60)
+    # (a trial's process gets the preemption notice first and SIGKILL NOTICE_GRACE_S later: wait past both)
+    trainers = wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=NOTICE_GRACE_S + 60)
+    assert not trainers
 
     with log.open("a") as out:
         again = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=local_cluster.env)
