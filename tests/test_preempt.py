@@ -72,20 +72,33 @@ def test_sigterm_checkpoints_at_the_next_step_exits_preempted_and_the_rerun_trai
     assert_same_training(trial_dir, reference / trial_dir.name)
 
 
+def driver_at_step_3(grid, run, log):
+    """`ftgrid run GRID --out RUN` started in a session of its own (output to `log`), returned with its command
+    once a trial of it has logged step 3."""
+    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
+    with log.open("w") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 300
+    try:
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
+            time.sleep(0.2)
+    except BaseException:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+        raise
+    return cmd, driver
+
+
 def test_sigterm_to_the_driver_checkpoints_its_running_trial_and_the_summary_says_how_to_resume(ray_tmp, tmp_path):
     settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 40").replace("logging_steps: 2", "logging_steps: 1")
     resources = "resources:\n  launcher: accelerate\n"  # the trial in a process of its own, as on a GPU
     grid = write_yaml(tmp_path / "g.yaml", f"name: stop\naxes:\n  {AXES}\n{settings}{resources}")
     run, log = tmp_path / "run", tmp_path / "driver.log"
-    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
-    with log.open("w") as out:
-        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd, driver = driver_at_step_3(grid, run, log)
     try:
-        deadline = time.monotonic() + 300
-        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
-            assert driver.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
-            time.sleep(0.2)
         driver.send_signal(signal.SIGTERM)
         code = driver.wait(timeout=180)
     finally:
@@ -115,15 +128,8 @@ def test_sigterm_to_a_trial_under_ray_ends_it_preempted_and_ray_restarts_it_from
     resources = "resources:\n  launcher: accelerate\n  retries: 2\n"  # a preempted trial is not retried in place
     grid = write_yaml(tmp_path / "g.yaml", f"name: restart\naxes:\n  {AXES}\n{settings}{resources}")
     run, log = tmp_path / "run", tmp_path / "driver.log"
-    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
-    with log.open("w") as out:
-        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    cmd, driver = driver_at_step_3(grid, run, log)
     try:
-        deadline = time.monotonic() + 300
-        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 3]:
-            assert driver.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the trial did not reach step 3 in time"
-            time.sleep(0.2)
         (trainer,) = [  # the trial's own process, not the `accelerate launch` in front of it
             p
             for p in psutil.process_iter(["cmdline"])
