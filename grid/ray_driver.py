@@ -68,7 +68,8 @@ def ray_trial(config: dict) -> None:
 
 
 def placement() -> dict:
-    """Where Ray put the calling trial: its node (id, address) and the GPU ids Ray assigned to it."""
+    """Where Ray put the calling trial: its node (id, address), the GPU ids Ray assigned to it and when (epoch
+    seconds: Ray holds them from then until the trial returns)."""
     import ray
 
     context = ray.get_runtime_context()
@@ -80,6 +81,7 @@ def placement() -> dict:
         "node_address": address,  # the raylet's host:port, unique per node even with several on one machine
         "node_ip": node.get("NodeManagerAddress") or ray.util.get_node_ip_address(),
         "ray_gpu_ids": [str(gpu) for gpu in ray.get_gpu_ids()],
+        "granted_at": round(time.time(), 3),
     }
 
 

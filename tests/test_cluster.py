@@ -60,8 +60,14 @@ def wait_for(condition, what: str, timeout: float = 300, driver: subprocess.Pope
     return found
 
 
+def held(result) -> tuple[float, float]:
+    """When Ray held the trial's resources: from its grant to the trainer's end (Ray frees them a little later).
+    The trainer's own window starts after its imports, which under load can take longer than its training."""
+    return result.placement["granted_at"], result.placement["window"][1]
+
+
 def overlapping(a: dict, b: dict) -> bool:
-    (start_a, end_a), (start_b, end_b) = a.placement["window"], b.placement["window"]
+    (start_a, end_a), (start_b, end_b) = held(a), held(b)
     return start_a < end_b and start_b < end_a
 
 
@@ -81,7 +87,7 @@ def cuda_sees(visible: str | None) -> int:
 
 def most_at_once(trials: list[dict]) -> int:
     """The largest number of these trials that ran at one instant."""
-    events = sorted((t, d) for r in trials for t, d in zip(r.placement["window"], (1, -1), strict=True))
+    events = sorted((t, d) for r in trials for t, d in zip(held(r), (1, -1), strict=True))
     running = peak = 0
     for _, delta in events:
         running += delta
