@@ -15,6 +15,8 @@ from runners.contract.scores import MAIN_METRIC, METRICS
 CORE_AXES = ["model", "dataset", "template", "loss", "lora_rank", "method"]
 # Config keys that differ per trial without being an experimental condition.
 NOT_AXES = {"trial_id", "run_dir", "out_dir", "output_dir", "name"}
+# The axis whose levels are repetitions of one cell (training runs with other seeds), not conditions.
+REPLICATE = "seed"
 MAIN_METRIC = MAIN_METRIC
 
 

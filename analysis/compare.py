@@ -11,9 +11,9 @@ from itertools import combinations
 
 import pandas as pd
 
-from analysis.axes import MAIN_METRIC, check_axis, check_metric, levels, ok_trials, varying_axes
+from analysis.axes import MAIN_METRIC, REPLICATE, check_axis, check_metric, levels, ok_trials, varying_axes
 from analysis.errors import AnalysisError
-from analysis.seeds import REPLICATE, seed_tests
+from analysis.seeds import seed_tests
 from analysis.stats import KEY, N_RESAMPLES, SEED, holm
 
 

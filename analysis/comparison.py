@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
-from analysis.axes import MAIN_METRIC, check_metric, decimals, metric_names, ok_trials, varying_axes
-from analysis.seeds import REPLICATE, SEEDS_AND_TEST_SET, TEST_SET_ONLY, cell_interval
+from analysis.axes import MAIN_METRIC, REPLICATE, check_metric, decimals, metric_names, ok_trials, varying_axes
+from analysis.seeds import SEEDS_AND_TEST_SET, TEST_SET_ONLY, cell_interval
 from analysis.stats import KEY
 
 __all__ = ["seed_table", "comparison_table", "comparison_note", "is_repeated"]

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from analysis import compare, comparison, plots, qualitative, tables
-from analysis.axes import MAIN_METRIC, levels, metric_names, ok_trials, varying_axes
+from analysis.axes import MAIN_METRIC, REPLICATE, levels, metric_names, ok_trials, varying_axes
 from analysis.errors import AnalysisError
-from analysis.seeds import REPLICATE
 from runners.contract.choices import Method, Status
 
 TEST_METRICS = [MAIN_METRIC, "rouge1", "bleu"]  # tested pairwise, besides the metric asked for

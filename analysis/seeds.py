@@ -38,7 +38,6 @@ from scipy import stats as sps
 from analysis.errors import AnalysisError
 from analysis.stats import LEVEL, N_RESAMPLES, SEED, _resample_weights, _stacked, _values, paired_tests
 
-REPLICATE = "seed"  # the axis whose levels are repetitions of one cell, not conditions
 ALPHA = 0.05
 POWER = 0.8
 TEST_SET_ONLY = "test set only"

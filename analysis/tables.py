@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.axes import (
     MAIN_METRIC,
+    REPLICATE,
     check_axis,
     check_metric,
     decimals,
@@ -232,17 +233,21 @@ def baseline_table(
         groups = _conditions_by_selector(rest, conditions)
     _check_same_examples(pd.concat([base] + [g for _, g in groups]))
     base_axes = varying_axes(base) if len(base) > 1 else []
-    note = f"The baseline averages {len(base)} trials over: {', '.join(base_axes)}." if base_axes else ""
-    return _condition_means(base, baseline, groups, metric, metrics), note
+    notes = [f"The baseline averages {len(base)} trials over: {', '.join(base_axes)}."] if base_axes else []
+    seeds = sorted({len(g) for _, g in groups}) if REPLICATE in varying_axes(rest) else []
+    if seeds:
+        count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]} to {seeds[-1]}"
+        notes.append(f"Each condition is the mean over its seeds ({count} a condition).")
+    return _condition_means(base, baseline, groups, metric, metrics), " ".join(notes)
 
 
 def _conditions_by_axes(rest: pd.DataFrame, baseline: str | Mapping | None) -> list[tuple[str, pd.DataFrame]]:
     """(label, trials) per combination of the axes that vary among the non-baseline trials."""
     if rest.empty:
         raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
-    axes = varying_axes(rest)
+    axes = [a for a in varying_axes(rest) if a != REPLICATE]  # a cell's seeds make one condition: their mean
     if not axes:
-        return [(trial_labels(rest).iloc[0], rest)]
+        return [(trial_labels(rest.head(1), [a for a in varying_axes(rest) if a != REPLICATE]).iloc[0], rest)]
     return [
         (_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))), g)
         for key, g in rest.groupby(axes, sort=True, dropna=False)
@@ -302,15 +307,21 @@ def best_per_level(
     trials: pd.DataFrame, axis: str, by: str = MAIN_METRIC, metrics: Sequence[str] | None = None
 ) -> pd.DataFrame:
     """For each level of `axis`, its best finished trial by `by`: the other varying axes' values
-    (the winning configuration) and its metrics."""
+    (the winning configuration) and its metrics. With seeds, its best cell by the mean over the cell's seeds (the
+    luckiest seed is not a configuration), with a `seeds` column."""
     check_axis(trials, axis)
     check_metric(trials, by)
     metrics = _table_metrics(trials, metrics)
     ok = ok_trials(trials).dropna(subset=[by])
     if ok.empty:
         raise AnalysisError("No finished trials to rank")
+    cells = [a for a in varying_axes(ok) if a != REPLICATE]
+    if REPLICATE in varying_axes(ok) and axis != REPLICATE:
+        grouped = ok.groupby(cells, dropna=False)
+        ok = grouped[metrics].mean().join(grouped.size().rename("seeds")).reset_index()
+        metrics = ["seeds", *metrics]
     best = ok.loc[ok.groupby(axis, dropna=False)[by].idxmax()]
-    others = [a for a in varying_axes(ok) if a != axis]
+    others = [a for a in cells if a != axis]
     best = best.sort_values(by, ascending=False, kind="stable")
     return best[[axis] + others + metrics].set_index(axis)
 

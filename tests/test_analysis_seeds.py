@@ -103,6 +103,27 @@ def test_a_difference_inside_the_seed_noise_is_flagged_and_the_power_line_says_w
     assert "cover a new training run" in (tmp_path / "report.md").read_text()
 
 
+def test_best_and_baseline_compare_cells_over_their_seeds_not_the_luckiest_seed(tmp_path):
+    # full has the single best seed (60) but the lower mean (40 against 50): a cell is its seeds' mean
+    per_seed = {("full", 1): 60.0, ("full", 2): 30.0, ("full", 3): 30.0}
+    per_seed |= {("summary_only", 1): 50.0, ("summary_only", 2): 50.0, ("summary_only", 3): 50.0}
+    for (loss, seed), mean in per_seed.items():
+        write_trial(tmp_path, base_config(loss=loss, seed=seed), rouge1=np.full(20, mean), seed=seed)
+    write_trial(tmp_path, base_config(loss="none", lora_rank=0, method="zero_shot"), rouge1=np.full(20, 20.0))
+    best = ftgrid("table", tmp_path, "--best", "method", "--metric", "rouge1", "--format", "json")
+    assert best.returncode == 0, best.stderr
+    lora = next(row for row in json.loads(best.stdout) if row["method"] == "lora")
+    assert (lora["loss"], lora["seeds"], lora["rouge1"]) == ("summary_only", 3, 50.0)
+    assert "seed" not in lora
+    base = ftgrid("table", tmp_path, "--baseline", "method=zero_shot", "--metric", "rouge1", "--format", "json")
+    assert base.returncode == 0, base.stderr
+    rouge1 = next(row for row in json.loads(base.stdout) if row["metric"] == "rouge1")
+    assert (rouge1["loss=full"], rouge1["loss=summary_only"]) == (40.0, 50.0)
+    assert rouge1["improvement (loss=summary_only vs baseline)"] == "+150%"
+    shown = ftgrid("table", tmp_path, "--baseline", "method=zero_shot", "--metric", "rouge1")
+    assert "mean over its seeds (3 a condition)" in shown.stdout and "seed=" not in shown.stdout
+
+
 def false_positives(n: int, seeds: int, grids: int, seed_sd: float, noise_sd: float) -> tuple[float, float]:
     """(rate of the seed test, rate of the example-only test on the first seed) under no true difference."""
     rng = np.random.default_rng([n, seeds, grids])
