@@ -3,12 +3,14 @@ machinery a 2-GPU trial uses), and a trial killed mid-training that resumes from
 curve of an uninterrupted run."""
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
+from conftest import kill_tree, processes_mentioning, wait_until_gone
+from same_training import assert_same_training
 
 from grid.launch import launch_command, launch_trial
 from grid.spec import load_grid
@@ -60,17 +62,23 @@ def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_orde
     assert [r["prediction"] for r in rows] == alone
 
 
-def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_uninterrupted_run(tiny_grid, tmp_path):
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_uninterrupted_run(
+    tiny_grid, tmp_path, processes
+):
+    """Killed (SIGKILL, as when its node dies) after a checkpoint, the trial resumes to the loss at every step, the
+    adapter weights and the predictions of an uninterrupted run: with one process, and with two data-parallel ones
+    (each restores its own random states and its shard of the data)."""
     # lora_dropout draws random numbers every step: the same curve needs the random states restored too
     sets = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
     _, trials = load_grid(tiny_grid(), sets=sets)
     cfg = trials[0]
     reference = tmp_path / "reference" / cfg.trial_id
-    code, _ = launch_trial(cfg, reference, Execution())  # uninterrupted, no checkpoints
+    code, _ = launch_trial(cfg, reference, Execution(processes=processes, cpus=processes))  # uninterrupted
     assert code == 0
 
     trial_dir = tmp_path / "resumed" / cfg.trial_id
-    launch = Execution(checkpoint_steps=3)
+    launch = Execution(processes=processes, cpus=processes, checkpoint_steps=3)
     trial_dir.mkdir(parents=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with (tmp_path / "killed.log").open("w") as out:
@@ -80,8 +88,11 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_un
     while not (trial_dir / "checkpoints" / "step-000006" / "done").exists():
         assert child.poll() is None and time.monotonic() < deadline, (tmp_path / "killed.log").read_text()[-2000:]
         time.sleep(0.05)
-    os.killpg(child.pid, signal.SIGKILL)  # the node is gone, mid-training
+    # the node is gone, mid-training: every process of the trial dies at once (torchrun starts each of its workers
+    # in a session of its own, so the launcher's process group alone is not all of them)
+    kill_tree([psutil.Process(child.pid)])
     child.wait()
+    assert not wait_until_gone(lambda: processes_mentioning(str(trial_dir)))
     assert not (trial_dir / "result.json").exists()
 
     code, result = launch_trial(cfg, trial_dir, launch)
@@ -91,7 +102,8 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_un
     expected = {line["step"]: line["loss"] for line in train_log(reference) if "loss" in line}
     got = train_log(trial_dir)
     assert [line["step"] for line in got if "resumed_from_checkpoint" in line] == [resumed_from]
-    assert {line["step"]: line["loss"] for line in got if "loss" in line} == pytest.approx(expected, abs=1e-5)
     assert sorted(expected) == list(range(1, 41))
+    assert_same_training(trial_dir, reference)  # the loss at every step and the adapter weights, within 1e-5
+    assert result.train["num_processes"] == processes
     assert [r["prediction"] for r in predictions(trial_dir)] == [r["prediction"] for r in predictions(reference)]
     assert not (trial_dir / "checkpoints").exists()
