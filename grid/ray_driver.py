@@ -324,6 +324,9 @@ def _fit(tuner, progress, tune_callback):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
+    # no CSV, JSON and TensorBoard files of Tune's own per trial under RUN_DIR/.ray: the run folder has its own, and
+    # Tune's TensorBoard logger imports tensorboardX and torch into the driver (seconds per run)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
         try:
             return tuner.fit()
