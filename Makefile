@@ -11,6 +11,9 @@ TORCH ?= torch==$(TORCH_VERSION)
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ftgrid-installed
 PYTEST_ARGS ?=
+# Tests run side by side in this many pytest workers (pytest-xdist): much of a test is waiting on processes it
+# started (Ray, trainers), so 2 cores keep more than 2 busy; TEST_WORKERS=0 runs them one by one in this process.
+TEST_WORKERS ?= 2
 # Every package .venv gets but ftgrid itself and the SmolLM2 weights, pinned (torch's version, not its build).
 LOCK := requirements/lock.txt
 LOCK_FLAGS ?=
@@ -64,10 +67,10 @@ demo: venv
 	$(BIN)/ftgrid table runs/demo --ci
 
 test: venv
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: venv
-	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 lint: venv
 	$(BIN)/ruff check .

@@ -67,9 +67,19 @@ def tiny_grid(tmp_path):
     return make
 
 
+CLUSTER_FIXTURES = {"local_cluster", "two_nodes"}
+
+
 def pytest_collection_modifyitems(config, items):
+    """GPU tests skipped without a GPU; under `pytest -n N --dist loadgroup` (make test) the tests that start a
+    `ray start` cluster run one after another on one worker (a head takes fixed ports, such as Ray client's
+    10001), and the slow tests are handed out first so that no worker is left with a long one at the end."""
     import torch
 
+    for item in items:
+        if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group("ray-cluster"))
+    items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the file order within each part
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
