@@ -13,14 +13,15 @@ from runners.contract.result import read_result
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.timeout(1800)  # pilots, then four trials one node-wide at a time: 4 min idle, 15 beside a busy suite
 def test_the_simulated_schedule_places_trials_as_ray_does(local_cluster, tmp_path):
     local_cluster.start_head(cpus=2, gpus=0)
     local_cluster.add_node(cpus=2, gpus=0)
     axes = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n"
     axes += "  loss: [summary_only, full]\n  lora_rank: [2, 4]"
     # one trial per node at a time; rank 4 and the full loss train far longer, so which trial ends first is plain
-    extra = "overrides:\n  - match: {lora_rank: 4}\n    settings: {max_steps: 150}\n"
-    extra += "  - match: {loss: full}\n    settings: {max_steps: 300}\nresources:\n  cpus_per_trial: 2\n"
+    extra = "overrides:\n  - match: {lora_rank: 4}\n    settings: {max_steps: 80}\n"
+    extra += "  - match: {loss: full}\n    settings: {max_steps: 160}\nresources:\n  cpus_per_trial: 2\n"
     grid = write_yaml(tmp_path / "g.yaml", f"name: two\naxes:\n  {axes}\n{TINY_SETTINGS}{extra}")
     run_dir = tmp_path / "run"
     for verb in ("plan", "run"):
