@@ -247,7 +247,7 @@ def _conditions_by_axes(rest: pd.DataFrame, baseline: str | Mapping | None) -> l
         raise AnalysisError(f"Every finished trial matches the baseline {baseline!r}: nothing to compare")
     axes = [a for a in varying_axes(rest) if a != REPLICATE]  # a cell's seeds make one condition: their mean
     if not axes:
-        return [(trial_labels(rest.head(1), [a for a in varying_axes(rest) if a != REPLICATE]).iloc[0], rest)]
+        return [(trial_labels(rest.head(1), axes).iloc[0], rest)]
     return [
         (_condition_label(dict(zip(axes, key if isinstance(key, tuple) else (key,), strict=True))), g)
         for key, g in rest.groupby(axes, sort=True, dropna=False)
@@ -315,8 +315,9 @@ def best_per_level(
     ok = ok_trials(trials).dropna(subset=[by])
     if ok.empty:
         raise AnalysisError("No finished trials to rank")
-    cells = [a for a in varying_axes(ok) if a != REPLICATE]
-    if REPLICATE in varying_axes(ok) and axis != REPLICATE:
+    varying = varying_axes(ok)
+    cells = [a for a in varying if a != REPLICATE]
+    if REPLICATE in varying and axis != REPLICATE:
         grouped = ok.groupby(cells, dropna=False)
         ok = grouped[metrics].mean().join(grouped.size().rename("seeds")).reset_index()
         metrics = ["seeds", *metrics]
