@@ -7,6 +7,7 @@ Nothing here knows Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -19,6 +20,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
+
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
@@ -30,30 +33,58 @@ from runners.execution import DEFAULT, Execution, write_handoff
 log = logging.getLogger("ftgrid.launch")
 
 # Killed with its parent, a child process would train on as an orphan and race the rerun for its folder.
-# This watchdog (its own session, so it outlives the parent's process group) ends the child's process group
-# as soon as its parent — the Ray worker — is gone (a stopped driver, a lost worker): SIGTERM first, a
-# preemption notice on which a training trial writes a checkpoint and exits (`runners.preempt`), then SIGKILL
-# after NOTICE_GRACE_S seconds; it exits when the child ends.
+# This watchdog (its own session, so it outlives the parent's process group) ends the child's processes as soon
+# as its parent — the Ray worker — is gone (a stopped driver, a lost worker): SIGTERM first, a preemption notice on
+# which a training trial writes a checkpoint and exits (`runners.preempt`), then SIGKILL after NOTICE_GRACE_S
+# seconds; it exits when they have all ended. They are the child's process group and every descendant of the child
+# (torchrun starts each worker of a multi-process trial in a session of its own, outside the group), looked up at
+# every look and kept: once the launcher is killed, its workers are no longer found from it. Workers left running
+# by a launcher that died on its own are ended the same way.
 NOTICE_GRACE_S = 60
+STOP_GRACE_S = 10  # a trial stopped early (a scheduler's decision, Ctrl-C): its notice's time before SIGKILL
 _WATCHDOG = """
 import os, signal, sys, time
+import psutil
 parent, group, grace = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
-def alive():
+known = set()  # the child's descendants seen: psutil never signals a process that reused one's pid
+def group_alive():
     try:
         os.killpg(group, 0)
         return True
     except (ProcessLookupError, PermissionError):
         return False
-while alive():
-    if os.getppid() != parent:  # the launching worker is gone: a preemption notice, the kill after the grace
+def running(proc):
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+def alive():
+    return group_alive() or any(running(proc) for proc in known)
+def send(sig):
+    try:
+        os.killpg(group, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for proc in known:
         try:
-            os.killpg(group, signal.SIGTERM)
-            deadline = time.monotonic() + grace
-            while alive() and time.monotonic() < deadline:
-                time.sleep(0.2)
-            os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.send_signal(sig)
+        except psutil.Error:
             pass
+try:
+    launcher = psutil.Process(group)
+except psutil.Error:
+    launcher = None
+while alive():
+    try:
+        known.update(launcher.children(recursive=True))
+    except (AttributeError, psutil.Error):
+        pass
+    if os.getppid() != parent or not group_alive():  # the Ray worker gone, or the launcher without its workers
+        send(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        send(signal.SIGKILL)
         break
     time.sleep(0.5)
 """
@@ -246,14 +277,28 @@ def _run_child(cmd: list[str], trial_dir: Path, execution: Execution, watch: Cal
 
 
 def _kill_group(child: subprocess.Popen) -> None:
+    """SIGTERM (the preemption notice) to the child's process group and to every descendant of the child (torchrun
+    starts each worker in a session of its own, outside the group), SIGKILL after STOP_GRACE_S to what still runs."""
     try:
-        os.killpg(child.pid, signal.SIGTERM)
-        child.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        os.killpg(child.pid, signal.SIGKILL)
-        child.wait()
-    except ProcessLookupError:
-        pass
+        descendants = psutil.Process(child.pid).children(recursive=True)
+    except psutil.Error:
+        descendants = []
+    deadline = time.monotonic() + STOP_GRACE_S
+    _signal(child.pid, descendants, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        child.wait(timeout=STOP_GRACE_S)
+    psutil.wait_procs(descendants, timeout=max(0.0, deadline - time.monotonic()))
+    _signal(child.pid, descendants, signal.SIGKILL)
+    child.wait()
+
+
+def _signal(group: int, procs: list[psutil.Process], sig: int) -> None:
+    """`sig` to a process group and to each of `procs` (never to a process that reused one's pid)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(group, sig)
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            proc.send_signal(sig)
 
 
 def _run_inline(cfg: TrialConfig, trial_dir: Path, execution: Execution, watch, poll_s: float) -> int:

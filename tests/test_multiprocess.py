@@ -1,9 +1,12 @@
 """Trials as real processes: two-process data-parallel training on CPU (gloo, through the `accelerate launch`
-machinery a 2-GPU trial uses), and a trial killed mid-training that resumes from its checkpoint with the loss
-curve of an uninterrupted run."""
+machinery a 2-GPU trial uses), a trial killed mid-training that resumes from its checkpoint with the loss
+curve of an uninterrupted run, and a two-process trial stopped or left behind by its launching worker that leaves
+no process training on."""
 
 import os
+import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -107,3 +110,76 @@ def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_un
     assert result.train["num_processes"] == processes
     assert [r["prediction"] for r in predictions(trial_dir)] == [r["prediction"] for r in predictions(reference)]
     assert not (trial_dir / "checkpoints").exists()
+
+
+# The Ray worker that launches a trial, as a process of its own: a two-process trial that trains for long, stopped
+# (as by a scheduler's decision) once the file STOP exists. Its SIGKILL comes at once after the SIGTERM (no grace),
+# so the launcher has no time to pass the notice on to its workers, as when it outlives the grace.
+RAY_WORKER = """
+import sys
+from pathlib import Path
+
+import grid.launch
+from grid.spec import load_grid
+from runners.execution import Execution
+
+grid.launch.NOTICE_GRACE_S = grid.launch.STOP_GRACE_S = 0
+spec, trial_dir, stop = map(Path, sys.argv[1:4])
+_, (cfg,) = load_grid(spec, sets={"max_steps": 5000, "logging_steps": 1})
+
+
+def on_poll():
+    if stop.exists():
+        raise SystemExit("stopped")
+
+
+grid.launch.launch_trial(cfg, trial_dir, Execution(processes=2, cpus=2), on_poll=on_poll)
+"""
+
+
+def trial_processes(trial_dir: Path) -> dict[str, list[psutil.Process]]:
+    """The running processes of a trial: its `accelerate launch` launcher and the workers torchrun started."""
+    found = {"launcher": [], "workers": []}
+    for proc in processes_mentioning(str(trial_dir)):
+        try:
+            line = " ".join(proc.cmdline())
+        except psutil.Error:
+            continue
+        if "runners.trial" in line:
+            found["launcher" if "accelerate" in line else "workers"].append(proc)
+    return found
+
+
+@pytest.mark.parametrize("how", ["stopped", "worker lost"])
+def test_a_killed_two_process_trial_leaves_no_torchrun_worker_training_on(tiny_grid, tmp_path, how):
+    """A two-process trial stopped early (`_kill_group`) or whose Ray worker is gone (the watchdog) ends with every
+    one of its processes, although torchrun starts each worker in a session of its own, outside the launcher's
+    process group: the SIGKILL reaches them too."""
+    trial_dir, stop, log = tmp_path / "trial", tmp_path / "stop", tmp_path / "worker.log"
+    with log.open("w") as out:
+        cmd = [sys.executable, "-c", RAY_WORKER, str(tiny_grid()), str(trial_dir), str(stop)]
+        worker = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while max((line["step"] for line in train_log(trial_dir) if "loss" in line), default=0) < 3:
+            assert worker.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        found = trial_processes(trial_dir)
+        (launcher,) = found["launcher"]
+        assert len(found["workers"]) == 2
+        assert all(os.getsid(p.pid) != os.getsid(launcher.pid) for p in found["workers"])  # what makes this hard
+        if how == "stopped":
+            stop.touch()
+            assert worker.wait(timeout=60) == 1 and "stopped" in log.read_text()
+        else:
+            worker.send_signal(signal.SIGKILL)
+            worker.wait()
+        ended = time.monotonic()
+        left = wait_until_gone(lambda: [p for ps in trial_processes(trial_dir).values() for p in ps], timeout=30)
+        assert not left, f"left training on: {[p.pid for p in left]}"
+        assert time.monotonic() - ended < 5  # at once: no grace here
+    finally:
+        kill_tree(processes_mentioning(str(trial_dir)))
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
