@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from grid.launch import OnLog, launch_trial
+from grid.lease import trial_lease
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -50,12 +51,19 @@ def run_cached_trial(
         return TrialResult.failed(cfg.trial_id, cfg.model_dump(mode="json"), err), False
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        cached = None if execution.force else read_result(store / cfg.trial_id)
-        if cached and cached.ok:
+        if (cached := _cached(store, cfg, execution)) is not None:
             return cached, True
-        if store.local is None:
-            return _run_remote(cfg, store / cfg.trial_id, trial_dir, execution, on_log, placement), False
-        return _attempts(cfg, trial_dir, execution, on_log, placement), False
+        if store.local is not None:
+            return _attempts(cfg, trial_dir, execution, on_log, placement), False
+        with trial_lease(store, cfg.trial_id) as lease:  # in S3, one driver at a time (another waits, see grid.lease)
+            if (cached := _cached(store, cfg, execution)) is not None:  # finished by the driver this one waited for
+                return cached, True
+            return _run_remote(cfg, store / cfg.trial_id, trial_dir, execution, on_log, placement, lease), False
+
+
+def _cached(store: RunStore, cfg: TrialConfig, execution: Execution) -> TrialResult | None:
+    cached = None if execution.force else read_result(store / cfg.trial_id)
+    return cached if cached and cached.ok else None
 
 
 def _attempts(
@@ -108,7 +116,7 @@ def scratch_root() -> Path:
     return root
 
 
-def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Execution, on_log, placement):
+def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Execution, on_log, placement, lease):
     """A trial of a run in storage: it works in node-local scratch, starting from the checkpoint, train_log and
     trial.log the storage holds (a trial restarted on another node resumes); new checkpoints are copied to the
     storage as they appear; at the end the folder is copied there with result.json last."""
@@ -120,7 +128,14 @@ def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Ex
             (scratch / name).write_bytes(data)
     remote.delete(layout.RESULT_JSON)  # while it runs again, the trial does not look finished
     try:
-        result = _attempts(cfg, scratch, execution, on_log, placement, on_poll=CheckpointSync(scratch, remote).poll)
+        sync = CheckpointSync(scratch, remote)
+
+        def poll() -> None:
+            lease.check()  # taken over by another driver: stop the trial (LeaseLost), write nothing
+            sync.poll()
+
+        result = _attempts(cfg, scratch, execution, on_log, placement, on_poll=poll)
+        lease.renew()  # still this driver's trial (else LeaseLost): only then its result goes to the storage
         remote.upload(scratch, skip=(layout.CHECKPOINTS,))
         if result.ok:
             remote.delete(layout.CHECKPOINTS)

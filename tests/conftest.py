@@ -235,3 +235,50 @@ def local_cluster():
         left = cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         assert not left, f"Ray processes left behind: {[p.pid for p in left]}"
+
+
+S3_BUCKET = "runs"
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; credentials and endpoint in the environment, where
+    pyarrow (and every process started from here, Ray nodes included) reads them."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "ftgrid-test",
+        "AWS_SECRET_ACCESS_KEY": "ftgrid-test-secret",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        from pyarrow import fs
+
+        filesystem, _ = fs.FileSystem.from_uri(f"s3://{S3_BUCKET}?allow_bucket_creation=true")
+        filesystem.create_dir(S3_BUCKET)
+        yield f"s3://{S3_BUCKET}"
+    finally:
+        server.kill()
+        server.wait()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
