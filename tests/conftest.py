@@ -194,13 +194,14 @@ class LocalCluster:
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
-    def start_head(self, cpus: int, gpus: int) -> None:
+    def start_head(self, cpus: int, gpus: int, env: dict | None = None) -> None:
+        """The head node; `env` is added to the environment of its processes (e.g. a scratch folder of its own)."""
         port = self.address.rsplit(":", 1)[1]
         args = ["--head", f"--port={port}", f"--num-cpus={cpus}", f"--num-gpus={gpus}", f"--temp-dir={self.tmp}"]
-        self._start([*args, "--include-dashboard=false"], self.HEALTH_CHECKS)
+        self._start([*args, "--include-dashboard=false"], {**self.HEALTH_CHECKS, **(env or {})})
 
-    def add_node(self, cpus: int, gpus: int) -> None:
-        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}"])
+    def add_node(self, cpus: int, gpus: int, env: dict | None = None) -> None:
+        self._start([f"--address={self.address}", f"--num-cpus={cpus}", f"--num-gpus={gpus}"], env)
 
     def raylets(self) -> list[tuple[str, psutil.Process]]:
         """(node id, raylet process) of every live node, the head first."""

@@ -2,7 +2,8 @@
 logical GPUs): `ftgrid run --address` places trials on both nodes, shares fractional GPUs, gives whole GPUs to
 one trial at a time and runs it with one process per GPU, falls back to the CPU with a warning where CUDA sees
 no device, resumes after the driver is killed, and a trial whose node dies resumes from its checkpoint on the
-node that survives with the losses and weights of an uninterrupted run. Every check reads the placement each
+node that survives with the losses and weights of an uninterrupted run (also with the run folder in S3 and a
+scratch folder per node: from the checkpoint in the bucket). Every check reads the placement each
 result.json records; what CUDA should have seen follows the devices `torch.cuda` sees here, so the tests hold on a
 machine with GPUs as on one without."""
 
@@ -23,6 +24,7 @@ from same_training import assert_same_training
 
 from grid.launch import NOTICE_GRACE_S
 from runners.contract.result import read_result
+from runners.contract.store import RunStore
 
 pytestmark = pytest.mark.slow
 
@@ -38,7 +40,7 @@ def grid_file(tmp_path: Path, name: str, ranks: str, resources: str, max_steps: 
     return write_yaml(tmp_path / f"{name}.yaml", text)
 
 
-def ftgrid_run(grid: Path, run_dir: Path, cluster: LocalCluster, log: Path) -> subprocess.Popen:
+def ftgrid_run(grid: Path, run_dir: Path | str, cluster: LocalCluster, log: Path) -> subprocess.Popen:
     """`ftgrid run GRID --address HEAD --out RUN_DIR` with the cluster's token, as a user types it, in its own
     process group."""
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", cluster.address, "--out", str(run_dir)]
@@ -215,6 +217,53 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_on_the_other_node(l
                            capture_output=True, text=True, timeout=600)  # fmt: skip
     assert trial.returncode == 0, trial.stderr[-3000:]
     assert_same_training(run_dir / lost, reference / lost)
+
+
+def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_in_the_bucket_on_a_node_sharing_no_disk(
+    local_cluster, s3, tmp_path
+):
+    """The run folder in S3 (moto on 127.0.0.1) and each node with its own scratch folder, as on machines that share
+    no disk: a trial whose node dies after copying a checkpoint to the bucket resumes on the other node from that
+    checkpoint, downloaded (the dead node's scratch is deleted first), and trains as an uninterrupted run."""
+    scratch = {name: tmp_path / f"scratch-{name}" for name in ("head", "worker")}
+    local_cluster.start_head(cpus=2, gpus=0, env={"FTGRID_SCRATCH": str(scratch["head"])})
+    local_cluster.add_node(cpus=2, gpus=0, env={"FTGRID_SCRATCH": str(scratch["worker"])})
+    (head, _), (worker, _) = local_cluster.raylets()
+    grid = grid_file(tmp_path, "lost-s3", "2", "  cpus_per_trial: 2\n  checkpoint_steps: 5\n", max_steps=60)
+    run, log = f"{s3}/lost", tmp_path / "driver.log"
+    store = RunStore(run)
+    driver = ftgrid_run(grid, run, local_cluster, log)
+
+    def on_worker_with_checkpoint_in_the_bucket() -> str | None:
+        working = {p.name for p in scratch["worker"].glob("ftgrid-scratch-*/*/*") if p.is_dir()}
+        for trial_id in working & set(store.folders()):
+            if any(f.endswith("/done") for f in store.files(trial_id, "checkpoints")):
+                return trial_id
+        return None
+
+    try:
+        lost = wait_for(on_worker_with_checkpoint_in_the_bucket, "a checkpoint in the bucket from the worker node",
+                        driver=driver, log=log)  # fmt: skip
+        local_cluster.kill_node(worker)
+        shutil.rmtree(scratch["worker"])  # the dead machine's disk is gone with it
+        assert driver.wait(timeout=600) == 0, log.read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+
+    done = {t: read_result(store / t) for t in store.folders()}
+    assert len(done) == 2 and all(r.ok for r in done.values())
+    resumed = done[lost]
+    assert resumed.placement["node_id"] == head and resumed.train["resumed_from_step"] >= 5
+    assert not scratch["worker"].exists()  # nothing wrote there again: the node is dead
+    copy = tmp_path / "copy" / lost
+    store.download(copy, lost)
+    reference = tmp_path / "reference"
+    loss = f"loss={resumed.config['loss']}"
+    trial = subprocess.run([sys.executable, "-m", "grid", "trial", str(grid), "--pick", loss, "--out", str(reference)],
+                           capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert trial.returncode == 0, trial.stderr[-3000:]
+    assert_same_training(copy, reference / lost)
 
 
 def test_a_trial_whose_node_dies_with_its_restarts_used_up_ends_failed_and_says_why(local_cluster, tmp_path):
