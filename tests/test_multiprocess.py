@@ -4,6 +4,7 @@ curve of an uninterrupted run, and a two-process trial stopped or left behind by
 no process training on."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -183,3 +184,52 @@ def test_a_killed_two_process_trial_leaves_no_torchrun_worker_training_on(tiny_g
         if worker.poll() is None:
             worker.kill()
             worker.wait()
+
+
+def test_a_preemption_notice_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_resumes_exactly(
+    tiny_grid, tmp_path
+):
+    """SIGTERM to one worker of a two-process trial, the other told nothing: both stop after the same optimiser step
+    (they agree on it; one going on alone would hang in the next collective), one checkpoint is written there with no
+    `checkpoint_steps` set, the trial ends `preempted`, and the rerun resumes from that checkpoint to the loss at
+    every step and the adapter weights of an uninterrupted two-process run."""
+    from runners.contract.choices import Status
+    from runners.contract.result import read_result
+
+    sets = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
+    _, trials = load_grid(tiny_grid(), sets=sets)
+    cfg, launch = trials[0], Execution(processes=2, cpus=2)
+    reference = tmp_path / "reference" / cfg.trial_id
+    code, _ = launch_trial(cfg, reference, launch)  # uninterrupted
+    assert code == 0
+
+    trial_dir, log = tmp_path / "noticed" / cfg.trial_id, tmp_path / "noticed.log"
+    trial_dir.mkdir(parents=True)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    with log.open("w") as out:
+        cmd = launch_command(trial_dir, write_handoff(cfg.model_dump(mode="json"), launch), launch)
+        child = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while max((line["step"] for line in train_log(trial_dir) if "loss" in line), default=0) < 5:
+            assert child.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.05)
+        workers = trial_processes(trial_dir)["workers"]
+        assert len(workers) == 2
+        workers[-1].send_signal(signal.SIGTERM)
+        child.wait(timeout=60)
+        assert not wait_until_gone(lambda: processes_mentioning(str(trial_dir)), timeout=30)
+    finally:
+        kill_tree(processes_mentioning(str(trial_dir)))
+    result = read_result(trial_dir)
+    assert result.status == Status.PREEMPTED, result.error
+    step = int(re.search(r"at step (\d+)", result.error).group(1))
+    assert 5 <= step < 40
+    assert [p.parent.name for p in trial_dir.glob("checkpoints/step-*/done")] == [f"step-{step:06d}"]
+    last = [line for line in train_log(trial_dir) if "loss" in line][-1]
+    assert last["step"] == step and len(last["process_losses"]) == 2  # both processes made that step, none more
+
+    code, result = launch_trial(cfg, trial_dir, launch)
+    assert code == 0, result.error
+    assert result.train["resumed_from_step"] == step
+    assert_same_training(trial_dir, reference)
