@@ -1,7 +1,9 @@
 """A preemption notice honoured: SIGTERM to a training trial's process (as a spot or preemptible machine sends before
 it reclaims one) makes it write a checkpoint at the next optimiser step and exit within seconds, with status
 `preempted` (not failed) and exit code 3; the same command then resumes from that checkpoint and trains as an
-uninterrupted run of the same configuration does — the same loss at every step, the same adapter weights."""
+uninterrupted run of the same configuration does — the same loss at every step, the same adapter weights. And
+without a notice: a trial's process killed outright is retried in place (`retries`), from its checkpoint when it has
+one, else from step 0 with a warning."""
 
 import os
 import signal
@@ -156,11 +158,14 @@ def test_sigterm_to_a_trial_under_ray_ends_it_preempted_and_ray_restarts_it_from
     assert sorted(logged_losses(trial_dir)) == list(range(1, 31))
 
 
-def test_a_killed_trial_without_a_checkpoint_is_retried_from_step_0_and_says_so(ray_tmp, tmp_path):
+@pytest.mark.parametrize("checkpoint_steps", [0, 3])
+def test_a_killed_trial_is_retried_from_its_checkpoint_or_from_step_0_and_says_so(ray_tmp, tmp_path, checkpoint_steps):
+    """A trial's process SIGKILLed (no notice) under `ftgrid run` with `retries: 1`: retried in place, from its last
+    checkpoint when it has one, else from step 0 with a warning saying so."""
     import psutil
 
     settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 12").replace("logging_steps: 2", "logging_steps: 1")
-    resources = "resources:\n  launcher: accelerate\n  retries: 1\n"
+    resources = f"resources:\n  launcher: accelerate\n  retries: 1\n  checkpoint_steps: {checkpoint_steps or 'null'}\n"
     grid = write_yaml(tmp_path / "g.yaml", f"name: retry\naxes:\n  {AXES}\n{settings}{resources}")
     run, log = tmp_path / "run", tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--out", str(run)]
@@ -168,11 +173,11 @@ def test_a_killed_trial_without_a_checkpoint_is_retried_from_step_0_and_says_so(
         driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 2]:
+        while not [t for t in run.glob("*/train_log.jsonl") if max(logged_losses(t.parent), default=0) >= 5]:
             assert driver.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "the trial did not reach step 2 in time"
+            assert time.monotonic() < deadline, "the trial did not reach step 5 in time"
             time.sleep(0.2)
-        for proc in psutil.process_iter(["cmdline"]):  # the trial's process dies at once: no notice, no checkpoint
+        for proc in psutil.process_iter(["cmdline"]):  # the process dies at once, with no notice
             if "runners.trial" in (line := " ".join(proc.info["cmdline"] or [])) and str(run) in line:
                 proc.kill()
         code = driver.wait(timeout=600)
@@ -183,6 +188,11 @@ def test_a_killed_trial_without_a_checkpoint_is_retried_from_step_0_and_says_so(
     assert code == 0, log.read_text()[-3000:]
     (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
     result = read_result(trial_dir)
-    assert result.ok and result.attempts == 2 and "resumed_from_step" not in result.train
-    assert any("started again from step 0" in w for w in result.warnings or []), result.warnings
+    assert result.ok and result.attempts == 2
+    from_step_0 = any("started again from step 0" in w for w in result.warnings or [])
+    if checkpoint_steps:  # the checkpoint of step 3 at least (the kill came at step 5 or later)
+        assert result.train["resumed_from_step"] >= 3 and result.train["resumed_from_step"] % 3 == 0
+        assert not from_step_0, result.warnings
+    else:
+        assert "resumed_from_step" not in result.train and from_step_0, result.warnings
     assert sorted(logged_losses(trial_dir)) == list(range(1, 13))
