@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from grid.launch import OnLog, launch_trial
-from grid.lease import trial_lease
+from grid.lease import LEASE_HELD_BY, trial_lease
 from runners import checkpoint
 from runners.config import TrialConfig
 from runners.contract import layout
@@ -55,10 +55,15 @@ def run_cached_trial(
             return cached, True
         if store.local is not None:
             return _attempts(cfg, trial_dir, execution, on_log, placement), False
-        with trial_lease(store, cfg.trial_id) as lease:  # in S3, one driver at a time (another waits, see grid.lease)
+        with trial_lease(store, cfg.trial_id, _waiting(on_log)) as lease:  # in S3: one driver at a time (grid.lease)
             if (cached := _cached(store, cfg, execution)) is not None:  # finished by the driver this one waited for
                 return cached, True
             return _run_remote(cfg, store / cfg.trial_id, trial_dir, execution, on_log, placement, lease), False
+
+
+def _waiting(on_log: OnLog):
+    """What a trial tells the progress display while another driver holds its lease."""
+    return None if on_log is None else lambda holder: on_log({LEASE_HELD_BY: holder})
 
 
 def _cached(store: RunStore, cfg: TrialConfig, execution: Execution) -> TrialResult | None:

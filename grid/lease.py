@@ -37,6 +37,7 @@ from runners.contract.store import RunStore
 log = logging.getLogger("ftgrid.lease")
 
 LEASES = ".leases"
+LEASE_HELD_BY = "lease_held_by"  # the report of a trial that waits on another driver's lease: who holds it
 DEFAULT_TERM_S = 60.0
 _conditional: dict[tuple, bool] = {}  # (endpoint, bucket) → whether the server honours conditional writes
 

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from grid.lease import LEASE_HELD_BY
 from runners.config import TrialConfig
 from runners.contract.choices import Choice, Status
 from runners.contract.files import no_space
@@ -76,6 +77,10 @@ class Progress:
 
     def reported(self, trial_id: str, result: dict) -> None:
         """An intermediate result: a train_log.jsonl line streamed from the trial."""
+        if holder := result.get(LEASE_HELD_BY):  # another driver runs this trial: this one waits (grid.lease)
+            self.running[trial_id] = f"waiting: another driver runs it ({holder})"
+            self._refresh()
+            return
         parts = [f"step {result['step']}"] if "step" in result else []
         parts += [f"{key} {result[key]:.4g}" for key in ("loss", "eval_loss") if _is_number(result.get(key))]
         if parts:

@@ -153,3 +153,36 @@ def test_two_drivers_on_one_bucket_run_each_trial_once_and_the_survivor_takes_ov
     resumed = [r for r in results.values() if r.train.get("resumed_from_step")]
     assert len(resumed) == 1 and resumed[0].trial_id in by_b, {t: r.train for t, r in results.items()}
     assert store.files(".leases") == []  # every lease released (the killed driver's one taken over first)
+
+
+def test_a_trial_whose_lease_another_driver_holds_waits_says_so_then_runs(s3, tiny_grid):
+    """`run_cached_trial` on a trial whose lease is held: it reports who holds it (the progress view shows the trial
+    as waiting), waits while the holder renews it, and runs the trial once it is released."""
+    from conftest import recording
+
+    from grid.cache import run_cached_trial
+    from grid.lease import LEASE_HELD_BY
+    from grid.progress import Progress
+    from grid.spec import load_grid
+    from runners.execution import Execution
+
+    _, (cfg, *_) = load_grid(tiny_grid())
+    run = f"{s3}/waits"
+    holder = lease(f"waits/.leases/{cfg.trial_id}.json", term=2.0)
+    reports, outcome = [], []
+    inline = Execution(launcher="inline")
+    with holder.held():
+        run_it = lambda: outcome.append(run_cached_trial(cfg, run, inline, on_log=reports.append))  # noqa: E731
+        runner = threading.Thread(target=run_it, daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 30
+        while not reports and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(3.0)  # more than a term: renewed, the lease is not taken over
+        assert reports == [{LEASE_HELD_BY: holder.holder}] and not outcome
+    runner.join(timeout=120)
+    (result, cached), *_ = outcome
+    assert result.ok and not cached and any("step" in r for r in reports[1:])
+    progress = Progress(total=1, console=recording())
+    progress.reported(cfg.trial_id, reports[0])
+    assert progress.running[cfg.trial_id] == f"waiting: another driver runs it ({holder.holder})"
