@@ -70,6 +70,7 @@ def tiny_grid(tmp_path):
 CLUSTER_FIXTURES = {"local_cluster", "two_nodes"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads the xdist_group marks added here
 def pytest_collection_modifyitems(config, items):
     """GPU tests skipped without a GPU; under `pytest -n N --dist loadgroup` (make test) the tests that start a
     `ray start` cluster run one after another on one worker (a head takes fixed ports, such as Ray client's
