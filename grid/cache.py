@@ -150,8 +150,9 @@ def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Ex
 
 
 class CheckpointSync:
-    """Copies a trial's newest complete checkpoint (with its train_log) from scratch to the storage while the trial
-    trains, `done` last, then removes the older one there: the storage always holds a checkpoint to resume from."""
+    """Copies a trial's newest complete checkpoint from scratch to the storage while the trial trains, its train_log
+    first and `done` last, then removes the older one there: the storage always holds a checkpoint to resume from,
+    and the log that goes with it."""
 
     def __init__(self, scratch: Path, remote: RunStore):
         self.scratch, self.remote, self.sent = scratch, remote, None
@@ -160,9 +161,10 @@ class CheckpointSync:
         newest = checkpoint.newest(self.scratch / layout.CHECKPOINTS)
         if newest is None or newest.name == self.sent:
             return
-        try:
-            self.remote.upload(newest, layout.CHECKPOINTS, newest.name, last=checkpoint.DONE)
+        try:  # the log first (its lines up to this checkpoint's step, written before it): a checkpoint whose `done`
+            # is in the storage has its log there too, whenever the node dies (the resume cuts the log back to it)
             self.remote.write((self.scratch / layout.TRAIN_LOG).read_bytes(), layout.TRAIN_LOG)
+            self.remote.upload(newest, layout.CHECKPOINTS, newest.name, last=checkpoint.DONE)
         except FileNotFoundError:
             return  # the trainer replaced it meanwhile: the next look sends the newer one
         for old in (self.remote / layout.CHECKPOINTS).folders():
