@@ -125,9 +125,9 @@ class Lease:
 
     def renew(self) -> None:
         """Renew the lease now; LeaseLost if another driver has taken it over."""
-        if self.lost or not self._put(IfMatch=self.etag):
+        if not self.lost and not self._put(IfMatch=self.etag):
             self.lost = True
-            raise LeaseLost(f"{self.key}: another driver took this trial over; this one stops and writes nothing")
+        self.check()
 
     def check(self) -> None:
         """LeaseLost if the renewals found the lease taken over."""
