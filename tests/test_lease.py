@@ -96,6 +96,7 @@ def trained(log: str) -> set[str]:
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("ray-cluster")  # two Ray instances at once: not beside the cluster tests' (start-up timeouts)
 def test_two_drivers_on_one_bucket_run_each_trial_once_and_the_survivor_takes_over_the_killed_ones_trial(
     s3, tmp_path, ray_tmp
 ):
