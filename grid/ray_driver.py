@@ -283,8 +283,7 @@ def tune_trials(
     num_samples: int = 1,
     callbacks: list | tuple = (),
 ):
-    """Run a Tuner over `param_space` and return its ResultGrid; the caller owns Ray. `callbacks` are more Tune
-    callbacks (the trackers' loggers, `grid.tracking`)."""
+    """Run a Tuner over `param_space`, return its ResultGrid; the caller owns Ray. `callbacks`: the trackers'."""
     from ray import tune
 
     # A worker process kept for the next trial saves its start and imports (seconds each on a small machine);
@@ -325,8 +324,10 @@ def _fit(tuner, progress, tune_callback):
     # train_log lines stream in before a trial has its final metric or its first eval_loss
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     # no CSV, JSON and TensorBoard files of Tune's own per trial under RUN_DIR/.ray: the run folder has its own, and
-    # Tune's TensorBoard logger imports tensorboardX and torch into the driver (seconds per run)
+    # Tune's TensorBoard logger imports tensorboardX and torch into the driver (seconds per run); so Tune's ResultGrid,
+    # read here for its errors only, finds no metrics to fetch, which it would warn of for every trial
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
         try:
             return tuner.fit()
