@@ -4,15 +4,41 @@ should read about it."""
 
 from __future__ import annotations
 
+import contextlib
+
+
+def reset_peak_memory(device) -> None:
+    """Start `peak_memory_mb` again from the memory in use now, so that a process kept from an earlier trial (a Ray
+    worker) reports this trial's peak, not the largest of all. On a CPU this needs Linux's `clear_refs` (the RSS
+    high-water mark back to the current RSS); elsewhere the peak stays the process's since it started."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    import ctypes
+    import gc
+
+    gc.collect()  # an earlier trial's model and data, once unreachable, handed back to the C heap …
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)  # … and glibc's free heap pages back to the system
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
 
 def peak_memory_mb(device) -> float:
+    """GPU: the allocator's peak; CPU: the process's peak RSS (VmHWM, which `reset_peak_memory` resets)."""
     import resource
 
     import torch
 
     if device.type == "cuda":
         return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
+    try:
+        with open("/proc/self/status") as f:
+            return round(next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024, 1)
+    except (OSError, StopIteration, ValueError, IndexError):
+        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux reports KiB
 
 
 def device_name(device) -> str:

@@ -23,7 +23,7 @@ from runners.contract.errors import ConfigError
 from runners.contract.files import refuse_links, share, size_mb, write_atomic, write_jsonl
 from runners.contract.result import TrialResult, now, package_versions, write_trial_json
 from runners.execution import DEFAULT, Execution, read_handoff
-from runners.placement import peak_memory_mb, placement_warnings, where_it_ran
+from runners.placement import peak_memory_mb, placement_warnings, reset_peak_memory, where_it_ran
 
 log = logging.getLogger("ftgrid.trial")
 
@@ -49,6 +49,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
 
     started_at, clock, window = now(), time.perf_counter(), [time.time()]
     accelerator = make_accelerator(cfg)
+    reset_peak_memory(accelerator.device)
     out_dir = Path(out_dir)
     start_folder(cfg, out_dir)
     tokenizer = load_tokenizer(cfg)

@@ -120,6 +120,23 @@ def test_qlora_on_real_smollm2_weights(tiny_grid, tmp_path):
     assert all(r["prediction"] for r in map(json.loads, (trial_dir / "predictions.jsonl").read_text().splitlines()))
 
 
+def test_a_process_kept_from_a_larger_trial_reports_each_trials_own_peak_memory(tiny_grid, tmp_path):
+    """A Ray worker runs trial after trial (and pilot after pilot): a trial's `peak_memory_mb` is its own, not the
+    largest the process ever had (on a CPU the RSS high-water mark is reset as a trial starts)."""
+    import torch
+
+    from runners.placement import peak_memory_mb
+
+    cpu = torch.device("cpu")
+    ballast = torch.ones(2**28)  # 1 GiB, touched, then freed: what an earlier, larger trial left as the peak
+    ballast += 1
+    earlier = peak_memory_mb(cpu)
+    del ballast
+    code, result, _ = run(tiny_grid(), tmp_path)
+    assert code == 0, result.error
+    assert 0 < result.train["peak_memory_mb"] < earlier - 512, (result.train["peak_memory_mb"], earlier)
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
     code, result, trial_dir = run(tiny_grid(), tmp_path, learning_rate=1e30, method="full", max_steps=6)
     assert code == 1 and result.status == "failed"
