@@ -74,12 +74,15 @@ CLUSTER_FIXTURES = {"local_cluster", "two_nodes"}
 def pytest_collection_modifyitems(config, items):
     """GPU tests skipped without a GPU; under `pytest -n N --dist loadgroup` (make test) the tests that start a
     `ray start` cluster run one after another on one worker (a head takes fixed ports, such as Ray client's
-    10001), and the slow tests are handed out first so that no worker is left with a long one at the end."""
+    10001), the tests sharing a module's fixture on one worker (so it is built once), and the slow tests are handed
+    out first so that no worker is left with a long one at the end."""
     import torch
 
     for item in items:
         if CLUSTER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.xdist_group("ray-cluster"))
+        elif shares_a_module_fixture(item):  # built once per worker that runs one of the module's tests: one worker
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
     items.sort(key=lambda item: "slow" not in item.keywords)  # stable: the file order within each part
     if torch.cuda.is_available():
         return
@@ -87,6 +90,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def shares_a_module_fixture(item) -> bool:
+    """Whether the test uses a fixture of module scope defined in its own module (a run, a wheel, a report that the
+    module's tests share)."""
+    info = getattr(item, "_fixtureinfo", None)
+    for defs in info.name2fixturedefs.values() if info else ():
+        if any(d.scope == "module" and d.baseid.endswith(".py") for d in defs):
+            return True
+    return False
 
 
 def ray_processes(marker: str) -> list[psutil.Process]:
