@@ -264,7 +264,22 @@ def wandb_callback(where, options):
 
     callback = _on(WandbLoggerCallback, _Wandb)(**wandb_init(where, options))
     callback.where = where
+    callback._logger_actor_cls = _flushing_wandb_actor()
     return callback
+
+
+def _flushing_wandb_actor():
+    """Ray's W&B logging actor, which Ray kills as soon as its `run` returns. `wandb.finish` returns before W&B's
+    service has written the run out, so a kill that came first left an offline run file holding its header only
+    (seen under load); `wandb.teardown` waits for the service to end."""
+    from ray.air.integrations.wandb import _WandbLoggingActor
+
+    class FlushingWandbActor(_WandbLoggingActor):
+        def run(self):
+            super().run()
+            self._wandb.teardown()
+
+    return FlushingWandbActor
 
 
 class LocalWandb(_Tracked):
