@@ -85,7 +85,16 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
-LIBRARIES = ("transformers", "peft", "accelerate", "datasets", "huggingface_hub", "torch", "py.warnings")
+LIBRARIES = (
+    "transformers",
+    "peft",
+    "accelerate",
+    "bitsandbytes",
+    "datasets",
+    "huggingface_hub",
+    "torch",
+    "py.warnings",
+)
 
 
 def _quiet_libraries(verbose: bool) -> None:

@@ -314,7 +314,19 @@ def load_model(cfg: TrialConfig, device):
     model = auto.from_pretrained(resolve_source(entry), **kwargs)
     if not cfg.method.quantised:
         model.to(device)
+    elif not on_gpu:
+        one_cpu_path_for_4bit(model)
     return model
+
+
+def one_cpu_path_for_4bit(model) -> None:
+    """On a CPU with AVX512-BF16, bitsandbytes runs a 4-bit layer in inference (evaluation, generation) through a
+    fused kernel that computes in bf16 whatever the compute dtype, and that refuses a layer whose output size is not
+    a multiple of 32 (an AssertionError on small models): a trial's scores would depend on the CPU it ran on. That
+    path is turned off, so every CPU dequantises to the compute dtype as in training."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def apply_lora(model, cfg: TrialConfig):

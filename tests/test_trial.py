@@ -107,6 +107,13 @@ def test_qlora_puts_4bit_layers_under_the_adapter(tiny_grid):
     model = apply_lora(load_model(trials[0], torch.device("cpu")), trials[0])
     assert any(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
     assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    # Inference takes the one CPU path on every CPU: with AVX512-BF16, bitsandbytes' fused bf16 kernel would refuse
+    # the tiny model's layers (sizes not multiples of 32) and score in bf16 elsewhere.
+    assert all(not m.support_avx512bf16_for_cpu for m in model.modules() if isinstance(m, bnb.nn.Linear4bit))
+    model.eval()
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3, 4]])).logits
+    assert logits.dtype == torch.float32 and torch.isfinite(logits).all()
 
 
 @pytest.mark.slow
