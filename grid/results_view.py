@@ -2,7 +2,10 @@
 from the run folder when the run starts), each trial's row is made from its own result.json when it lands (one
 read), and the file is written from memory at most every `WRITE_EVERY_S` seconds — never by reading the run folder
 again. When Ray ends, the driver rebuilds results.csv once from every result.json (`refresh_results_csv`): the
-record is result.json, this is its view."""
+record is result.json, this is its view.
+
+`analysis.load` (pandas: 1.5 s of imports) is imported when a view is made, not with this module: a command that
+stops on bad input before running anything answers without it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,6 @@ import time
 from pathlib import Path
 
 from analysis.errors import AnalysisError
-from analysis.load import read_plan, read_result_file, read_rows, trial_row, trials_frame
 from runners.contract import layout
 from runners.contract.files import disk_full
 from runners.contract.store import RunStore
@@ -31,6 +33,8 @@ class ResultsView:
     `flush()` writes what is held now."""
 
     def __init__(self, run_dir: str | Path, every_s: float = WRITE_EVERY_S, share: float | None = WRITE_SHARE):
+        from analysis.load import read_plan, read_rows
+
         self.store = RunStore(run_dir)
         self.run_dir = RunStore(self.store.location)  # as write_results_csv names it in the run_dir column
         self.every_s, self.share, self.written_at, self.dirty = every_s, share, None, False
@@ -47,6 +51,8 @@ class ResultsView:
 
     def landed(self, trial_id: str) -> None:
         """The trial's result.json is written: its row, from that one file; results.csv if it is time."""
+        from analysis.load import read_result_file, trial_row
+
         trial = self.store / trial_id
         try:
             self.rows[trial_id] = trial_row(self.run_dir, trial, read_result_file(trial), self.plan)
@@ -64,6 +70,8 @@ class ResultsView:
 
     def text(self) -> str:
         """results.csv as it would be written now."""
+        from analysis.load import trials_frame
+
         rows = [self.rows[name] for name in sorted(self.rows)]
         return trials_frame(rows).to_csv(index=False)
 

@@ -108,3 +108,15 @@ def test_dry_run_formats_when_piped(tmp_path):
     assert records[0]["settings"]["learning_rate"] == 1e-3 and records[0]["settings"]["lora_rank"] == 16
     assert_bad_input(ftgrid("run", path, "--dry-run", "--format", "xml"), "--format 'xml'", "table, csv, json")
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("verb", ["run", "trial", "tune", "plan", "audit"])
+def test_a_grid_refused_as_bad_input_is_answered_before_the_heavy_libraries_are_imported(tmp_path, verb):
+    """A typo costs well under a second: pandas, Ray, torch and transformers are imported once a grid is valid."""
+    grid = write_yaml(tmp_path / "grid.yaml", "name: t\naxes:\n  model: [no-such-model]\n" + TINY_SETTINGS)
+    proc = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "grid", verb, str(grid)], capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
+    assert not imported & {"pandas", "ray", "torch", "transformers", "scipy"}, imported & {"pandas", "ray", "torch"}
