@@ -85,16 +85,8 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
 }
-LIBRARIES = (
-    "transformers",
-    "peft",
-    "accelerate",
-    "bitsandbytes",
-    "datasets",
-    "huggingface_hub",
-    "torch",
-    "py.warnings",
-)
+LIBRARIES = ("transformers", "peft", "accelerate", "bitsandbytes", "datasets", "huggingface_hub", "torch")
+LIBRARIES += ("py.warnings",)  # Python's warnings, which captureWarnings logs
 
 
 def _quiet_libraries(verbose: bool) -> None:
