@@ -17,6 +17,7 @@ from grid.cache import run_cached_trial
 from grid.interrupt import sigterm_as_ctrl_c
 from grid.results_view import ResultsView
 from grid.runfolder import ends_on_full_disk, ray_storage, refresh_results_csv
+from grid.tune_settings import tune_settings
 from runners.config import TrialConfig
 from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
@@ -320,15 +321,7 @@ def tune_trials(
 
 def _fit(tuner, progress, tune_callback):
     """The Tuner run with the live view; on an error or Ctrl-C, results.csv as the trials that landed left it."""
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing; Progress speaks
-    # train_log lines stream in before a trial has its final metric or its first eval_loss
-    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
-    # no CSV, JSON and TensorBoard files of Tune's own per trial under RUN_DIR/.ray: the run folder has its own, and
-    # Tune's TensorBoard logger imports tensorboardX and torch into the driver (seconds per run); so Tune's ResultGrid,
-    # read here for its errors only, finds no metrics to fetch, which it would warn of for every trial
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    with progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end the process
+    with tune_settings(), progress.live(), sigterm_as_ctrl_c():  # installed after Ray's own handlers, which end it
         try:
             return tuner.fit()
         except BaseException:
