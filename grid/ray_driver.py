@@ -17,7 +17,7 @@ from grid.cache import run_cached_trial
 from grid.interrupt import sigterm_as_ctrl_c
 from grid.results_view import ResultsView
 from grid.runfolder import ends_on_full_disk, ray_storage, refresh_results_csv
-from grid.tune_settings import TrialList, tune_settings
+from grid.tune_settings import tune_settings
 from runners.config import TrialConfig
 from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
@@ -268,7 +268,7 @@ def grid_search(values: list):
     """Ray Tune's grid search over `values` (one Ray trial each)."""
     from ray import tune
 
-    return tune.grid_search(TrialList(values))
+    return tune.grid_search(values)
 
 
 def tune_trials(

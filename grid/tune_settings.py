@@ -1,6 +1,5 @@
 """How Ray Tune is set up for a grid's Tuner: it prints nothing (the live view speaks), writes no files of its own,
-checks no metric names, skips the census of callbacks it takes for its usage statistics, and takes a grid's trials
-in a list that it does not copy for every trial (`TrialList`).
+checks no metric names, and skips the census of callbacks it takes for its usage statistics.
 
 That census imports Ray's MLflow, W&B and Comet integrations to count the callbacks a run gives Tune by class, and
 with them mlflow and wandb themselves: about 3.5 s of every `ftgrid run`, `tune` and `plan` on 2 cores, tracked or
@@ -38,16 +37,3 @@ def tune_settings() -> Iterator[None]:
 
 def _no_census(callbacks) -> bool:
     return False  # as Ray's own when it records nothing
-
-
-class TrialList(list):
-    """A grid search's values (one trial config each) as Ray Tune takes them, a list, that deep-copies as itself.
-
-    To make each trial's config, Tune's variant generator deep-copies its whole search spec, the list of every
-    trial's config included: O(trials) per trial and O(trials²) for the grid (measured: 67 ms per trial at 1,000
-    trials, 1.3 s at 4,000; at 10,000 no trial had started after 19 minutes). Each config in the list goes to one
-    trial, and neither Tune nor ftgrid changes it in place, so the list is shared instead of copied.
-    """
-
-    def __deepcopy__(self, memo) -> TrialList:
-        return self

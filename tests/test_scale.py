@@ -1,7 +1,6 @@
 """Big grids: results.csv kept by the driver at a constant cost per finished trial (the same file the rebuild from
 every result.json gives), and a grid of more than `LARGE_GRID` trials that asks for --yes before it runs."""
 
-import copy
 import os
 import pty
 import subprocess
@@ -129,31 +128,3 @@ def test_a_grid_above_the_limit_asks_on_a_terminal(tmp_path):
     total = _all_finished(grid, run)
     code, seen = _on_a_terminal(["run", grid, "--out", run], b"y\n")
     assert code == 0 and f"{total} cached, 0 to run" in seen, seen
-
-
-class Config(dict):
-    """A trial config that counts the deep copies made of it."""
-
-    copies = 0
-
-    def __deepcopy__(self, memo):
-        Config.copies += 1
-        return Config(copy.deepcopy(dict(self), memo))
-
-
-def test_ray_tune_makes_each_trial_of_a_grid_without_copying_the_others():
-    """Tune deep-copies its search spec for every trial it makes; the grid's list of configs is not copied with it,
-    so making a trial costs the same at 100 trials as at 10,000 (it was O(trials): BENCHMARKS.md, section 7)."""
-    from ray.tune.experiment import Experiment
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from grid.ray_driver import grid_search
-
-    values = [Config(trial_id=f"t{i}", lora_rank=i) for i in range(200)]
-    generator = BasicVariantGenerator()
-    space = {"run_dir": "/r", "trial": grid_search(values)}
-    generator.add_configurations([Experiment("g", lambda config: None, config=space, storage_path="/tmp")])
-    Config.copies = 0
-    made = [generator.next_trial() for _ in range(50)]
-    assert [trial.config["trial"]["trial_id"] for trial in made] == [f"t{i}" for i in range(50)]
-    assert Config.copies <= len(values)  # one copy of the list when Tune starts, not one per trial (was 10,200)
