@@ -37,6 +37,16 @@ def write_yaml(path: Path, text: str) -> Path:
     return path
 
 
+def ftgrid_importing(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """`ftgrid ARGS` and the modules its own process imported (Python's -X importtime, taken out of its stderr)."""
+    command = [sys.executable, "-X", "importtime", "-m", "grid", *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True)
+    lines = proc.stderr.splitlines(keepends=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
+    proc.stderr = "".join(line for line in lines if not line.startswith("import time:"))
+    return proc, imported
+
+
 TINY_SETTINGS = """\
 settings:
   max_steps: 4

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_SETTINGS, write_yaml
+from conftest import TINY_SETTINGS, ftgrid_importing, write_yaml
 
 AXES = "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n  method: [lora]\n  lora_rank: [4]"
 
@@ -114,9 +114,7 @@ def test_dry_run_formats_when_piped(tmp_path):
 def test_a_grid_refused_as_bad_input_is_answered_before_the_heavy_libraries_are_imported(tmp_path, verb):
     """A typo costs well under a second: pandas, Ray, torch and transformers are imported once a grid is valid."""
     grid = write_yaml(tmp_path / "grid.yaml", "name: t\naxes:\n  model: [no-such-model]\n" + TINY_SETTINGS)
-    proc = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "grid", verb, str(grid)], capture_output=True, text=True
-    )
+    proc, imported = ftgrid_importing(verb, grid)
     assert proc.returncode == 2 and "error:" in proc.stderr, proc.stderr[-2000:]
-    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time")}
-    assert not imported & {"pandas", "ray", "torch", "transformers", "scipy"}, imported & {"pandas", "ray", "torch"}
+    heavy = imported & {"pandas", "ray", "torch", "transformers", "scipy"}
+    assert not heavy, heavy

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import ftgrid_importing
 
 from grid.ray_driver import local_node
 from grid.smoke import smoke_resources, stand_in
@@ -46,16 +47,6 @@ def ftgrid(*args):
     return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True)
 
 
-def driver_imports(*args) -> tuple[subprocess.CompletedProcess, set[str]]:
-    """`ftgrid ARGS` and the modules its own process imported (Python's -X importtime, taken out of stderr)."""
-    command = [sys.executable, "-X", "importtime", "-m", "grid", *map(str, args)]
-    proc = subprocess.run(command, capture_output=True, text=True)
-    lines = proc.stderr.splitlines(keepends=True)
-    imported = {line.rsplit("|", 1)[-1].strip() for line in lines if line.startswith("import time:")}
-    proc.stderr = "".join(line for line in lines if not line.startswith("import time:"))
-    return proc, imported
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("path", GRIDS, ids=lambda p: p.name)
 def test_every_grid_config_runs_in_smoke_mode_through_the_cli(path, tmp_path, ray_tmp):
@@ -67,13 +58,14 @@ def test_every_grid_config_runs_in_smoke_mode_through_the_cli(path, tmp_path, ra
     cell = next(t for t in trials if t.method != "zero_shot")
     several = [axis for axis, values in spec.axes.items() if axis != "method" and len(values) > 1]
     first = [("--set", f"{axis}={json.dumps(getattr(cell, axis))}") for axis in several]
-    proc, imported = driver_imports(
+    proc, imported = ftgrid_importing(
         "run", path, "--smoke", "--out", tmp_path / "run", *(a for pair in first for a in pair)
     )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Failed to fetch metrics" not in proc.stderr  # Tune's, of the result files ftgrid turns off
     # no tracker asked for: the driver imports none (Tune's census of callbacks would import mlflow and wandb)
-    assert not imported & {"mlflow", "wandb", "tensorboardX"}, imported & {"mlflow", "wandb", "tensorboardX"}
+    trackers = imported & {"mlflow", "wandb", "tensorboardX"}
+    assert not trackers, trackers
     results = [read_result(p.parent) for p in (tmp_path / "run").glob("*/result.json")]
     assert results and all(r.ok for r in results)
     assert {r.config["method"] for r in results} == set(spec.axes.get("method", [results[0].config["method"]]))
