@@ -94,8 +94,16 @@ def driver_at_step_3(grid, run, log):
     return cmd, driver
 
 
+STEPS = 300
+
+
 def test_sigterm_to_the_driver_checkpoints_its_running_trial_and_the_summary_says_how_to_resume(ray_tmp, tmp_path):
-    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 40").replace("logging_steps: 2", "logging_steps: 1")
+    # The notice reaches the trial a second or two after the driver's SIGTERM (its Ray worker goes, then the
+    # launcher's watchdog sends it): 300 steps (a tiny model trains ~30 a second here) keep it training until then.
+    # With 40, a fast CPU finished training first and the trial, stopped in its evaluation, left no result.json.
+    settings = TINY_SETTINGS.replace("max_steps: 4", f"max_steps: {STEPS}").replace(
+        "logging_steps: 2", "logging_steps: 1"
+    )
     resources = "resources:\n  launcher: accelerate\n"  # the trial in a process of its own, as on a GPU
     grid = write_yaml(tmp_path / "g.yaml", f"name: stop\naxes:\n  {AXES}\n{settings}{resources}")
     run, log = tmp_path / "run", tmp_path / "driver.log"
@@ -119,8 +127,8 @@ def test_sigterm_to_the_driver_checkpoints_its_running_trial_and_the_summary_say
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     resumed = read_result(trial_dir)
-    assert resumed.ok and resumed.train["resumed_from_step"] == step and resumed.train["steps"] == 40
-    assert sorted(logged_losses(trial_dir)) == list(range(1, 41))
+    assert resumed.ok and resumed.train["resumed_from_step"] == step and resumed.train["steps"] == STEPS
+    assert sorted(logged_losses(trial_dir)) == list(range(1, STEPS + 1))
 
 
 def test_sigterm_to_a_trial_under_ray_ends_it_preempted_and_ray_restarts_it_from_that_checkpoint(ray_tmp, tmp_path):
