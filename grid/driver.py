@@ -15,6 +15,7 @@ best.yaml for `tune` (`grid.tune`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from grid.cache import scratch_root
 from grid.interrupt import await_notified
 from grid.plan_check import plan_line
 from grid.progress import Progress, close_run
-from grid.ray_driver import check_fits, execution_of, grid_search, param_space, run_on_ray
+from grid.ray_driver import check_fits, execution_of, param_space, run_on_ray
 from grid.runfolder import ends_on_full_disk, keep_best_weights, refresh_results_csv, write_grid_yaml
 from grid.spec import load_grid, load_spec
 from grid.tracking import callbacks, follow
@@ -151,14 +152,34 @@ def run_grid(
     return code
 
 
+def _trial_feed(trials: list[dict], max_concurrent: int | None) -> dict:
+    """Tune's search algorithm for a grid's trials (`grid.trial_feed`), built once Ray is up."""
+    import ray
+
+    from grid.trial_feed import trial_feed
+
+    return {"search_alg": trial_feed(trials, max_concurrent, ray.cluster_resources().get("CPU", 1.0))}
+
+
 def _run_todo(spec, todo, run_dir, address, progress: Progress, console, max_concurrent, force, retries) -> None:
-    """The trials not cached on Ray Tune; results.csv once when there are none."""
+    """The trials not cached on Ray Tune, one by one from a feed; results.csv once when there are none."""
     res = spec.resources
+    max_concurrent = max_concurrent or res.max_concurrent
     if todo:
         execution = execution_of(res, retries=res.retries if retries is None else retries, force=force, save=spec.save)
-        space = param_space(run_dir, execution, trial=grid_search([cfg.model_dump(mode="json") for cfg in todo]))
-        max_concurrent = max_concurrent or res.max_concurrent
-        _on_ray(spec, run_dir, "run", space, address, progress, console, name=spec.name, max_concurrent=max_concurrent)
+        feed = functools.partial(_trial_feed, [cfg.model_dump(mode="json") for cfg in todo], max_concurrent)
+        tune_args = {"tune_config_extra": feed, "num_samples": len(todo), "max_concurrent": None}  # the feed limits
+        _on_ray(
+            spec,
+            run_dir,
+            "run",
+            param_space(run_dir, execution),
+            address,
+            progress,
+            console,
+            name=spec.name,
+            **tune_args,
+        )
     else:
         refresh_results_csv(run_dir)  # nothing ran: the view of the cached results, once
 

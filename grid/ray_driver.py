@@ -264,13 +264,6 @@ def _ray_error(trial) -> str:
     return text.strip() or "the Ray worker died"
 
 
-def grid_search(values: list):
-    """Ray Tune's grid search over `values` (one Ray trial each)."""
-    from ray import tune
-
-    return tune.grid_search(values)
-
-
 def tune_trials(
     param_space: dict,
     run_dir: str | Path,
