@@ -1,19 +1,24 @@
 """Big grids: results.csv kept by the driver at a constant cost per finished trial (the same file the rebuild from
 every result.json gives), and a grid of more than `LARGE_GRID` trials that asks for --yes before it runs."""
 
+import io
 import os
 import pty
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
+import pytest
 from conftest import TINY_SETTINGS, write_yaml
 from inprocess import ftgrid
+from rich.console import Console
 
 from analysis.load import write_results_csv
 from grid.confirm import LARGE_GRID
-from grid.results_view import ResultsView
+from grid.progress import Ending, Outcome, Progress
+from grid.results_view import WRITE_SHARE, ResultsView
 from grid.spec import load_grid
 from runners.contract.choices import Status
 from runners.contract.result import TrialResult
@@ -61,6 +66,15 @@ def test_results_csv_is_written_at_most_every_few_seconds_then_flushed(tmp_path)
     assert (run / "results.csv").read_text().count("/run,t") == 1  # the first one landed; the others wait
     view.flush()
     assert (run / "results.csv").read_bytes() == Path(write_results_csv(run)).read_bytes()
+
+
+def test_writes_of_results_csv_wait_so_that_they_take_at_most_their_share_of_the_time(tmp_path):
+    view = ResultsView(tmp_path / "run", every_s=5.0)
+    assert view._wait() == 5.0  # nothing written yet
+    view.writes, view.write_s = 4, 6.0  # 1.5 s a write, as 10,000 rows take
+    assert view._wait() == pytest.approx(1.5 / WRITE_SHARE) and 1.5 / (1.5 + view._wait()) <= WRITE_SHARE <= 0.02
+    view.writes, view.write_s = 4, 0.2  # cheap writes: every_s decides
+    assert view._wait() == 5.0
 
 
 def _big_grid(tmp_path: Path, trials: int) -> Path:
@@ -128,3 +142,16 @@ def test_a_grid_above_the_limit_asks_on_a_terminal(tmp_path):
     total = _all_finished(grid, run)
     code, seen = _on_a_terminal(["run", grid, "--out", run], b"y\n")
     assert code == 0 and f"{total} cached, 0 to run" in seen, seen
+
+
+def test_the_progress_counts_kept_per_ending_match_a_recount_as_outcomes_change():
+    """The status line is printed once per ended trial: its counts are kept as trials end, not recounted from every
+    outcome (O(trials) a line), and a trial settled again (stopped, then its result.json read) moves between them."""
+    progress = Progress(total=6, console=Console(file=io.StringIO()))
+    for n, ending in enumerate([Ending.OK, Ending.FAILED, Ending.STOPPED, Ending.CACHED, Ending.OK]):
+        progress._end(Outcome(f"t{n}", ending, 1.0), quiet=True)
+    progress.settle(Outcome("t2", Ending.NOT_RUN, reason="interrupted"))
+    progress.settle(Outcome("t1", Ending.OK, 2.0))
+    recount = Counter(o.status for o in progress.outcomes.values())
+    assert progress.totals() == {ending: recount[ending] for ending in Ending}
+    assert progress.counts() == {"done": 4, "running": 0, "failed": 0, "pending": 2}
