@@ -24,9 +24,9 @@ log = logging.getLogger("ftgrid.runfolder")
 # once per trial would make a big grid's bookkeeping quadratic
 WRITE_EVERY_S = 5.0
 # ... and at most this share of the driver's time goes to writing it: after a write of w seconds, the next waits
-# at least w / WRITE_SHARE (a 1.5 s write of 10,000 rows: 75 s), so the cost per trial stays flat as the grid grows.
-# At 10% the writes were half of the driver's work per trial in a 10,000-trial grid of do-nothing trials (one
-# landing every 90 ms, BENCHMARKS.md §7); trials that train land minutes apart and barely wait for it
+# at least w / WRITE_SHARE (a 1 s write: 50 s), so the cost per trial stays flat as the grid grows. With
+# do-nothing trials landing every ~80 ms (BENCHMARKS.md §7) the writes are a visible part of the driver's work
+# per trial; trials that train land minutes apart and barely wait for it
 WRITE_SHARE = 0.02
 
 
