@@ -7,7 +7,8 @@ from collections.abc import Iterable, Mapping
 import pandas as pd
 
 from analysis.errors import AnalysisError
-from analysis.load import KNOWN_METRICS, META_COLUMNS
+from analysis.load import KNOWN_METRICS
+from analysis.results_csv import META_COLUMNS
 from runners.contract.choices import Status
 from runners.contract.scores import MAIN_METRIC, METRICS
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.errors import AnalysisError
+from analysis.results_csv import columns_of, csv_text
 from runners.contract import layout
 from runners.contract.choices import Method
 from runners.contract.files import parse_jsonl
@@ -31,7 +32,6 @@ log = logging.getLogger(__name__)
 RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
 
 # Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
-META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
 KNOWN_METRICS = list(METRICS)
 # result.json files read at once by `load_trials` (a storage request each: they wait on the network, not the CPU)
@@ -192,7 +192,7 @@ def trials_frame(rows: list[tuple[dict, list[str], list[str]]], unreadable: list
         config_keys += [k for k in keys if k not in config_keys]
         metrics += [m for m in names if m not in metrics]
     records = [row for row, _, _ in rows]
-    trials = pd.DataFrame(records, columns=list(dict.fromkeys(META_COLUMNS + [c for r in records for c in r])))
+    trials = pd.DataFrame(records, columns=columns_of(records))
     trials.attrs["config_keys"] = config_keys
     trials.attrs["unreadable"] = unreadable or []
     trials.attrs["metrics"] = [m for m in KNOWN_METRICS if m in metrics] + [
@@ -271,11 +271,17 @@ def _written(store: RunStore, name: str) -> Path | str:
 
 
 def write_results_csv(run_dir: str | os.PathLike) -> Path | str:
-    """Write RUN_DIR/results.csv (one row per finished trial, the columns of `load_trials`)
-    atomically, and return where. Each call rebuilds the file from the result.json files, so
-    calling it after every trial (even from concurrent trials) leaves a complete, readable file."""
+    """Write RUN_DIR/results.csv (one row per finished trial, the rows and columns of `load_trials`, written as
+    `analysis.results_csv` writes them) atomically, and return where. Each call rebuilds the file from the
+    result.json files, so calling it after every trial (even from concurrent trials) leaves a complete file."""
     store = RunStore(run_dir)
-    store.write(load_trials(store.location).to_csv(index=False), layout.RESULTS_CSV)
+    rows = []
+    for _, row in zip(*read_rows(RunStore(store.location)), strict=True):
+        if isinstance(row, AnalysisError):
+            log.warning("left out: %s", row)
+        else:
+            rows.append(row[0])
+    store.write(csv_text(rows), layout.RESULTS_CSV)
     return _written(store, layout.RESULTS_CSV)
 
 

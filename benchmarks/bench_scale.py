@@ -8,7 +8,8 @@ Ray, the progress callback, results.csv, the summary) runs a grid of N cells (`r
 
 Measured per size:
 - driver overhead per trial: the time spent in ftgrid's Tune callback (`on_trial_result`: progress, results.csv)
-  per finished trial, plus the final rebuild of results.csv after Ray ends, divided by N;
+  per finished trial, and apart the part of it spent writing results.csv (its writes and their time); the final
+  rebuild of results.csv after Ray ends, timed on its own;
 - wall time per trial (Ray Tune's own scheduling dominates it);
 - for an s3:// run folder (a moto server on 127.0.0.1): the storage requests per trial, counted from the moto
   server's request log (one line per HTTP request, from every process: the driver and the trials).
@@ -95,10 +96,12 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
     REAL_RAY_TRIAL = rd.ray_trial
     rd.ray_trial = bench_noop_trial
     in_callback = [0.0, 0]
+    made = []  # the callbacks run_grid made (one): their results.csv view counts its writes
     make_callback = rd.progress_callback
 
     def timed_callback(progress, where):
         callback = make_callback(progress, where)
+        made.append(callback)
         on_result = callback.on_trial_result
 
         def timed(*args, **kwargs):
@@ -123,6 +126,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         start = time.perf_counter()
         code = grid.driver.run_grid(spec, trials, run_dir, console=console)
         wall = time.perf_counter() - start
+    views = [c.view for c in made if getattr(c, "view", None) is not None]
+    writes, write_s = sum(v.writes for v in views), sum(v.write_s for v in views)
     return {
         "trials": n,
         "exit_code": code,
@@ -132,6 +137,9 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         "callback_s": in_callback[0],
         "callback_calls": in_callback[1],
         "driver_overhead_per_trial_ms": 1000 * in_callback[0] / n,
+        "csv_writes": writes,
+        "csv_write_s": write_s,
+        "driver_overhead_without_writes_per_trial_ms": 1000 * (in_callback[0] - write_s) / n,
     }
 
 
@@ -303,10 +311,10 @@ def main() -> None:
         figures = run_case(n, storage)
         payload["cases"].append(figures)
         print(json.dumps(figures), flush=True)
-    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "requests/trial"]
+    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "without writes", "writes", "requests/trial"]
     rows = [
         [c["storage"], c["trials"], c["wall_per_trial_ms"], c["driver_overhead_per_trial_ms"],
-         c.get("storage_requests_per_trial")]
+         c["driver_overhead_without_writes_per_trial_ms"], c["csv_writes"], c.get("storage_requests_per_trial")]
         for c in payload["cases"]
     ]  # fmt: skip
     machine.print_table(f"bench_scale {args.label}", columns, rows)

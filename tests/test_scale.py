@@ -8,14 +8,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from math import nan
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from conftest import TINY_SETTINGS, write_yaml
 from inprocess import ftgrid
 from rich.console import Console
 
 from analysis.load import write_results_csv
+from analysis.results_csv import csv_text, row_line
 from grid.confirm import LARGE_GRID
 from grid.progress import Ending, Outcome, Progress
 from grid.results_view import WRITE_SHARE, ResultsView
@@ -55,6 +58,50 @@ def test_results_csv_of_the_running_grid_is_the_rebuilt_file_and_reads_only_the_
     view.landed("t10")
     assert "/run,t01," in (run / "results.csv").read_text()
     assert "/run,t01," not in Path(write_results_csv(run)).read_text()
+    _result("t01", 1).write(run / "t01")  # as it was
+    # a trial that ran again replaces its row; the last rows with a column (do_sample: t00, t03, t06, t09) going
+    # take it away
+    for n, again in ((0, 1), (3, 2), (6, 7), (9, 11)):
+        _result(f"t{n:02d}", again).write(run / f"t{n:02d}")
+        view.landed(f"t{n:02d}")
+        assert (run / "results.csv").read_bytes() == Path(write_results_csv(run)).read_bytes()
+    assert "do_sample" not in (run / "results.csv").read_text()
+
+
+def test_a_write_of_the_running_results_csv_makes_only_the_lines_of_the_trials_that_landed(tmp_path, monkeypatch):
+    import grid.results_view
+
+    run = tmp_path / "run"
+    for n in range(40):
+        _result(f"t{n:02d}", n % 3 * 4).write(run / f"t{n:02d}")  # 0, 4, 8: ok with three shapes of row
+    view = ResultsView(run, every_s=0, share=None)
+    made = []
+    monkeypatch.setattr(grid.results_view, "row_line", lambda row, columns: made.append(row) or row_line(row, columns))
+    view.text()
+    assert len(made) == 40
+    for n in (40, 41):
+        _result(f"t{n:02d}", 0).write(run / f"t{n:02d}")
+        view.landed(f"t{n:02d}")
+    assert len(made) == 42  # one line each: not the 40 before again
+    _result("t42", 1).write(run / "t42")  # train: columns no row had
+    view.landed("t42")
+    assert len(made) == 42 + 43  # a new header: every line made again under it
+    assert (run / "results.csv").read_bytes() == Path(write_results_csv(run)).read_bytes()
+
+
+def test_results_csv_writes_each_value_as_it_is_whatever_else_its_column_holds():
+    rows = [
+        {"run_dir": "r", "trial_id": "a", "status": "ok", "lora_rank": 4, "rouge1": 0.1 + 0.2, "sample": True},
+        {"run_dir": "r", "trial_id": "b", "status": "failed", "error": 'a "quoted", two-line\nerror', "bleu": nan},
+    ]
+    text = csv_text(rows)
+    assert text.splitlines()[:2] == [
+        "run_dir,trial_id,status,error,protocol,lora_rank,rouge1,sample,bleu",
+        "r,a,ok,,,4,0.30000000000000004,True,",  # 4, not pandas' 4.0 of a column with a gap
+    ]
+    assert text.endswith('r,b,failed,"a ""quoted"", two-line\nerror",,,,,\n')
+    read = pd.read_csv(io.StringIO(text))
+    assert read["rouge1"][0] == 0.1 + 0.2 and read["error"][1] == rows[1]["error"] and read["lora_rank"][0] == 4
 
 
 def test_results_csv_is_written_at_most_every_few_seconds_then_flushed(tmp_path):
