@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
 
-# Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
 KNOWN_METRICS = list(METRICS)
 # result.json files read at once by `load_trials` (a storage request each: they wait on the network, not the CPU)

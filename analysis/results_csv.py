@@ -15,6 +15,7 @@ import io
 import math
 from collections.abc import Iterable
 
+# Columns that describe a trial but are not config keys, metrics or train_/eval_ figures.
 META_COLUMNS = ["run_dir", "trial_id", "status", "error", "protocol"]
 
 
