@@ -67,6 +67,10 @@ class Lease:
         self.lost = False
         self._renewals = 0
         self._stop = threading.Event()
+        # The trial renews the lease itself (before its result goes to storage) while the background thread renews
+        # it too: one renewal at a time, or one would send the ETag the other is replacing and read its own
+        # holder's write as a takeover.
+        self._writing = threading.Lock()
 
     def _body(self) -> bytes:
         self._renewals += 1
@@ -125,8 +129,9 @@ class Lease:
 
     def renew(self) -> None:
         """Renew the lease now; LeaseLost if another driver has taken it over."""
-        if not self.lost and not self._put(IfMatch=self.etag):
-            self.lost = True
+        with self._writing:
+            if not self.lost and not self._put(IfMatch=self.etag):
+                self.lost = True
         self.check()
 
     def check(self) -> None:

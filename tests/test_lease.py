@@ -70,6 +70,29 @@ def test_a_lease_not_renewed_for_its_term_is_taken_over_once_and_its_holder_writ
     assert len(holding) == 2
 
 
+def test_a_renewal_from_the_trial_beside_the_background_one_is_not_a_takeover(s3):
+    """The trial renews its lease itself before its result goes to storage while the background thread renews it
+    too: one renewal must not read the ETag the other is replacing, find the condition failed and call the lease
+    lost (the result is then kept but the lease never released)."""
+    held = lease("e/.leases/t1.json", term=60)
+    held.acquire()
+    go = threading.Barrier(2)
+
+    def renew_often() -> None:
+        go.wait()
+        for _ in range(40):
+            held.renew()
+
+    threads = [threading.Thread(target=renew_often, daemon=True) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not held.lost, "two renewals of one holder raced and one took the other for a takeover"
+    held.release()
+    assert RunStore(f"{s3}/e").files(".leases") == []
+
+
 def test_a_local_run_folder_gets_no_lease_and_a_bad_term_is_refused(s3, tmp_path, monkeypatch):
     with trial_lease(RunStore(tmp_path), "t1") as held:
         assert isinstance(held, NoLease)
