@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.errors import AnalysisError
+from analysis.errors import FORMATS, AnalysisError, check_folder
 from runners.contract.scores import MAIN_METRIC
 
 if TYPE_CHECKING:
@@ -59,11 +59,12 @@ def cli_table(
     power: float | None = None,
 ) -> str:
     """The text of one table over the run folder(s); see the module docstring."""
+    _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
+    _check_folders(run_dirs)
     from analysis import comparison, load, tables
     from analysis.axes import decimals
     from analysis.render import format_table
 
-    _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
     trials = _selected_trials(run_dirs, where, metric)
     left_out = unreadable_note(trials.attrs.get("unreadable", []))
     note = ""
@@ -97,13 +98,19 @@ def unreadable_note(unreadable: Sequence[dict]) -> str:
 
 def _check_request(fmt: str, asked: Sequence[tuple[str, object]]) -> None:
     """None; raises AnalysisError when more than one table is asked for or `fmt` is unknown."""
-    from analysis.render import FORMATS
-
     modes = [name for name, given in asked if given]
     if len(modes) > 1:
         raise AnalysisError(f"Choose one table at a time, not {' and '.join(modes)}")
     if fmt not in FORMATS:
         raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(FORMATS)}")
+
+
+def _check_folders(run_dirs) -> None:
+    """AnalysisError for a run folder that is not a folder, before the analysis libraries are imported."""
+    from runners.contract.store import RunStore
+
+    for run_dir in [run_dirs] if isinstance(run_dirs, str | os.PathLike) else run_dirs:
+        check_folder(run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir))
 
 
 def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
@@ -145,6 +152,7 @@ def _comparison(
 
 def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = MAIN_METRIC) -> dict[str, Path]:
     """Write the report of the run folder(s); see the module docstring."""
+    _check_folders(run_dirs)
     from analysis.report import build_report
 
     return build_report(run_dirs, out_dir, metric)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.errors import AnalysisError
+from analysis.errors import AnalysisError, check_folder
 from analysis.results_csv import columns_of, csv_text
 from runners.contract import layout
 from runners.contract.choices import Method
@@ -83,8 +83,7 @@ def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
     trial. Trial folders without `result.json` (still running, or killed) are skipped.
     """
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
-    if not store.is_dir():
-        raise AnalysisError(f"{store}: {'not a folder' if store.exists() else 'no such run folder'}")
+    check_folder(store)
     if store.exists(layout.RESULT_JSON):
         return [store]
     names = store.folders()  # not .ray/

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.axes import decimals, format_level
-from analysis.errors import AnalysisError
+from analysis.errors import FORMATS, AnalysisError
 from analysis.load import KNOWN_METRICS
 
 __all__ = [
@@ -27,7 +27,6 @@ __all__ = [
     "format_ci",
 ]
 
-FORMATS = ["md", "csv", "latex", "json"]
 # Decimals of value columns that are not metrics (whole numbers shown as such).
 COLUMN_DECIMALS = {
     "n": 0,
