@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from analysis.errors import FORMATS, AnalysisError, check_folder
+from analysis.errors import FORMATS, AnalysisError, check_folders
 from runners.contract.scores import MAIN_METRIC
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def cli_table(
 ) -> str:
     """The text of one table over the run folder(s); see the module docstring."""
     _check_request(fmt, [("compare", compare), ("baseline", baseline), ("best", best), ("rows/cols", rows or cols)])
-    _check_folders(run_dirs)
+    check_folders(run_dirs)  # before the analysis libraries are imported
     from analysis import comparison, load, tables
     from analysis.axes import decimals
     from analysis.render import format_table
@@ -105,14 +105,6 @@ def _check_request(fmt: str, asked: Sequence[tuple[str, object]]) -> None:
         raise AnalysisError(f"Unknown format {fmt!r}. Available: {', '.join(FORMATS)}")
 
 
-def _check_folders(run_dirs) -> None:
-    """AnalysisError for a run folder that is not a folder, before the analysis libraries are imported."""
-    from runners.contract.store import RunStore
-
-    for run_dir in [run_dirs] if isinstance(run_dirs, str | os.PathLike) else run_dirs:
-        check_folder(run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir))
-
-
 def _selected_trials(run_dirs, where: str | None, metric: str) -> pd.DataFrame:
     """The run folders' trials that match `where`, with `metric` checked against their metrics (if any)."""
     from analysis import load
@@ -152,7 +144,7 @@ def _comparison(
 
 def cli_report(run_dirs, out_dir: str | os.PathLike | None = None, metric: str = MAIN_METRIC) -> dict[str, Path]:
     """Write the report of the run folder(s); see the module docstring."""
-    _check_folders(run_dirs)
+    check_folders(run_dirs)  # before the analysis libraries are imported
     from analysis.report import build_report
 
     return build_report(run_dirs, out_dir, metric)

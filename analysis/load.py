@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.errors import AnalysisError, check_folder
+from analysis.errors import AnalysisError, RunDirs, as_run_dirs, check_folder
 from analysis.results_csv import columns_of, csv_text
 from runners.contract import layout
 from runners.contract.choices import Method
@@ -29,19 +29,10 @@ from runners.contract.store import RunStore
 
 log = logging.getLogger(__name__)
 
-RunDirs = str | os.PathLike | Iterable[str | os.PathLike]
-
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
 KNOWN_METRICS = list(METRICS)
 # result.json files read at once by `load_trials` (a storage request each: they wait on the network, not the CPU)
 READERS = 16
-
-
-def as_run_dirs(run_dirs: RunDirs) -> list[RunStore]:
-    """One run folder or several (paths or storage URIs), as stores."""
-    if isinstance(run_dirs, (str, os.PathLike)):
-        return [RunStore(run_dirs)]
-    return [RunStore(d) for d in run_dirs]
 
 
 def _read_json(folder: RunStore, name: str) -> dict:
