@@ -67,7 +67,22 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     return result
 
 
-STACK = ("torch", "accelerate", "transformers", "peft", "rouge_score", "sacrebleu")
+# The modules every trial uses, down to those first imported where they are used: rouge_score's scorer brings nltk and
+# scipy (1-2.5 s), which the first trial of a process would otherwise pay inside its wall time and a later one not
+# (`ftgrid plan` counts imports apart, once per fresh process). platformdirs: the model cache's location.
+STACK = (
+    "torch",
+    "accelerate",
+    "transformers",
+    "transformers.optimization",
+    "peft",
+    "rouge_score.rouge_scorer",
+    "sacrebleu.metrics.bleu",
+    "platformdirs",
+    "runners.train",
+    "runners.generate",
+    "runners.metrics",
+)
 
 
 def import_stack() -> float:

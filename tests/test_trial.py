@@ -180,3 +180,33 @@ def test_summarize_uses_the_trained_adapter_and_answers_with_the_summary_only(ti
     verbose = summarize("-v")
     assert verbose.returncode == 0 and verbose.stdout == proc.stdout  # the same answer
     assert "Loading weights" in verbose.stderr and "Warning" in verbose.stderr  # the noise, in the log
+
+
+FIRST_TRIAL_OF_A_PROCESS = """
+import json, sys
+import runners.trial as trial
+from grid.spec import load_grid
+
+after_stack = {}
+stack = trial.import_stack
+trial.import_stack = lambda: (stack(), after_stack.update(modules=set(sys.modules)))[0]
+cfg = load_grid(sys.argv[1])[1][0]
+code, result = trial.execute(cfg, __import__("pathlib").Path(sys.argv[2]) / cfg.trial_id)
+assert code == 0, result.error
+print(json.dumps(sorted(set(sys.modules) - after_stack["modules"])))
+"""
+
+
+@pytest.mark.slow
+def test_the_stack_a_trial_imports_apart_from_its_wall_time_is_all_it_imports(tiny_grid, tmp_path):
+    """`import_stack` (timed apart: `ftgrid plan` counts it once per fresh process) imports every library a trial
+    uses, so the first trial of a process does not pay inside its wall time what a later one does not (rouge's
+    scorer brings nltk and scipy: 1-2.5 s). Within those libraries, modules may still come later (the model's own)."""
+    script = tmp_path / "first.py"
+    script.write_text(FIRST_TRIAL_OF_A_PROCESS)
+    proc = subprocess.run([sys.executable, str(script), str(tiny_grid()), str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    later = json.loads(proc.stdout.splitlines()[-1])
+    first_imported = {m for m in later if "." not in m} - {"runners", "grid"}
+    assert not first_imported, f"packages first imported by the trial itself: {first_imported}"
