@@ -152,7 +152,11 @@ def _run_remote(cfg: TrialConfig, remote: RunStore, scratch: Path, execution: Ex
 class CheckpointSync:
     """Copies a trial's newest complete checkpoint from scratch to the storage while the trial trains, its train_log
     first and `done` last, then removes the older one there: the storage always holds a checkpoint to resume from,
-    and the log that goes with it."""
+    and the log that goes with it. It uploads a snapshot of the checkpoint (hard links, in `STAGING`): a trainer that
+    checkpoints faster than one upload takes would otherwise remove each checkpoint while it is being copied, and no
+    copy would ever be complete."""
+
+    STAGING = ".upload"  # inside the checkpoints folder: the trainer's rotation leaves it alone, its end removes it
 
     def __init__(self, scratch: Path, remote: RunStore):
         self.scratch, self.remote, self.sent = scratch, remote, None
@@ -161,14 +165,35 @@ class CheckpointSync:
         newest = checkpoint.newest(self.scratch / layout.CHECKPOINTS)
         if newest is None or newest.name == self.sent:
             return
+        staged = self.scratch / layout.CHECKPOINTS / self.STAGING / newest.name
         try:  # the log first (its lines up to this checkpoint's step, written before it): a checkpoint whose `done`
             # is in the storage has its log there too, whenever the node dies (the resume cuts the log back to it)
-            self.remote.write((self.scratch / layout.TRAIN_LOG).read_bytes(), layout.TRAIN_LOG)
-            self.remote.upload(newest, layout.CHECKPOINTS, newest.name, last=checkpoint.DONE)
+            log_lines = (self.scratch / layout.TRAIN_LOG).read_bytes()
+            snapshot(newest, staged)
+            self.remote.write(log_lines, layout.TRAIN_LOG)
+            self.remote.upload(staged, layout.CHECKPOINTS, newest.name, last=checkpoint.DONE)
         except FileNotFoundError:
-            return  # the trainer replaced it meanwhile: the next look sends the newer one
+            return  # the trainer replaced it before the snapshot, or ended: the next look sends the newer one
+        finally:
+            shutil.rmtree(staged.parent, ignore_errors=True)
         for old in (self.remote / layout.CHECKPOINTS).folders():
             if old != newest.name:
                 self.remote.delete(layout.CHECKPOINTS, old)
         self.sent = newest.name
         log.info("checkpoint %s copied to %s", newest.name, self.remote)
+
+
+def snapshot(folder: Path, to: Path) -> None:
+    """`to` holds the files of `folder` (hard links: instant, and a checkpoint's files are never changed once written;
+    copies where the file system has no links). FileNotFoundError if `folder` goes meanwhile."""
+    shutil.rmtree(to, ignore_errors=True)
+    to.mkdir(parents=True)
+    for path in sorted(folder.iterdir()):
+        if path.is_symlink() or not path.is_file():
+            continue
+        try:
+            os.link(path, to / path.name)
+        except OSError as err:
+            if isinstance(err, FileNotFoundError):
+                raise
+            shutil.copy2(path, to / path.name)

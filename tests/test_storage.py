@@ -207,3 +207,33 @@ def _trainers() -> list[str]:
         if "runners.trial" in line:
             found.append(line)
     return found
+
+
+def test_a_checkpoint_the_trainer_replaces_while_it_is_copied_still_reaches_the_bucket_whole(s3, tmp_path, monkeypatch):
+    """A trainer that checkpoints faster than one upload takes removes each checkpoint while it is being copied: the
+    copy goes from a snapshot, so the bucket gets the checkpoint whole, `done` last (seen in the two-driver test:
+    with 0.05 s steps and a checkpoint every 3, no checkpoint ever reached the bucket whole)."""
+    import shutil
+
+    from grid.cache import CheckpointSync
+    from runners.contract import layout
+
+    scratch = tmp_path / "trial"
+    step = scratch / layout.CHECKPOINTS / "step-000003"
+    step.mkdir(parents=True)
+    for name, content in (("state.pt", b"weights"), ("rng-0.pt", b"rng"), ("done", b"3")):
+        (step / name).write_bytes(content)
+    (scratch / layout.TRAIN_LOG).write_text('{"step": 3, "loss": 1.0}\n')
+    remote = RunStore(f"{s3}/rotating") / "trial"
+    write = RunStore.write
+
+    def trainer_rotates_meanwhile(self, data, *parts):
+        shutil.rmtree(step, ignore_errors=True)  # the next checkpoint replaced this one during the copy
+        return write(self, data, *parts)
+
+    monkeypatch.setattr(RunStore, "write", trainer_rotates_meanwhile)
+    CheckpointSync(scratch, remote).poll()
+    monkeypatch.setattr(RunStore, "write", write)
+    assert remote.files(layout.CHECKPOINTS) == ["step-000003/done", "step-000003/rng-0.pt", "step-000003/state.pt"]
+    assert remote.read_text(layout.CHECKPOINTS, "step-000003", "state.pt") == "weights"
+    assert not (scratch / layout.CHECKPOINTS / CheckpointSync.STAGING).exists()
