@@ -272,7 +272,8 @@ S3_BUCKET = "runs"
 @pytest.fixture(scope="module")
 def s3():
     """A moto S3 server on 127.0.0.1 with one bucket; credentials and endpoint in the environment, where
-    pyarrow (and every process started from here, Ray nodes included) reads them."""
+    pyarrow (and every process started from here, Ray nodes included) reads them. Leases last 10 s, not 60: a trial
+    Ray restarts after its node or driver died waits a whole term for the dead holder's lease (grid.lease)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -286,6 +287,7 @@ def s3():
         "AWS_SECRET_ACCESS_KEY": "ftgrid-test-secret",
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+        "FTGRID_LEASE_S": "10",
     }
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)
