@@ -52,14 +52,15 @@ def ftgrid(*args):
 def test_every_grid_config_runs_in_smoke_mode_through_the_cli(path, tmp_path, ray_tmp):
     """`ftgrid run configs/X.yaml --smoke --out DIR`, as a user types it, for every shipped grid, on this CPU
     machine; to keep it short each axis but `method` is fixed to its value in the first trained cell (so a zero-shot
-    and a trained cell of each method run). One grid at a time: two local Rays starting beside a test's cluster
-    on 2 busy cores have missed Ray's 30 s for a raylet to register."""
+    and a trained cell of each method run), and the trials run one at a time (conftest.one_at_a_time). One grid at a
+    time: two local Rays starting beside a test's cluster on 2 busy cores have missed Ray's 30 s for a raylet to
+    register."""
     spec, trials = load_grid(path)
     cell = next(t for t in trials if t.method != "zero_shot")
     several = [axis for axis, values in spec.axes.items() if axis != "method" and len(values) > 1]
     first = [("--set", f"{axis}={json.dumps(getattr(cell, axis))}") for axis in several]
     proc, imported = ftgrid_importing(
-        "run", path, "--smoke", "--out", tmp_path / "run", *(a for pair in first for a in pair)
+        "run", path, "--smoke", "--out", tmp_path / "run", "--max-concurrent", "1", *(a for pair in first for a in pair)
     )
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])
     assert "Failed to fetch metrics" not in proc.stderr  # Tune's, of the result files ftgrid turns off

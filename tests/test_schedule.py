@@ -117,7 +117,7 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
     spec, trials = load_grid(tiny_grid(GRID_AXES, extra="resources:\n  launcher: inline\n"))
     assert len(trials) == 8
 
-    assert run_grid(spec, trials, run_dir, max_concurrent=2, console=quiet()) == 0
+    assert run_grid(spec, trials, run_dir, console=quiet()) == 0
     done = results(run_dir)
     assert sorted(done) == sorted(cfg.trial_id for cfg in trials)  # one folder per cell, named by our ids
     assert all(r.ok for r in done.values())

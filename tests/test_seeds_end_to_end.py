@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_SETTINGS, write_yaml
+from conftest import TINY_SETTINGS, one_at_a_time, write_yaml
 
 from analysis.load import load_trials
 
@@ -21,7 +21,7 @@ def ftgrid(*args):
 
 @pytest.mark.slow
 def test_a_grid_of_two_cells_and_three_seeds_runs_and_is_compared_over_its_seeds(tmp_path, ray_tmp):
-    grid = write_yaml(tmp_path / "g.yaml", f"name: t\nrepeats: 3\naxes:\n  {AXES}\n{TINY_SETTINGS}")
+    grid = write_yaml(tmp_path / "g.yaml", f"name: t\nrepeats: 3\naxes:\n  {AXES}\n{TINY_SETTINGS}{one_at_a_time()}")
     run = tmp_path / "run"
     proc = ftgrid("run", grid, "--out", run)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

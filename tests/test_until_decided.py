@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_SETTINGS, write_yaml
+from conftest import TINY_SETTINGS, one_at_a_time, write_yaml
 
 from analysis.load import load_trials
 from analysis.sequential import boundaries, spent
@@ -35,7 +35,7 @@ def test_an_axis_the_grid_does_not_vary_is_refused(tmp_path):
 
 @pytest.mark.slow
 def test_seeds_are_added_in_rounds_until_the_comparison_is_decided(tmp_path, ray_tmp):
-    grid = write_yaml(tmp_path / "g.yaml", f"name: t\naxes:\n  {AXES}\n{TINY_SETTINGS}")
+    grid = write_yaml(tmp_path / "g.yaml", f"name: t\naxes:\n  {AXES}\n{TINY_SETTINGS}{one_at_a_time()}")
     proc = ftgrid("run", grid, "--until-decided", "loss", "--max-seeds", "3", "--out", tmp_path / "run")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "until decided: loss, 2 to 3 seeds per cell, at most 2 rounds" in proc.stdout
