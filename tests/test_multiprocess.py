@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import kill_tree, processes_mentioning, wait_until_gone
+from conftest import TINY_AXES, TINY_SETTINGS, kill_tree, processes_mentioning, wait_until_gone, write_yaml
 from same_training import assert_same_training
 
 from grid.launch import launch_command, launch_trial
@@ -66,20 +66,43 @@ def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_orde
     assert [r["prediction"] for r in rows] == alone
 
 
+# The trial the resume tests interrupt. lora_dropout draws random numbers every step: the same curve needs the random
+# states restored too.
+RESUMED = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
+
+
+def resumed_trial(folder: Path):
+    grid = write_yaml(folder / "grid.yaml", f"name: test\naxes:\n  {TINY_AXES}\n{TINY_SETTINGS}")
+    return load_grid(grid, sets=RESUMED)[1][0]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """`uninterrupted(processes)`: the folder of `resumed_trial` run without interruption by that many processes, run
+    once for the module's tests (which only read it)."""
+    made = {}
+
+    def run(processes: int) -> Path:
+        if processes not in made:
+            folder = tmp_path_factory.mktemp(f"uninterrupted-{processes}")
+            cfg = resumed_trial(folder)
+            code, result = launch_trial(cfg, folder / cfg.trial_id, Execution(processes=processes, cpus=processes))
+            assert code == 0, result.error
+            made[processes] = folder / cfg.trial_id
+        return made[processes]
+
+    return run
+
+
 @pytest.mark.parametrize("processes", [1, 2])
 def test_a_killed_trial_resumes_from_its_checkpoint_with_the_loss_curve_of_an_uninterrupted_run(
-    tiny_grid, tmp_path, processes
+    uninterrupted, tmp_path, processes
 ):
     """Killed (SIGKILL, as when its node dies) after a checkpoint, the trial resumes to the loss at every step, the
     adapter weights and the predictions of an uninterrupted run: with one process, and with two data-parallel ones
     (each restores its own random states and its shard of the data)."""
-    # lora_dropout draws random numbers every step: the same curve needs the random states restored too
-    sets = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
-    _, trials = load_grid(tiny_grid(), sets=sets)
-    cfg = trials[0]
-    reference = tmp_path / "reference" / cfg.trial_id
-    code, _ = launch_trial(cfg, reference, Execution(processes=processes, cpus=processes))  # uninterrupted
-    assert code == 0
+    cfg = resumed_trial(tmp_path)
+    reference = uninterrupted(processes)
 
     trial_dir = tmp_path / "resumed" / cfg.trial_id
     launch = Execution(processes=processes, cpus=processes, checkpoint_steps=3)
@@ -187,7 +210,7 @@ def test_a_killed_two_process_trial_leaves_no_torchrun_worker_training_on(tiny_g
 
 
 def test_a_preemption_notice_to_one_of_two_processes_stops_both_at_one_step_and_the_rerun_resumes_exactly(
-    tiny_grid, tmp_path
+    uninterrupted, tmp_path
 ):
     """SIGTERM to one worker of a two-process trial, the other told nothing: both stop after the same optimiser step
     (they agree on it; one going on alone would hang in the next collective), one checkpoint is written there with no
@@ -196,12 +219,8 @@ def test_a_preemption_notice_to_one_of_two_processes_stops_both_at_one_step_and_
     from runners.contract.choices import Status
     from runners.contract.result import read_result
 
-    sets = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
-    _, trials = load_grid(tiny_grid(), sets=sets)
-    cfg, launch = trials[0], Execution(processes=2, cpus=2)
-    reference = tmp_path / "reference" / cfg.trial_id
-    code, _ = launch_trial(cfg, reference, launch)  # uninterrupted
-    assert code == 0
+    cfg, launch = resumed_trial(tmp_path), Execution(processes=2, cpus=2)
+    reference = uninterrupted(2)
 
     trial_dir, log = tmp_path / "noticed" / cfg.trial_id, tmp_path / "noticed.log"
     trial_dir.mkdir(parents=True)
