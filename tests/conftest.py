@@ -65,6 +65,11 @@ settings:
 """
 
 
+TINY_AXES = (
+    "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
+    "  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]"
+)
+
 # A test's grid runs one trial at a time unless the test is about trials side by side. The suite keeps both cores busy
 # with two test workers, so a second trial at once only costs a second Ray worker importing torch, transformers and
 # peft (~10 CPU s): one test of 8 trials took 58 CPU s two at a time, 47 one at a time.
@@ -85,13 +90,7 @@ def tiny_grid(tmp_path):
     """A grid file of tiny models on synthetic data that trains in seconds, one trial at a time (`one_at_a_time`);
     extra YAML is appended."""
 
-    def make(
-        axes: str = (
-            "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
-            "  loss: [summary_only]\n  lora_rank: [4]\n  method: [lora]"
-        ),
-        extra: str = "",
-    ) -> Path:
+    def make(axes: str = TINY_AXES, extra: str = "") -> Path:
         return write_yaml(tmp_path / "grid.yaml", f"name: test\naxes:\n  {axes}\n{TINY_SETTINGS}{one_at_a_time(extra)}")
 
     return make

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_SETTINGS, write_yaml
+from inprocess import ftgrid as in_this_process
 from same_training import assert_same_training, logged_losses
 
 from runners.contract.choices import Status
@@ -69,8 +70,8 @@ def test_sigterm_checkpoints_at_the_next_step_exits_preempted_and_the_rerun_trai
     assert resumed.ok and resumed.train["resumed_from_step"] == step and resumed.train["steps"] == 24
 
     reference = tmp_path / "reference"
-    uninterrupted = subprocess.run(trial_cmd(grid, reference), capture_output=True, text=True, timeout=600)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
+    uninterrupted = in_this_process("trial", grid, "--out", reference)  # no stack to import again
+    assert uninterrupted.code == 0, uninterrupted.output[-3000:]
     assert_same_training(trial_dir, reference / trial_dir.name)
 
 
