@@ -185,8 +185,12 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
         assert not store.folders(result.trial_id, "checkpoints")  # removed once the trial finished
     assert store.read_text("results.csv").count("\n") == 5
 
+    # The same grid on a local folder, its trials in the Ray worker one at a time (one import of the training stack,
+    # not one per trial): the launcher is not part of a trial, and it changes no score (test_schedule.py).
+    inline = resources.replace("max_concurrent: 2", "max_concurrent: 1").replace("accelerate", "inline")
+    local_grid = write_yaml(tmp_path / "local.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{inline}")
     local = tmp_path / "local"
-    cmd_local = [*cmd[:-1], str(local)]
+    cmd_local = [*cmd[:4], str(local_grid), *cmd[5:-1], str(local)]
     assert subprocess.run(cmd_local, capture_output=True, env=local_cluster.env).returncode == 0
     from analysis import cli_table
 
