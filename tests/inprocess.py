@@ -21,6 +21,10 @@ class Outcome(NamedTuple):
     def output(self) -> str:
         return self.stdout + self.stderr
 
+    @property
+    def returncode(self) -> int:  # as subprocess.CompletedProcess names it
+        return self.code
+
 
 def ftgrid(*args, cwd: Path | str | None = None) -> Outcome:
     """`ftgrid ARGS…` in this process (in `cwd`): the exit code and what it printed."""

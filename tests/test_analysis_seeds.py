@@ -5,12 +5,11 @@ truth (the false-positive rate of the seed test holds alpha; the example-only te
 
 import json
 import re
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from analysis_fixtures import base_config, write_trial
+from inprocess import ftgrid
 from scipy import stats as sps
 from seed_simulation import frames, scores
 
@@ -23,10 +22,6 @@ from analysis.stats import paired_tests
 def write_runs(run_dir, runs):
     for (loss, seed), rouge1 in runs.items():
         write_trial(run_dir, base_config(loss=loss, seed=seed), rouge1=rouge1, seed=seed)
-
-
-def ftgrid(*args):
-    return subprocess.run([sys.executable, "-m", "grid", *map(str, args)], capture_output=True, text=True)
 
 
 @pytest.mark.parametrize("df", [2.0, 4.0, 11.5])

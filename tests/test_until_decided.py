@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import TINY_SETTINGS, one_at_a_time, write_yaml
+from inprocess import ftgrid as in_this_process
 
 from analysis.load import load_trials
 from analysis.sequential import boundaries, spent
@@ -47,5 +48,5 @@ def test_seeds_are_added_in_rounds_until_the_comparison_is_decided(tmp_path, ray
     else:
         assert rounds == ["1", "2"] and "one more seed per cell" in " ".join(proc.stdout.split())
         assert seeds == {"full": [42, 43, 44], "summary_only": [42, 43, 44]}
-    table = ftgrid("table", tmp_path / "run", "--compare", "loss")
+    table = in_this_process("table", tmp_path / "run", "--compare", "loss")
     assert table.returncode == 0 and "cover a new training run" in table.stdout
