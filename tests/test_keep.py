@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from inprocess import ftgrid as in_this_process  # summarize: the training stack is imported here already
 
 from grid.spec import load_grid
 from runners.contract.result import read_result
@@ -66,7 +67,7 @@ def test_save_none_keeps_no_weights_and_summarize_says_so(tiny_grid, tmp_path, r
         p.name for p in trial_dir.iterdir()
     }
     assert result.disk_mb > 0
-    summary = ftgrid("summarize", trial_dir, "#Person1#: Hi. #Person2#: Hello.")
+    summary = in_this_process("summarize", trial_dir, "#Person1#: Hi. #Person2#: Hello.")
     assert summary.returncode == 2 and "Traceback" not in summary.stderr
     assert "trained weights were not kept (save: none)" in " ".join(summary.stderr.split())
 
@@ -85,9 +86,9 @@ def test_save_best_keeps_the_best_trials_weights_and_a_damaged_result_is_run_aga
     assert done[best].weights["kept"] is True and done[other].weights["kept"] is False
     assert f"save: best kept only the best trial's weights, {best}" in done[other].weights["removed"]
     assert done[other].disk_mb < done[best].disk_mb  # updated once the weights went
-    refused = ftgrid("summarize", run_dir / other, "#Person1#: Hi. #Person2#: Hello.")
+    refused = in_this_process("summarize", run_dir / other, "#Person1#: Hi. #Person2#: Hello.")
     assert refused.returncode == 2 and "trained weights were not kept (save: best kept only" in refused.stderr
-    summary = ftgrid("summarize", run_dir / best, "#Person1#: Hi. #Person2#: Hello.")
+    summary = in_this_process("summarize", run_dir / best, "#Person1#: Hi. #Person2#: Hello.")
     assert summary.returncode == 0 and summary.stdout.strip(), summary.stderr
 
     # A result.json cut short (a full disk, a killed copy) is not a finished trial: `ftgrid run` runs it again.

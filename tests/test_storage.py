@@ -13,6 +13,7 @@ import tracemalloc
 
 import pytest
 from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
+from inprocess import ftgrid as in_this_process
 
 from grid.launch import NOTICE_GRACE_S
 from runners.contract.result import read_result
@@ -91,19 +92,20 @@ def test_uploads_and_downloads_stream_a_file_larger_than_a_chunk(s3, tmp_path, m
 
 @pytest.mark.slow
 def test_trial_summarize_and_table_on_a_bucket(s3, tiny_grid, tmp_path):
+    # in the test's process, which has the training stack imported already
     run = f"{s3}/one-trial"
-    proc = ftgrid("trial", tiny_grid(), "--out", run)
+    proc = in_this_process("trial", tiny_grid(), "--out", run)
     assert proc.returncode == 0, proc.stderr
     store = RunStore(run)
     (trial_id,) = store.folders()
     assert read_result(store / trial_id).ok
     assert {"adapter/adapter_config.json", "predictions.jsonl", "train_log.jsonl"} <= set(store.files(trial_id))
     assert store.read_text("grid.yaml") and store.read_text("results.csv").count("\n") == 2
-    proc = ftgrid("summarize", f"{run}/{trial_id}", "Anna: Lunch at noon?\nBen: Yes, at the cafe.")
+    proc = in_this_process("summarize", f"{run}/{trial_id}", "Anna: Lunch at noon?\nBen: Yes, at the cafe.")
     assert proc.returncode == 0 and proc.stdout.strip(), proc.stderr
-    proc = ftgrid("table", run, "--format", "csv")
+    proc = in_this_process("table", run, "--format", "csv")
     assert proc.returncode == 0 and "rougeL" in proc.stdout, proc.stderr
-    proc = ftgrid("report", run)
+    proc = in_this_process("report", run)
     assert proc.returncode == 0, proc.stderr
     assert store.read_text("report.md").startswith("#") and store.files("figures")
 
