@@ -85,13 +85,18 @@ def one_at_a_time(extra: str = "") -> str:
     return f"{extra}resources:\n{ONE_AT_A_TIME}"
 
 
+def write_tiny_grid(folder: Path, axes: str = TINY_AXES, extra: str = "") -> Path:
+    """`folder/grid.yaml`: a grid of tiny models on synthetic data that trains in seconds, one trial at a time
+    (`one_at_a_time`); extra YAML is appended."""
+    return write_yaml(folder / "grid.yaml", f"name: test\naxes:\n  {axes}\n{TINY_SETTINGS}{one_at_a_time(extra)}")
+
+
 @pytest.fixture
 def tiny_grid(tmp_path):
-    """A grid file of tiny models on synthetic data that trains in seconds, one trial at a time (`one_at_a_time`);
-    extra YAML is appended."""
+    """`write_tiny_grid` in the test's folder."""
 
     def make(axes: str = TINY_AXES, extra: str = "") -> Path:
-        return write_yaml(tmp_path / "grid.yaml", f"name: test\naxes:\n  {axes}\n{TINY_SETTINGS}{one_at_a_time(extra)}")
+        return write_tiny_grid(tmp_path, axes, extra)
 
     return make
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import TINY_AXES, TINY_SETTINGS, kill_tree, processes_mentioning, wait_until_gone, write_yaml
+from conftest import kill_tree, processes_mentioning, wait_until_gone, write_tiny_grid
 from same_training import assert_same_training
 
 from grid.launch import launch_command, launch_trial
@@ -72,8 +72,7 @@ RESUMED = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2
 
 
 def resumed_trial(folder: Path):
-    grid = write_yaml(folder / "grid.yaml", f"name: test\naxes:\n  {TINY_AXES}\n{TINY_SETTINGS}")
-    return load_grid(grid, sets=RESUMED)[1][0]
+    return load_grid(write_tiny_grid(folder), sets=RESUMED)[1][0]
 
 
 @pytest.fixture(scope="module")

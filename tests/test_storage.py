@@ -189,11 +189,11 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
 
     # The same grid on a local folder, its trials in the Ray worker one at a time (one import of the training stack,
     # not one per trial): the launcher is not part of a trial, and it changes no score (test_schedule.py).
-    inline = resources.replace("max_concurrent: 2", "max_concurrent: 1").replace("accelerate", "inline")
+    inline = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 1\n  launcher: inline\n"
     local_grid = write_yaml(tmp_path / "local.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{inline}")
     local = tmp_path / "local"
-    cmd_local = [*cmd[:4], str(local_grid), *cmd[5:-1], str(local)]
-    assert subprocess.run(cmd_local, capture_output=True, env=local_cluster.env).returncode == 0
+    cmd_local = [sys.executable, "-m", "grid", "run", str(local_grid), "--address", local_cluster.address]
+    assert subprocess.run([*cmd_local, "--out", str(local)], capture_output=True, env=local_cluster.env).returncode == 0
     from analysis import cli_table
 
     for args in ({"ci": True}, {"compare": "loss"}, {"rows": "lora_rank", "cols": "loss"}):
