@@ -1,11 +1,13 @@
-"""What ftgrid exposes to other users of the machine and the network: a local Ray it starts keeps Ray's token
-authentication and listens on loopback only; a run in storage works in a private scratch folder of the user's."""
+"""What ftgrid exposes to, and takes from, other users of the machine and the network: a local Ray it starts keeps
+Ray's token authentication, listens on loopback only and starts no idle workers; a run in storage works in a private
+scratch folder of the user's."""
 
 import ipaddress
 import os
 import stat
 import subprocess
 import sys
+import time
 
 import psutil
 import pytest
@@ -36,7 +38,18 @@ def loopback(address: str) -> bool:
     return ip.is_loopback or bool(mapped and mapped.is_loopback)
 
 
-def test_a_local_ray_keeps_token_authentication_and_listens_on_loopback_only(ray_tmp):
+def idle_workers(raylet: psutil.Process) -> list[str]:
+    """The raylet's worker processes that run nothing (Ray titles them `ray::IDLE`)."""
+    titles = []
+    for child in raylet.children():
+        try:
+            titles.append(" ".join(child.cmdline()))
+        except psutil.Error:
+            continue
+    return [t for t in titles if t.startswith("ray::IDLE") or "default_worker.py" in t]
+
+
+def test_a_local_ray_keeps_token_authentication_listens_on_loopback_only_and_starts_no_idle_workers(ray_tmp):
     import ray
     from ray._raylet import AuthenticationMode, get_authentication_mode
 
@@ -50,6 +63,13 @@ def test_a_local_ray_keeps_token_authentication_and_listens_on_loopback_only(ray
         sockets = listening(procs)
         assert {name for name, _, _ in sockets} >= {"gcs_server", "raylet"}
         assert [s for s in sockets if not loopback(s[1])] == [], sockets
+        # Ray's default starts a worker per logical CPU when the driver connects (here 2 within a second);
+        # ftgrid's local Ray starts a worker when a trial needs one.
+        (raylet,) = [p for p in procs if p.name() == "raylet"]
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            assert idle_workers(raylet) == []
+            time.sleep(0.2)
     finally:
         ray.shutdown()
 
