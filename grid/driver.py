@@ -124,11 +124,12 @@ def run_grid(
     dry_run: bool = False,
     fmt: str = "table",
     console: Console | None = None,
+    time_box: tuple[int, float] | None = None,
 ) -> int:
     """Run every trial of a grid on Ray Tune (cached ones skipped); print a summary; return 0, or 1 if any failed.
 
     `--dry-run` prints the trials (`fmt`: table, csv or json) and returns without starting Ray. `retries` and
-    `max_concurrent` default to the grid's `resources:`.
+    `max_concurrent` default to the grid's `resources:`. `time_box`: every trial's (`ftgrid plan`'s pilots).
     """
     console = console or Console()
     if dry_run:
@@ -143,7 +144,18 @@ def run_grid(
         f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", markup=False, highlight=False
     )
     with ends_on_full_disk(progress):
-        _run_todo(spec, todo, run_dir, address, progress, console, max_concurrent, force, retries)
+        _run_todo(
+            spec,
+            todo,
+            run_dir,
+            address,
+            progress,
+            console,
+            max_concurrent=max_concurrent,
+            force=force,
+            retries=retries,
+            time_box=time_box,
+        )
         if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
             console.print(line, markup=False, highlight=False)
     code = close_run(progress, trials, run_dir, console)
@@ -161,12 +173,13 @@ def _trial_feed(trials: list[dict], max_concurrent: int | None) -> dict:
     return {"search_alg": trial_feed(trials, max_concurrent, ray.cluster_resources().get("CPU", 1.0))}
 
 
-def _run_todo(spec, todo, run_dir, address, progress: Progress, console, max_concurrent, force, retries) -> None:
+def _run_todo(spec, todo, run_dir, address, progress: Progress, console, *, max_concurrent, force, retries, time_box):
     """The trials not cached on Ray Tune, one by one from a feed; results.csv once when there are none."""
     res = spec.resources
     max_concurrent = max_concurrent or res.max_concurrent
     if todo:
-        execution = execution_of(res, retries=res.retries if retries is None else retries, force=force, save=spec.save)
+        retries = res.retries if retries is None else retries
+        execution = execution_of(res, retries=retries, force=force, save=spec.save, time_box=time_box)
         feed = functools.partial(_trial_feed, [cfg.model_dump(mode="json") for cfg in todo], max_concurrent)
         tune_args = {"tune_config_extra": feed, "num_samples": len(todo), "max_concurrent": None}  # the feed limits
         _on_ray(

@@ -2,12 +2,13 @@
 as the real trials run (the same trial code, on Ray Tune with the grid's resources), in a pilot cache outside any
 run folder, keyed by content as trials are (a pilot that finished is not run again).
 
-A pilot is a trial of its group with `PILOT_STEPS` optimiser steps (the first is the warm-up), `PILOT_EVAL`
-generations and no eval loss. What it measures comes from its result.json: the steady step time (`train.wall_s`
-less the first step, per step), training tokens/s, the peak memory (the allocator's peak on a GPU, the peak RSS on
-a CPU), the generation time per example, the fixed cost (the trial's wall time less training and generation: model load,
-data, scoring, saving) and the import of the training stack, which a fresh process pays before its wall time
-starts (`runners.trial.import_stack`).
+A pilot is a trial of its group that trains for `PILOT_STEPS` optimiser steps (the first is the warm-up) and
+`PILOT_TRAIN_S` seconds after the warm-up, whichever ends later (its time box; at most as many steps as its
+group's longest trial), then makes `PILOT_EVAL` generations, with no eval loss. What it measures comes from its
+result.json: the steady step time (`train.wall_s` less the first step, per step), training tokens/s, the peak
+memory (the allocator's peak on a GPU, the peak RSS on a CPU), the generation time per example, the fixed cost
+(the trial's wall time less training and generation: model load, data, scoring, saving) and the import of the
+training stack, which a fresh process pays before its wall time starts (`runners.trial.import_stack`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ from rich.console import Console
 from runners.config import TrialConfig
 from runners.contract.result import TrialResult, read_result
 
-PILOT_STEPS = 4  # the first is the warm-up
+PILOT_STEPS = 4  # at least; the first is the warm-up
+# and at least this long after the warm-up: a few steps of a small model take a fraction of a second, too short
+# for a busy moment of the machine (Ray's own processes starting beside the first pilot) to average out
+PILOT_TRAIN_S = 2.0
+PILOT_MAX_STEPS = 500  # a group whose trials do not say how many steps they take (epochs) stops its pilot here
 PILOT_EVAL = 4  # generations
 # Settings that do not change what a step, a generation or the fixed cost costs: trials that differ in these only
 # share a pilot. (How many steps and generations a trial takes is counted per trial, not measured.)
@@ -65,14 +70,19 @@ def group_trials(trials: list[TrialConfig]) -> list[list[TrialConfig]]:
 
 
 def pilot_of(group: list[TrialConfig]) -> TrialConfig:
-    """The pilot of a group: its first trial, shortened (its training set as large as the group's largest)."""
+    """The pilot of a group: its first trial, shortened (its training set as large as the group's largest, its
+    steps as many as the group's longest trial takes, of which the time box runs `TIME_BOX`)."""
     first = group[0]
     n_train = None if any(c.n_train is None for c in group) else max(c.n_train for c in group)
     data = first.model_dump(mode="json")
     data.update(seed=first.seed, n_eval=PILOT_EVAL, n_train=n_train, eval_steps=None, logging_steps=1)
     if first.method.trains:
-        data.update(max_steps=PILOT_STEPS)
+        longest = max(c.max_steps for c in group) if all(c.max_steps for c in group) else PILOT_MAX_STEPS
+        data.update(max_steps=max(min(longest, PILOT_MAX_STEPS), PILOT_STEPS))
     return TrialConfig.model_validate(data)
+
+
+TIME_BOX = (PILOT_STEPS, PILOT_TRAIN_S)  # a pilot's (`runners.execution.Execution.time_box`)
 
 
 @dataclass(frozen=True)
@@ -143,7 +153,8 @@ def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: C
     )
     clock = time.perf_counter()
     if todo:
-        run_grid(spec, todo, pilot_dir, address=address, max_concurrent=1, console=Console(file=io.StringIO()))
+        quiet = Console(file=io.StringIO())
+        run_grid(spec, todo, pilot_dir, address=address, max_concurrent=1, console=quiet, time_box=TIME_BOX)
     seconds = time.perf_counter() - clock
     results = {p.trial_id: read_result(pilot_dir / p.trial_id) for p in pilots}
     failed = [f"{i}: {r.error if r else 'no result'}" for i, r in results.items() if not (r and r.ok)]

@@ -30,9 +30,9 @@ log = logging.getLogger("ftgrid.ray")
 FINAL = "final"  # set in the last report of a Ray trial (its result); train_log lines stream without it
 
 
-def execution_of(resources, *, retries: int, force: bool, save: str) -> Execution:
-    """How every trial of a run runs, from the grid's `resources:` and `save:`, and the command line: the one place
-    an `Execution` is built for a run."""
+def execution_of(resources, *, retries: int, force: bool, save: str, time_box=None) -> Execution:
+    """How every trial of a run runs, from the grid's `resources:` and `save:`, and the command line (and, for a
+    plan's pilots, their time box): the one place an `Execution` is built for a run."""
     return Execution(
         launcher=resources.launcher,
         gpus=resources.gpus_per_trial,
@@ -42,6 +42,7 @@ def execution_of(resources, *, retries: int, force: bool, save: str) -> Executio
         processes=resources.processes_per_trial,
         checkpoint_steps=resources.checkpoint_steps,
         save=str(save),
+        time_box=time_box,
     )
 
 

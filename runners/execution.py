@@ -30,6 +30,9 @@ class Execution:
     checkpoint_steps: int | None = None  # a resumable training checkpoint every N optimiser steps
     save: str = Save.ADAPTER.value  # the grid's `save:` (`none`: the trial writes no adapter/)
     force: bool = False  # rerun a trial that already finished
+    # a plan's pilot: training stops once both this many optimiser steps and this many seconds after the first one
+    # (the warm-up) have passed, or at max_steps; None: every step (a real trial)
+    time_box: tuple[int, float] | None = None
     placement: dict = field(default_factory=dict)  # where the scheduler put the trial: node, the GPU ids it gave
 
     @property
@@ -57,7 +60,8 @@ class Execution:
 
     @classmethod
     def from_json(cls, data: dict) -> Execution:
-        return cls(**data)
+        box = data.get("time_box")
+        return cls(**{**data, "time_box": None if box is None else (int(box[0]), float(box[1]))})
 
 
 DEFAULT = Execution()

@@ -123,6 +123,8 @@ class _Loop:
     run_tokens: int = 0  # useful tokens trained on by this run (since a resume): the speed's numerator
     eval_s: float = 0.0
     first_step_s: float | None = None  # from the start to the end of this run's first optimiser step (warm-up)
+    time_box: tuple[int, float] | None = None  # (steps, seconds): a plan's pilot stops once both have passed
+    out_of_time: bool = False
     started: float = field(default_factory=time.perf_counter)
     window_start: float = field(default_factory=time.perf_counter)
 
@@ -148,6 +150,16 @@ class _Loop:
     def due(self, every: int | None) -> bool:
         """Whether this optimiser step is one of every `every` (or the last)."""
         return bool(every) and (self.step % every == 0 or self.step == self.steps)
+
+    def boxed_out(self) -> bool:
+        """Whether a time-boxed run (a plan's pilot) has taken its steps and trained its seconds after the warm-up
+        step. Every process stops at the same step: each reads its own clock, and one saying so is enough."""
+        if self.time_box is None or self.step < self.time_box[0]:
+            return False
+        over = time.perf_counter() - self.started - self.first_step_s >= self.time_box[1]
+        flag = torch.tensor([float(over)], device=self.accelerator.device)
+        self.out_of_time = bool(self.accelerator.reduce(flag, reduction="sum").item() > 0)
+        return self.out_of_time
 
     def log_window(self, lr: float) -> None:
         """A train_log.jsonl line: the loss averaged over the window's micro-batches of every process, the learning
@@ -196,6 +208,8 @@ class _Loop:
             block["first_step_s"] = round(self.first_step_s, 3)
         if self.resumed_from is not None:
             block["resumed_from_step"] = self.resumed_from
+        if self.out_of_time:  # stopped by its time box before max_steps
+            block["time_box"] = list(self.time_box)
         return block
 
 
@@ -208,22 +222,23 @@ def train(
     accelerator,
     log_path: Path,
     checkpoints: Checkpoints | None = None,
+    time_box: tuple[int, float] | None = None,
 ) -> dict:
     """Fine-tune `model` in place, from the latest checkpoint if there is one; returns the `train` block of
-    result.json."""
+    result.json. `time_box` (steps, seconds): stop once both have passed since the warm-up step (a plan's pilot)."""
     steps = total_steps(cfg, len(train_examples), accelerator.num_processes)
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_schedule(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     model.train()
-    loop = _Loop(cfg, accelerator, steps, len(train_examples))
+    loop = _Loop(cfg, accelerator, steps, len(train_examples), time_box=time_box)
     counters = checkpoints.load(model, optimizer, scheduler) if checkpoints else None
     if counters:
         loop.restore(counters)
     loop.log_file = _open_log(log_path, accelerator.is_main_process, loop.resumed_from)
     with notice_of_preemption():  # SIGTERM while training: a checkpoint at the next step, then stop
         try:
-            while loop.step < steps:
+            while loop.step < steps and not loop.out_of_time:
                 loader = accelerator.prepare(make_loader(train_examples, cfg, pad_id, shuffle=True, epoch=loop.epoch))
                 if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
                     loader = accelerator.skip_first_batches(loader, loop.batch)
@@ -240,7 +255,7 @@ def train(
                     if eval_examples and loop.due(cfg.eval_steps):
                         loop.log_eval(lambda: eval_loss(model, eval_examples, cfg, pad_id, accelerator))
                     _after_step(loop, checkpoints, model, optimizer, scheduler)
-                    if loop.step >= steps:
+                    if loop.step >= steps or loop.boxed_out():
                         break
                 loop.epoch, loop.batch = loop.epoch + 1, 0
         finally:

@@ -55,7 +55,7 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(cfg, tokenizer)
     checkpoints = Checkpoints(out_dir, execution.checkpoint_steps, accelerator)
-    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, execution.keep_weights)
+    model, train_block = fit(cfg, data, tokenizer, accelerator, out_dir, checkpoints, execution)
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return None
@@ -188,10 +188,10 @@ def prepare_data(cfg: TrialConfig, tokenizer) -> TrialData:
     return data
 
 
-def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path, checkpoints=None, keep=True):
-    """The base model, fine-tuned as the method says (from its latest checkpoint, if a run before was cut short)
-    and saved to adapter/ unless `keep` is off (zero-shot: loaded only). Returns (model ready to generate,
-    result.json's `train`)."""
+def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path, checkpoints=None, execution=DEFAULT):
+    """The base model, fine-tuned as the method says (from its latest checkpoint, if a run before was cut short,
+    and within the execution's time box, if it has one) and saved to adapter/ unless the execution keeps no weights
+    (zero-shot: loaded only). Returns (model ready to generate, result.json's `train`)."""
     from runners.models import apply_lora, count_params, load_model
     from runners.train import train
 
@@ -202,11 +202,19 @@ def fit(cfg: TrialConfig, data: TrialData, tokenizer, accelerator, out_dir: Path
         model = apply_lora(model, cfg)
         log_path = out_dir / layout.TRAIN_LOG
         block = train(
-            model, data.train_set, data.eval_set, cfg, tokenizer.pad_token_id, accelerator, log_path, checkpoints
+            model,
+            data.train_set,
+            data.eval_set,
+            cfg,
+            tokenizer.pad_token_id,
+            accelerator,
+            log_path,
+            checkpoints,
+            execution.time_box,
         )
         model = accelerator.unwrap_model(model)
         if is_main_process():
-            save_weights(model, tokenizer, out_dir / layout.ADAPTER, keep)
+            save_weights(model, tokenizer, out_dir / layout.ADAPTER, execution.keep_weights)
         if cfg.model_entry.kind == "seq2seq":
             block["loss_tokens"] = "target only (encoder-decoder models always train on the target)"
         if cfg.gradient_checkpointing:

@@ -9,7 +9,7 @@ import pytest
 from conftest import ray_processes, wait_until_gone
 from inprocess import ftgrid
 
-from grid.pilot import PILOT_EVAL, PILOT_STEPS, group_trials
+from grid.pilot import PILOT_EVAL, PILOT_MAX_STEPS, PILOT_STEPS, group_trials, pilot_of
 from grid.plan import Predicted, check_memory
 from grid.spec import Resources, load_grid
 
@@ -26,6 +26,12 @@ def test_trials_are_grouped_by_what_decides_their_cost(tiny_grid):
     assert [[c.method.value for c in g] for g in groups] == [["lora", "lora"], ["zero_shot"]]
     _, longer = load_grid(tiny_grid(AXES, extra="overrides:\n  - match: {loss: full}\n    settings: {batch_size: 2}\n"))
     assert len(group_trials(longer)) == 3  # a different batch is a different cost
+    # a pilot may take as many steps as its group's longest trial, its time box permitting; never fewer than
+    # PILOT_STEPS, never more than PILOT_MAX_STEPS; one that does not train takes none
+    assert [pilot_of(g).max_steps for g in groups] == [9, None]
+    for steps, pilot_steps in ((2, PILOT_STEPS), (10**6, PILOT_MAX_STEPS), (None, PILOT_MAX_STEPS)):
+        _, trials = load_grid(tiny_grid(AXES), sets={"max_steps": steps})
+        assert pilot_of(group_trials(trials)[0]).max_steps == pilot_steps
 
 
 def test_a_trial_that_cannot_fit_is_named():

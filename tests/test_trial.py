@@ -144,6 +144,24 @@ def test_a_process_kept_from_a_larger_trial_reports_each_trials_own_peak_memory(
     assert 0 < result.train["peak_memory_mb"] < earlier - 512, (result.train["peak_memory_mb"], earlier)
 
 
+def test_a_time_boxed_trial_trains_its_steps_and_its_seconds_then_stops(tiny_grid, tmp_path):
+    """`ftgrid plan`'s pilots: training stops once both the steps and the seconds after the warm-up step have passed
+    (every process at the same step), long before max_steps; the train block says so."""
+    from runners.execution import Execution
+
+    _, trials = load_grid(tiny_grid(), sets={"max_steps": 100_000, "logging_steps": 1})
+    code, result = execute(trials[0], tmp_path / "steps", Execution(time_box=(6, 0.0)))
+    assert code == 0, result.error
+    assert result.train["steps"] == 6 and result.train["time_box"] == [6, 0.0]
+    code, result = execute(trials[0], tmp_path / "seconds", Execution(time_box=(2, 1.5)))
+    assert code == 0, result.error
+    train = result.train
+    assert 2 < train["steps"] < 100_000 and train["time_box"] == [2, 1.5]
+    assert train["wall_s"] - train["first_step_s"] >= 1.5
+    log = [json.loads(line) for line in (tmp_path / "seconds" / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == train["steps"]
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
     code, result, trial_dir = run(tiny_grid(), tmp_path, learning_rate=1e30, method="full", max_steps=6)
     assert code == 1 and result.status == "failed"
