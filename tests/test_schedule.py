@@ -121,6 +121,10 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
     done = results(run_dir)
     assert sorted(done) == sorted(cfg.trial_id for cfg in trials)  # one folder per cell, named by our ids
     assert all(r.ok for r in done.values())
+    for trial_id, result in done.items():  # `save: adapter`, the default: every trial's weights, and their size
+        assert (run_dir / trial_id / "adapter" / "adapter_model.safetensors").is_file()
+        assert result.weights["save"] == "adapter" and result.weights["kept"] is True
+        assert 0 < result.weights["mb"] < result.disk_mb  # the folder holds predictions, logs … besides
     assert (run_dir / "grid.yaml").is_file()
     import pandas as pd
 
