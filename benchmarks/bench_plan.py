@@ -79,12 +79,27 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def measured(result: dict) -> dict:
+    """What a trial's own result.json says its steady step and each generation took, as a pilot's is read."""
+    train, evaluated = result.get("train") or {}, result.get("eval") or {}
+    steps, first = train.get("steps") or 0, float(train.get("first_step_s") or 0.0)
+    training = float(train.get("wall_s") or 0.0) - float(train.get("eval_loss_s") or 0.0)
+    return {
+        "step_s": round((training - first) / (steps - 1), 4) if steps > 1 else None,
+        "gen_s_per_example": round(float(evaluated.get("wall_s") or 0.0) / (evaluated.get("n_examples") or 1), 4),
+        "eval_batches": evaluated.get("batches"),
+    }
+
+
 def compare(run_dir: Path) -> list[dict]:
-    """Each trial: predicted and actual wall time and peak memory, with the relative errors."""
+    """Each trial: predicted and actual wall time and peak memory, with the relative errors, and its group's pilot's
+    step and generation times against the trial's own."""
     plan = json.loads((run_dir / "plan.json").read_text())
     rows = []
     for t in plan["trials"]:
         result = json.loads((run_dir / t["trial_id"] / "result.json").read_text())
+        group = plan["groups"][t["group"]]
+        own = measured(result)
         peak = (result.get("train") or {}).get("peak_memory_mb")
         rows.append(
             {
@@ -97,6 +112,11 @@ def compare(run_dir: Path) -> list[dict]:
                 "peak_mb_predicted": t["peak_memory_mb"],
                 "peak_mb": peak,
                 "peak_error": round((peak - t["peak_memory_mb"]) / t["peak_memory_mb"], 3) if peak else None,
+                "step_s_pilot": group.get("step_s"),
+                "step_s": own["step_s"],
+                "gen_s_per_example_pilot": group.get("gen_s_per_example"),
+                "gen_s_per_example": own["gen_s_per_example"],
+                "eval_batches": own["eval_batches"],
             }
         )
     return rows
