@@ -31,7 +31,7 @@ from runners.contract.errors import ConfigError
 from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.secrets import scrub
-from runners.contract.store import RunStore
+from runners.contract.store import RunStore, storage_failed
 
 app = typer.Typer(
     add_completion=False,
@@ -379,10 +379,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except OSError as e:
-        if not disk_full(e):
+    except OSError as e:  # a full disk, or storage that failed a request: a message, not a traceback
+        if not (message := no_space(e) if disk_full(e) else storage_failed(e)):
             raise
-        err.print(f"[bold red]error:[/] {escape(no_space(e))}", highlight=False, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
         sys.exit(1)
     except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")

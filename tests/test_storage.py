@@ -122,6 +122,25 @@ AXES = (
 )
 
 
+def test_storage_that_does_not_answer_is_a_message_not_a_traceback(tmp_path):
+    """Nothing listens on the endpoint (a port of 127.0.0.1 bound here and never served): `ftgrid table` and
+    `report` on a bucket there end with exit code 1 and a message that names the storage, once pyarrow's retries
+    are spent."""
+    import socket
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))  # held and not listening: every connection is refused
+        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+        for verb in ("table", "report"):
+            proc = ftgrid(verb, "s3://runs/nowhere", env=env, cwd=tmp_path, timeout=300)
+            said = " ".join(proc.stderr.split())
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert "Traceback" not in proc.stdout + proc.stderr
+            assert "a request to the run folder's storage failed" in said and endpoint.split("//")[1] in said
+
+
 @pytest.mark.slow
 def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_equal_a_local_run(
     s3, local_cluster, tmp_path

@@ -30,6 +30,18 @@ def local_path(location: str | Path) -> str | Path:
     return unquote(parts.path) or "/"
 
 
+def storage_failed(err: OSError) -> str | None:
+    """The message of a request to a run folder in storage that failed (pyarrow's S3 client: `AWS Error …`, once
+    its own retries are spent); None for any other error."""
+    text = str(err)
+    if "AWS Error" not in text:
+        return None
+    return (
+        f"a request to the run folder's storage failed: {text}; check the endpoint (AWS_ENDPOINT_URL) and the "
+        "credentials, then run the same command again (what finished is kept)"
+    )
+
+
 class RunStore:
     """A run folder wherever it lives: a local (or shared, NFS-mounted) path, or a URI that pyarrow's file
     systems open (`s3://bucket/runs/x`, `gs://…`; credentials and endpoint come from the environment the way
