@@ -370,7 +370,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config, execution = read_handoff(args.handoff)
     code, _ = execute(TrialConfig.model_validate(config), args.out, execution)
+    leave_process_group(finished=code == 0)
     return code
+
+
+def leave_process_group(*, finished: bool) -> None:
+    """With several processes, after a finished trial: wait until every process has finished (rank 0 scores and
+    writes result.json after the others are done), then close the process group. A process that exits with the
+    group open can abort in the collective library's teardown, and torchrun then stops rank 0 before its
+    result.json is written. A process whose trial failed or was preempted leaves at once: the others may be
+    waiting in a collective it will never join, and torchrun stops them when it exits."""
+    import torch.distributed as dist
+
+    if finished and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
