@@ -23,9 +23,10 @@ from pathlib import Path
 from rich.console import Console
 
 from runners.config import TrialConfig
+from runners.contract.choices import Loss
 from runners.contract.result import TrialResult, read_result
 
-PILOT_STEPS = 4  # at least; the first is the warm-up
+PILOT_STEPS = 5  # at least; the first is the warm-up, the others alternate the loss strategy (two of each)
 # and at least this long after the warm-up: a few steps of a small model take a fraction of a second, too short
 # for a busy moment of the machine (Ray's own processes starting beside the first pilot) to average out
 PILOT_TRAIN_S = 2.0
@@ -76,7 +77,8 @@ def pilot_of(group: list[TrialConfig]) -> TrialConfig:
     n_train = None if any(c.n_train is None for c in group) else max(c.n_train for c in group)
     data = first.model_dump(mode="json")
     data.update(seed=first.seed, n_eval=PILOT_EVAL, n_train=n_train, eval_steps=None, logging_steps=1)
-    if first.method.trains:
+    if first.method.trains:  # summary-only: a time-boxed run then times both loss strategies (`runners.train`)
+        data.update(loss=Loss.SUMMARY_ONLY.value)
         longest = max(c.max_steps for c in group) if all(c.max_steps for c in group) else PILOT_MAX_STEPS
         data.update(max_steps=max(min(longest, PILOT_MAX_STEPS), PILOT_STEPS))
     return TrialConfig.model_validate(data)
@@ -90,15 +92,28 @@ class Measured:
     """What a pilot measured."""
 
     step_s: float  # one optimiser step, after the warm-up
+    step_s_by_loss: dict  # the same under each loss strategy, when the pilot timed them apart ({} otherwise)
     first_step_s: float  # the warm-up step
     tokens_per_s: float | None
     peak_memory_mb: float
-    gen_s_per_example: float
+    gen_s_per_example: float  # all of generation, per example
+    decode_s_per_batch: float  # of which the decoding loop, per batch
+    rest_s_per_example: float  # and the rest (prefill, decoding to text), per example
     fixed_s: float  # the trial's wall time less training and generation
     n_train_rows: int  # training examples the pilot had (its group's largest n_train, or the whole split)
     disk_mb: float
     wall_s: float
     import_s: float  # importing the training stack, paid by a fresh process only (not in wall_s)
+
+    def step_s_of(self, loss: str) -> float:
+        """A steady step's time under `loss`: as the pilot timed it, or its mean step where it did not."""
+        return float(self.step_s_by_loss.get(str(loss), self.step_s))
+
+    def eval_s(self, n_examples: int, batches: int) -> float:
+        """Generating `n_examples` (all processes) in `batches` batches (each process): the pilot's decoding loop
+        per batch, whose time grows little with the rows of a batch, and the rest of its generation time per
+        example (prefill, decoding to text). A pilot that recorded no decoding time: all of it per example."""
+        return n_examples * self.rest_s_per_example + batches * self.decode_s_per_batch
 
     @classmethod
     def of(cls, result: TrialResult) -> Measured:
@@ -110,12 +125,16 @@ class Measured:
         step_s = (training - first) / (steps - 1) if steps > 1 else first
         gen_s = float(evaluated.get("wall_s") or 0.0)
         n_eval = evaluated.get("n_examples") or 1
+        decode_s = min(float(evaluated.get("decode_s") or 0.0), gen_s)
         return cls(
             step_s=round(max(step_s, 0.0), 4),
+            step_s_by_loss=dict(train.get("step_s_by_loss") or {}),
             first_step_s=round(first, 3),
             tokens_per_s=train.get("train_tokens_per_s"),
             peak_memory_mb=float(train.get("peak_memory_mb") or 0.0),
             gen_s_per_example=round(gen_s / n_eval, 4),
+            decode_s_per_batch=round(decode_s / max(int(evaluated.get("batches") or 1), 1), 4),
+            rest_s_per_example=round((gen_s - decode_s) / n_eval, 4),
             fixed_s=round(max(float(result.wall_s or 0.0) - training - gen_s, 0.0), 2),
             n_train_rows=int((result.data or {}).get("n_train") or 0),
             disk_mb=float(result.disk_mb or 0.0),

@@ -71,13 +71,23 @@ def eval_rows(cfg: TrialConfig, sizes: dict) -> int:
     return sizes[cfg.dataset]
 
 
+def eval_batches(cfg: TrialConfig, n_eval: int, procs: int) -> int:
+    """The generation batches of one process (the processes split the examples), as `runners.generate.token_batches`
+    cuts them, taking every prompt at its longest (max_source_length)."""
+    from runners.generate import TOKEN_BUDGET
+
+    rows = max(1, min(cfg.eval_batch_size, TOKEN_BUDGET // (cfg.max_source_length + cfg.max_new_tokens)))
+    return math.ceil(math.ceil(n_eval / procs) / rows)
+
+
 def predict(cfg: TrialConfig, group: int, m: Measured, resources, cached: bool, sizes: dict) -> Predicted:
     """A trial's cost from its group's pilot."""
     rows = min(cfg.n_train or m.n_train_rows, m.n_train_rows) if m.n_train_rows else (cfg.n_train or 0)
-    steps = trial_steps(cfg, rows, processes(resources))
-    train_s = m.first_step_s + (steps - 1) * m.step_s if steps else 0.0
+    procs = processes(resources)
+    steps = trial_steps(cfg, rows, procs)
+    train_s = m.first_step_s + (steps - 1) * m.step_s_of(cfg.loss) if steps else 0.0
     n_eval = eval_rows(cfg, sizes)
-    eval_s = n_eval * m.gen_s_per_example
+    eval_s = m.eval_s(n_eval, eval_batches(cfg, n_eval, procs))
     wall = m.fixed_s + train_s + eval_s
     return Predicted(
         cfg.trial_id,

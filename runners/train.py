@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from runners.checkpoint import Checkpoints
 from runners.config import TrialConfig
+from runners.contract.choices import Loss
 from runners.contract.files import open_nofollow
 from runners.loss import training_loss
 from runners.masking import IGNORE, Encoded, collate
@@ -125,6 +126,11 @@ class _Loop:
     first_step_s: float | None = None  # from the start to the end of this run's first optimiser step (warm-up)
     time_box: tuple[int, float] | None = None  # (steps, seconds): a plan's pilot stops once both have passed
     out_of_time: bool = False
+    # A time-boxed run of a decoder-only model (a plan's pilot) alternates the loss strategy after the warm-up step
+    # and times each apart: {loss: [seconds, useful tokens, steps]} (`probe_loss`)
+    probe: dict | None = None
+    step_clock: float = 0.0  # when this run's latest optimiser step ended
+    step_tokens: int = 0  # useful tokens of this process since then
     started: float = field(default_factory=time.perf_counter)
     window_start: float = field(default_factory=time.perf_counter)
 
@@ -141,6 +147,7 @@ class _Loop:
         self.window_loss += loss.detach().float().item()
         self.window_batches += 1
         self.window_tokens += int(batch["attention_mask"].sum())
+        self.step_tokens += int(batch["attention_mask"].sum())
         self.micro += 1
         self.batch += 1
 
@@ -210,7 +217,44 @@ class _Loop:
             block["resumed_from_step"] = self.resumed_from
         if self.out_of_time:  # stopped by its time box before max_steps
             block["time_box"] = list(self.time_box)
+        if self.probe and all(n for _, _, n in self.probe.values()):
+            block["step_s_by_loss"] = _step_s_by_loss(self.probe)
         return block
+
+    def probe_loss(self, batch: dict) -> dict:
+        """The batch a probing run trains the coming step on: its own (summary-only) labels on odd steps, the
+        full-sequence labels (every real token) on even ones; the warm-up step (the first) is not timed."""
+        if self.probe is None or self.step == 0 or (self.step + 1) % 2:
+            return batch
+        labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
+        return {**batch, "labels": labels}
+
+    def timed_step(self) -> None:
+        """Time the optimiser step that just ended: the first (the warm-up) apart; after it, in a probing run,
+        under its loss strategy."""
+        now = time.perf_counter()
+        if self.first_step_s is None:
+            self.first_step_s = now - self.started
+        if self.probe is not None and self.step > 1:
+            kind = self.probe["full" if self.step % 2 == 0 else "summary_only"]
+            kind[0], kind[1], kind[2] = kind[0] + now - self.step_clock, kind[1] + self.step_tokens, kind[2] + 1
+        self.step_clock, self.step_tokens = now, 0
+
+
+def _probe(cfg: TrialConfig, examples: list[Encoded], time_box) -> dict | None:
+    """The empty timings of a run that probes both loss strategies (`_Loop.probe`): a time-boxed summary-only run
+    of a decoder-only model (a plan's pilot); None for any other."""
+    if time_box is None or cfg.loss != Loss.SUMMARY_ONLY or not examples or not examples[0].decoder_only:
+        return None
+    return {"summary_only": [0.0, 0, 0], "full": [0.0, 0, 0]}
+
+
+def _step_s_by_loss(probe: dict) -> dict:
+    """A steady step's seconds under each loss strategy, at the mean useful tokens of a step of either: the time
+    per token of each, so that the batches each happened to draw (their lengths) do not count."""
+    steps = sum(n for _, _, n in probe.values())
+    tokens_per_step = sum(t for _, t, _ in probe.values()) / steps
+    return {loss: round(s / max(t, 1) * tokens_per_step, 4) for loss, (s, t, _) in probe.items()}
 
 
 def train(
@@ -230,12 +274,13 @@ def train(
     optimizer = make_optimizer(model, cfg)
     scheduler = make_lr_schedule(optimizer, cfg, steps)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
-    model.train()
-    loop = _Loop(cfg, accelerator, steps, len(train_examples), time_box=time_box)
+    probe = _probe(cfg, train_examples, time_box)
+    loop = _Loop(cfg, accelerator, steps, len(train_examples), time_box=time_box, probe=probe)
     counters = checkpoints.load(model, optimizer, scheduler) if checkpoints else None
     if counters:
         loop.restore(counters)
     loop.log_file = _open_log(log_path, accelerator.is_main_process, loop.resumed_from)
+    model.train()
     with notice_of_preemption():  # SIGTERM while training: a checkpoint at the next step, then stop
         try:
             while loop.step < steps and not loop.out_of_time:
@@ -243,13 +288,13 @@ def train(
                 if loop.batch:  # resumed mid-epoch: the batches before the checkpoint were trained on already
                     loader = accelerator.skip_first_batches(loader, loop.batch)
                 for batch in loader:
+                    batch = loop.probe_loss(batch)
                     loss = _micro_step(model, batch, optimizer, scheduler, accelerator, cfg, loop.step)
                     loop.add(loss, batch)
                     if not accelerator.sync_gradients:
                         continue
                     loop.step += 1
-                    if loop.first_step_s is None:
-                        loop.first_step_s = time.perf_counter() - loop.started
+                    loop.timed_step()
                     if loop.due(cfg.logging_steps):
                         loop.log_window(scheduler.get_last_lr()[0])
                     if eval_examples and loop.due(cfg.eval_steps):

@@ -9,9 +9,10 @@ import pytest
 from conftest import ray_processes, wait_until_gone
 from inprocess import ftgrid
 
-from grid.pilot import PILOT_EVAL, PILOT_MAX_STEPS, PILOT_STEPS, group_trials, pilot_of
-from grid.plan import Predicted, check_memory
+from grid.pilot import PILOT_EVAL, PILOT_MAX_STEPS, PILOT_STEPS, Measured, group_trials, pilot_of
+from grid.plan import Predicted, check_memory, predict
 from grid.spec import Resources, load_grid
+from runners.contract.result import TrialResult
 
 AXES = (
     "model: [tiny-llama]\n  dataset: [synthetic]\n  template: [custom]\n"
@@ -29,9 +30,33 @@ def test_trials_are_grouped_by_what_decides_their_cost(tiny_grid):
     # a pilot may take as many steps as its group's longest trial, its time box permitting; never fewer than
     # PILOT_STEPS, never more than PILOT_MAX_STEPS; one that does not train takes none
     assert [pilot_of(g).max_steps for g in groups] == [9, None]
+    assert pilot_of(groups[0]).loss.value == "summary_only"  # and times a full-sequence step too (runners.train)
     for steps, pilot_steps in ((2, PILOT_STEPS), (10**6, PILOT_MAX_STEPS), (None, PILOT_MAX_STEPS)):
         _, trials = load_grid(tiny_grid(AXES), sets={"max_steps": steps})
         assert pilot_of(group_trials(trials)[0]).max_steps == pilot_steps
+
+
+def test_a_trial_is_predicted_from_its_pilot_by_its_loss_and_its_generation_batches(tiny_grid):
+    """A step costs what the pilot timed under the trial's own loss strategy; generation costs the pilot's decoding
+    per batch (the trial's batches) and the rest per example. A pilot that recorded neither: its mean step, and
+    all of generation per example."""
+    _, trials = load_grid(tiny_grid(AXES, extra="settings:\n  max_steps: 11\n  n_eval: 24\n  eval_batch_size: 8\n"))
+    pilot = TrialResult(
+        "pilot",
+        train={"steps": 5, "wall_s": 5.0, "first_step_s": 1.0, "step_s_by_loss": {"summary_only": 0.5, "full": 1.5}},
+        eval={"wall_s": 10.0, "decode_s": 8.0, "batches": 1, "n_examples": 4},
+        wall_s=20.0,
+        data={"n_train": 64},
+    )
+    measured = Measured.of(pilot)
+    by_loss = {c.loss.value: predict(c, 0, measured, Resources(), False, {}) for c in trials if c.method.trains}
+    assert by_loss["summary_only"].train_s == 1.0 + 10 * 0.5 and by_loss["full"].train_s == 1.0 + 10 * 1.5
+    assert by_loss["full"].eval_s == 24 * 0.5 + 3 * 8.0  # 3 batches of 8; 0.5 s a prompt besides decoding
+    older = TrialResult(
+        "older", train={"steps": 5, "wall_s": 5.0, "first_step_s": 1.0}, eval={"wall_s": 10.0, "n_examples": 4}
+    )
+    old = predict(trials[0], 0, Measured.of(older), Resources(), False, {})
+    assert old.train_s == 1.0 + 10 * 1.0 and old.eval_s == 24 * 2.5
 
 
 def test_a_trial_that_cannot_fit_is_named():

@@ -162,6 +162,34 @@ def test_a_time_boxed_trial_trains_its_steps_and_its_seconds_then_stops(tiny_gri
     assert log[-1]["step"] == train["steps"]
 
 
+def test_a_time_boxed_summary_only_run_times_both_loss_strategies_apart(tiny_grid, tmp_path):
+    """A plan's pilot measures what a step costs under each loss strategy in one run: after the warm-up step, every
+    other step trains on the full sequence (every real token labelled), each timed apart."""
+    import torch
+
+    from runners.execution import Execution
+    from runners.masking import IGNORE
+    from runners.train import _Loop
+
+    _, trials = load_grid(tiny_grid(), sets={"max_steps": 100_000, "logging_steps": 1})
+    code, result = execute(trials[0], tmp_path / "boxed", Execution(time_box=(5, 0.0)))
+    assert code == 0, result.error
+    assert set(result.train["step_s_by_loss"]) == {"summary_only", "full"}
+    assert all(s > 0 for s in result.train["step_s_by_loss"].values())
+    code, result = execute(trials[0].model_copy(update={"max_steps": 5}), tmp_path / "plain")
+    assert code == 0 and "step_s_by_loss" not in result.train  # a trial that is not a pilot trains on its own loss
+
+    ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
+    batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": torch.tensor([[IGNORE] * 3 + [8]] * 2)}
+    loop = _Loop(trials[0], None, 10, 4, probe={"summary_only": [0.0, 0, 0], "full": [0.0, 0, 0]})
+    taken = []
+    for step in range(4):  # the labels the coming step (step + 1) trains on
+        loop.step = step
+        taken.append(loop.probe_loss(batch)["labels"].tolist())
+    full = [[5, 6, 7, 8], [5, 6, IGNORE, IGNORE]]
+    assert taken == [batch["labels"].tolist(), full, batch["labels"].tolist(), full]
+
+
 def test_nan_loss_stops_with_a_clear_error(tiny_grid, tmp_path):
     code, result, trial_dir = run(tiny_grid(), tmp_path, learning_rate=1e30, method="full", max_steps=6)
     assert code == 1 and result.status == "failed"
