@@ -99,7 +99,7 @@ class Measured:
     gen_s_per_example: float  # all of generation, per example
     decode_s_per_batch: float  # of which the decoding loop, per batch
     rest_s_per_example: float  # and the rest (prefill, decoding to text), per example
-    fixed_s: float  # the trial's wall time less training and generation
+    fixed_s: float  # the trial's wall time less training, generation and building its model (`fetch_s`)
     n_train_rows: int  # training examples the pilot had (its group's largest n_train, or the whole split)
     disk_mb: float
     wall_s: float
@@ -126,6 +126,7 @@ class Measured:
         gen_s = float(evaluated.get("wall_s") or 0.0)
         n_eval = evaluated.get("n_examples") or 1
         decode_s = min(float(evaluated.get("decode_s") or 0.0), gen_s)
+        fetch_s = float((result.placement or {}).get("fetch_s") or 0.0)  # building its model: the first trial only
         return cls(
             step_s=round(max(step_s, 0.0), 4),
             step_s_by_loss=dict(train.get("step_s_by_loss") or {}),
@@ -135,7 +136,7 @@ class Measured:
             gen_s_per_example=round(gen_s / n_eval, 4),
             decode_s_per_batch=round(decode_s / max(int(evaluated.get("batches") or 1), 1), 4),
             rest_s_per_example=round((gen_s - decode_s) / n_eval, 4),
-            fixed_s=round(max(float(result.wall_s or 0.0) - training - gen_s, 0.0), 2),
+            fixed_s=round(max(float(result.wall_s or 0.0) - training - gen_s - fetch_s, 0.0), 2),
             n_train_rows=int((result.data or {}).get("n_train") or 0),
             disk_mb=float(result.disk_mb or 0.0),
             wall_s=float(result.wall_s or 0.0),

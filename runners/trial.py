@@ -49,9 +49,10 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
 
     started_at, clock, window = now(), time.perf_counter(), [time.time()]
     accelerator = make_accelerator(cfg)
-    reset_peak_memory(accelerator.device)
     out_dir = Path(out_dir)
     start_folder(cfg, out_dir)
+    fetched_s = fetch_model(cfg)
+    reset_peak_memory(accelerator.device)  # after building the model: a first trial's peak is that of a later one
     tokenizer = load_tokenizer(cfg)
     data = prepare_data(cfg, tokenizer)
     checkpoints = Checkpoints(out_dir, execution.checkpoint_steps, accelerator)
@@ -59,7 +60,8 @@ def run_trial(cfg: TrialConfig, out_dir: Path, execution: Execution = DEFAULT) -
     evaluation = evaluate(cfg, model, tokenizer, data, accelerator)
     if not is_main_process():
         return None
-    placement = {**where_it_ran(execution.placement, accelerator, [*window, time.time()]), "import_s": imported_s}
+    placement = where_it_ran(execution.placement, accelerator, [*window, time.time()])
+    placement.update(import_s=imported_s, fetch_s=fetched_s)
     done = Finished(train_block, evaluation, placement, execution.save, started_at, clock, checkpoints.warnings)
     result = assemble_result(cfg, data, done, out_dir)
     result.write(out_dir)  # written last: its presence means done
@@ -94,6 +96,15 @@ def import_stack() -> float:
     for name in STACK:
         if name not in sys.modules:
             importlib.import_module(name)
+    return round(time.perf_counter() - clock, 2)
+
+
+def fetch_model(cfg: TrialConfig) -> float:
+    """Build a built-in model into the cache on its first use: the seconds (a plan's pilot's fixed cost less it)."""
+    from runners.models import resolve_source
+
+    clock = time.perf_counter()
+    resolve_source(cfg.model_entry)
     return round(time.perf_counter() - clock, 2)
 
 
@@ -375,11 +386,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def leave_process_group(*, finished: bool) -> None:
-    """With several processes, after a finished trial: wait until every process has finished (rank 0 scores and
-    writes result.json after the others are done), then close the process group. A process that exits with the
-    group open can abort in the collective library's teardown, and torchrun then stops rank 0 before its
-    result.json is written. A process whose trial failed or was preempted leaves at once: the others may be
-    waiting in a collective it will never join, and torchrun stops them when it exits."""
+    """Of several processes, after a finished trial: wait for all (rank 0 scores last), then close the group; one
+    exiting with it open can abort in its teardown, and torchrun then stops rank 0 before result.json. After a
+    failure or preemption, leave at once: the others may wait in a collective this one will never join."""
     import torch.distributed as dist
 
     if finished and dist.is_available() and dist.is_initialized():

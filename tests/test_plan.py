@@ -38,8 +38,8 @@ def test_trials_are_grouped_by_what_decides_their_cost(tiny_grid):
 
 def test_a_trial_is_predicted_from_its_pilot_by_its_loss_and_its_generation_batches(tiny_grid):
     """A step costs what the pilot timed under the trial's own loss strategy; generation costs the pilot's decoding
-    per batch (the trial's batches) and the rest per example. A pilot that recorded neither: its mean step, and
-    all of generation per example."""
+    per batch (the trial's batches) and the rest per example; the fixed cost leaves out building the model. A
+    pilot that recorded neither timing: its mean step, and all of generation per example."""
     _, trials = load_grid(tiny_grid(AXES, extra="settings:\n  max_steps: 11\n  n_eval: 24\n  eval_batch_size: 8\n"))
     pilot = TrialResult(
         "pilot",
@@ -47,8 +47,10 @@ def test_a_trial_is_predicted_from_its_pilot_by_its_loss_and_its_generation_batc
         eval={"wall_s": 10.0, "decode_s": 8.0, "batches": 1, "n_examples": 4},
         wall_s=20.0,
         data={"n_train": 64},
+        placement={"fetch_s": 3.0},  # building its model: the first trial of a model only
     )
     measured = Measured.of(pilot)
+    assert measured.fixed_s == 20.0 - 5.0 - 10.0 - 3.0
     by_loss = {c.loss.value: predict(c, 0, measured, Resources(), False, {}) for c in trials if c.method.trains}
     assert by_loss["summary_only"].train_s == 1.0 + 10 * 0.5 and by_loss["full"].train_s == 1.0 + 10 * 1.5
     assert by_loss["full"].eval_s == 24 * 0.5 + 3 * 8.0  # 3 batches of 8; 0.5 s a prompt besides decoding

@@ -162,9 +162,10 @@ def test_a_time_boxed_trial_trains_its_steps_and_its_seconds_then_stops(tiny_gri
     assert log[-1]["step"] == train["steps"]
 
 
-def test_a_time_boxed_summary_only_run_times_both_loss_strategies_apart(tiny_grid, tmp_path):
+def test_a_time_boxed_summary_only_run_times_both_loss_strategies_apart(tiny_grid, tmp_path, monkeypatch):
     """A plan's pilot measures what a step costs under each loss strategy in one run: after the warm-up step, every
-    other step trains on the full sequence (every real token labelled), each timed apart."""
+    other step trains on the full sequence (every real token labelled), each timed apart. Building the model on
+    its first use is timed apart too (`fetch_s`: a plan keeps it out of the fixed cost)."""
     import torch
 
     from runners.execution import Execution
@@ -172,12 +173,15 @@ def test_a_time_boxed_summary_only_run_times_both_loss_strategies_apart(tiny_gri
     from runners.train import _Loop
 
     _, trials = load_grid(tiny_grid(), sets={"max_steps": 100_000, "logging_steps": 1})
+    monkeypatch.setenv("FTGRID_CACHE", str(tmp_path / "cache"))  # the model is built by the first trial
     code, result = execute(trials[0], tmp_path / "boxed", Execution(time_box=(5, 0.0)))
     assert code == 0, result.error
     assert set(result.train["step_s_by_loss"]) == {"summary_only", "full"}
     assert all(s > 0 for s in result.train["step_s_by_loss"].values())
+    assert result.placement["fetch_s"] > 0
     code, result = execute(trials[0].model_copy(update={"max_steps": 5}), tmp_path / "plain")
     assert code == 0 and "step_s_by_loss" not in result.train  # a trial that is not a pilot trains on its own loss
+    assert result.placement["fetch_s"] == 0
 
     ids = torch.tensor([[5, 6, 7, 8], [5, 6, 0, 0]])
     batch = {"input_ids": ids, "attention_mask": (ids > 0).long(), "labels": torch.tensor([[IGNORE] * 3 + [8]] * 2)}
