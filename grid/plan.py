@@ -74,10 +74,9 @@ def eval_rows(cfg: TrialConfig, sizes: dict) -> int:
 def eval_batches(cfg: TrialConfig, n_eval: int, procs: int) -> int:
     """The generation batches of one process (the processes split the examples), as `runners.generate.token_batches`
     cuts them, taking every prompt at its longest (max_source_length)."""
-    from runners.generate import TOKEN_BUDGET
+    from runners.generate import batch_rows
 
-    rows = max(1, min(cfg.eval_batch_size, TOKEN_BUDGET // (cfg.max_source_length + cfg.max_new_tokens)))
-    return math.ceil(math.ceil(n_eval / procs) / rows)
+    return math.ceil(math.ceil(n_eval / procs) / batch_rows(cfg.max_source_length, cfg))
 
 
 def predict(cfg: TrialConfig, group: int, m: Measured, resources, cached: bool, sizes: dict) -> Predicted:

@@ -98,13 +98,18 @@ def eos_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
+def batch_rows(longest_prompt: int, cfg: TrialConfig) -> int:
+    """The rows of a batch whose longest prompt has this many tokens: at most eval_batch_size, and at most
+    TOKEN_BUDGET tokens of rows × (longest prompt + max_new_tokens); at least one."""
+    return max(1, min(cfg.eval_batch_size, TOKEN_BUDGET // (longest_prompt + cfg.max_new_tokens)))
+
+
 def token_batches(lengths: list[int], cfg: TrialConfig) -> list[list[int]]:
     """Consecutive positions of `lengths` (longest first) cut into batches: each holds at most eval_batch_size
     rows and at most TOKEN_BUDGET tokens of rows × (its longest prompt + max_new_tokens); at least one row."""
     batches, start = [], 0
     while start < len(lengths):
-        width = lengths[start] + cfg.max_new_tokens
-        rows = max(1, min(cfg.eval_batch_size, TOKEN_BUDGET // width))
+        rows = batch_rows(lengths[start], cfg)
         batches.append(list(range(start, min(start + rows, len(lengths)))))
         start += rows
     return batches
