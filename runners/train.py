@@ -146,8 +146,9 @@ class _Loop:
         """Count one micro-batch."""
         self.window_loss += loss.detach().float().item()
         self.window_batches += 1
-        self.window_tokens += int(batch["attention_mask"].sum())
-        self.step_tokens += int(batch["attention_mask"].sum())
+        tokens = int(batch["attention_mask"].sum())
+        self.window_tokens += tokens
+        self.step_tokens += tokens
         self.micro += 1
         self.batch += 1
 
@@ -224,7 +225,7 @@ class _Loop:
     def probe_loss(self, batch: dict) -> dict:
         """The batch a probing run trains the coming step on: its own (summary-only) labels on odd steps, the
         full-sequence labels (every real token) on even ones; the warm-up step (the first) is not timed."""
-        if self.probe is None or self.step == 0 or (self.step + 1) % 2:
+        if self.probe is None or _probed_loss(self.step + 1) != "full":
             return batch
         labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, IGNORE)
         return {**batch, "labels": labels}
@@ -236,9 +237,15 @@ class _Loop:
         if self.first_step_s is None:
             self.first_step_s = now - self.started
         if self.probe is not None and self.step > 1:
-            kind = self.probe["full" if self.step % 2 == 0 else "summary_only"]
+            kind = self.probe[_probed_loss(self.step)]
             kind[0], kind[1], kind[2] = kind[0] + now - self.step_clock, kind[1] + self.step_tokens, kind[2] + 1
         self.step_clock, self.step_tokens = now, 0
+
+
+def _probed_loss(step: int) -> str:
+    """The loss strategy of optimiser step `step` (from 1) in a probing run: the full sequence on even steps after
+    the warm-up, its own summary-only labels on the others."""
+    return "full" if step > 1 and step % 2 == 0 else "summary_only"
 
 
 def _probe(cfg: TrialConfig, examples: list[Encoded], time_box) -> dict | None:
