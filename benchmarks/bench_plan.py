@@ -82,14 +82,17 @@ def timed(cmd: list[str]) -> float:
 
 
 def measured(result: dict) -> dict:
-    """What a trial's own result.json says its steady step and each generation took, as a pilot's is read."""
-    train, evaluated = result.get("train") or {}, result.get("eval") or {}
-    steps, first = train.get("steps") or 0, float(train.get("first_step_s") or 0.0)
-    training = float(train.get("wall_s") or 0.0) - float(train.get("eval_loss_s") or 0.0)
+    """What a trial's own result.json says its steady step and each generation took, read as a pilot's is
+    (`grid.pilot.Measured`)."""
+    from grid.pilot import Measured
+    from runners.contract.result import TrialResult
+
+    m = Measured.of(TrialResult.from_json(result))
+    steps = (result.get("train") or {}).get("steps") or 0
     return {
-        "step_s": round((training - first) / (steps - 1), 4) if steps > 1 else None,
-        "gen_s_per_example": round(float(evaluated.get("wall_s") or 0.0) / (evaluated.get("n_examples") or 1), 4),
-        "eval_batches": evaluated.get("batches"),
+        "step_s": m.step_s if steps > 1 else None,
+        "gen_s_per_example": m.gen_s_per_example,
+        "eval_batches": (result.get("eval") or {}).get("batches"),
     }
 
 
