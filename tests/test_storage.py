@@ -147,48 +147,24 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
 ):
     local_cluster.start_head(cpus=2, gpus=0)
     local_cluster.add_node(cpus=2, gpus=0)
-    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 20")
-    # Two waves: one ends, one is cut. Trials run as child processes (launcher accelerate), so that after the kill
-    # the test can wait until no trainer of the dead driver is left: one still running could finish the trial it
-    # was cut from, and the rerun would find it done instead of resuming it.
+    # 40 steps: about 2 s of training from a trial's first checkpoints to its end, for the kill and the notice to land
+    settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 40")
+    # Two waves: one ends, one is cut (_run_and_cut). Trials run as child processes (launcher accelerate), so that
+    # after the kill the test can wait until no trainer of the dead driver is left.
     resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 2\n  launcher: accelerate\n"
     grid = write_yaml(tmp_path / "g.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{resources}")
     run, store, log = f"{s3}/grid", RunStore(f"{s3}/grid"), tmp_path / "driver.log"
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
-    with log.open("w") as out:
-        driver = subprocess.Popen(
-            cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=local_cluster.env
-        )
-
-    def finished_and_a_checkpoint_in_the_bucket() -> bool:
-        done = {t for t in store.folders() if (r := read_result(store / t)) and r.ok}
-        # A complete checkpoint: its `done` marker is the last object written (the kill may cut an upload short).
-        complete = any(
-            f.startswith("checkpoints/") and f.endswith("/done")
-            for t in store.folders()
-            for f in store.files(t)
-            if t not in done
-        )
-        return bool(done) and complete
-
-    try:
-        deadline = time.monotonic() + 300
-        while not finished_and_a_checkpoint_in_the_bucket():
-            assert driver.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no trial finished with another checkpointed in time"
-            time.sleep(0.3)
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait()
-    before = {t: read_result(store / t) for t in store.folders()}
-    finished = {t: r.finished_at for t, r in before.items() if r and r.ok}
+    finished = {}
+    for _ in range(3):  # a cut that left no checkpoint to resume from (every cut trial past training) is made again
+        finished = _run_and_cut(cmd, store, log, local_cluster.env)
+        if _cut_with_a_checkpoint(store):
+            break
+    assert _cut_with_a_checkpoint(store), "no cut left an unfinished trial with a checkpoint in the bucket"
     assert 1 <= len(finished) < 4
     for trial_id in store.folders():  # whatever the kill interrupted, a result.json means a complete folder
         if read_result(store / trial_id):
             assert {"predictions.jsonl", "trial.json", "train_log.jsonl"} <= set(store.files(trial_id))
-    # (a trial's process gets the preemption notice first and SIGKILL NOTICE_GRACE_S later: wait past both)
-    trainers = wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=NOTICE_GRACE_S + 60)
-    assert not trainers
 
     with log.open("a") as out:
         again = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=local_cluster.env)
@@ -217,6 +193,53 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
 
     for args in ({"ci": True}, {"compare": "loss"}, {"rows": "lora_rank", "cols": "loss"}):
         assert cli_table(run, **args) == cli_table(str(local), **args), args
+
+
+def _checkpoint_steps(store: RunStore) -> dict[str, list[int]]:
+    """The steps of the complete checkpoints in the bucket (`done` is the last object written, and a kill may cut an
+    upload short) of each trial that has no finished result."""
+    steps = {}
+    for trial_id in store.folders():
+        result = read_result(store / trial_id)
+        if not (result and result.ok):
+            done = [
+                f.split("/")[1] for f in store.files(trial_id) if f.startswith("checkpoints/") and f.endswith("/done")
+            ]
+            steps[trial_id] = sorted(int(name.removeprefix("step-")) for name in done)
+    return steps
+
+
+def _cut_with_a_checkpoint(store: RunStore) -> list[str]:
+    return [trial_id for trial_id, steps in _checkpoint_steps(store).items() if steps]
+
+
+def _run_and_cut(cmd: list[str], store: RunStore, log, env: dict) -> dict[str, str]:
+    """Run the grid's driver and SIGKILL it (its whole process group) once one trial has finished and another has
+    only its first checkpoints in the bucket, so that it has most of its steps left (a trial whose checkpoint is near
+    its end can finish before its notice arrives); wait until no trainer of it is left (one still running could
+    finish the trial it was cut from, and the rerun would find it done instead of resuming it). The finished trials'
+    `finished_at`, read after the kill."""
+
+    def cut_now() -> bool:
+        early = any(steps and steps[-1] <= 6 for steps in _checkpoint_steps(store).values())
+        return early and any((r := read_result(store / t)) and r.ok for t in store.folders())
+
+    with log.open("a") as out:
+        driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    try:
+        deadline = time.monotonic() + 300
+        while not cut_now():
+            assert driver.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no trial finished with another checkpointed in time"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    # (a trial's process gets the preemption notice first and SIGKILL NOTICE_GRACE_S later: wait past both)
+    trainers = wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=NOTICE_GRACE_S + 60)
+    assert not trainers
+    results = {t: read_result(store / t) for t in store.folders()}
+    return {t: r.finished_at for t, r in results.items() if r and r.ok}
 
 
 def _trainers() -> list[str]:
