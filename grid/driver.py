@@ -38,6 +38,7 @@ from runners.contract import layout
 from runners.contract.choices import Save
 from runners.contract.result import TrialResult
 from runners.contract.store import RunStore
+from runners.data import check_local_files
 
 
 def default_run_dir(spec, smoke: bool) -> Path:
@@ -81,13 +82,17 @@ def pick_trial(grid: Path, sets: dict, picks: dict, *, smoke: bool = False) -> t
         from grid.smoke import smoke_trial
 
         return spec, smoke_trial(trials[0])
+    check_local_files(trials[:1])
     return spec, trials[0]
 
 
-def _start(spec, run_dir: str | Path, address: str | None) -> None:
-    """Before a run writes anything but grid.yaml: a tracker that is not installed, or resources this machine
-    cannot give a local Ray, are refused (ConfigError, exit code 2)."""
+def _start(spec, run_dir: str | Path, address: str | None, trials: list[TrialConfig] = ()) -> None:
+    """Before a run writes anything but grid.yaml: a tracker that is not installed, resources this machine cannot
+    give a local Ray, or on a local Ray a dataset file of the trials that is not there, are refused (ConfigError,
+    exit code 2). On a cluster the nodes' file systems may hold what this machine's does not."""
     check_installed(spec.tracking)
+    if address is None:
+        check_local_files(trials)
     check_fits(spec.resources, address)
     if RunStore(run_dir).local is None:
         scratch_root()  # a run in storage works in this user's private scratch folder: refuse a bad one here
@@ -136,7 +141,7 @@ def run_grid(
         sweep.print_trials(spec, trials, fmt, console)
         return 0
     clock = time.perf_counter()
-    _start(spec, run_dir, address)
+    _start(spec, run_dir, address, trials)
     progress = Progress(total=len(trials), console=console)
     todo = sweep.to_run(trials, run_dir, force, progress)
     cached = len(trials) - len(todo)

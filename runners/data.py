@@ -53,6 +53,23 @@ def is_local(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).suffix in LOCAL_SUFFIXES or Path(source).exists()
 
 
+def check_local_files(trials) -> None:
+    """Every local file and folder the trials' datasets read is there (a ConfigError, exit code 2, names the first
+    one that is not): checked before anything runs, not found by each trial after its start-up."""
+    seen = set()
+    for cfg in trials:
+        name, entry = cfg.dataset, cfg.dataset_entry
+        if name in seen or entry.source.startswith("builtin:") or not is_local(entry.source):
+            continue
+        seen.add(name)
+        source = Path(entry.source).expanduser()
+        if source.is_dir():
+            _split_file(source, entry.train_split, name), _split_file(source, entry.eval_split, name)
+        for path in [str(source), *([entry.eval_source] if entry.eval_source else []), *entry.extra_train]:
+            if not Path(path).expanduser().exists():
+                raise ConfigError(f"dataset {name!r}: file not found: {Path(path).expanduser()}")
+
+
 def made_absolute(value) -> str | None:
     """A relative path of a local file or folder that exists, made absolute (a trial runs in its own folder, where
     it would point elsewhere); None for anything else."""

@@ -54,7 +54,11 @@ def test_missing_data_file_and_missing_columns(tmp_path):
         f"  odd: {{source: {tmp_path}/d.jsonl, eval_source: {tmp_path}/d.jsonl}}\n"
     )
     path = grid_file(tmp_path, AXES.replace("[synthetic]", "[gone, odd]"), extra)
-    assert_bad_input(ftgrid("trial", path, "--out", tmp_path / "r"), "file not found", "missing.jsonl")
+    # a file that is not there is named before anything runs (no Ray, no training stack, no run folder)
+    for verb in ("trial", "run"):
+        proc, imported = ftgrid_importing(verb, path, "--out", tmp_path / "r")
+        assert_bad_input(proc, "dataset 'gone': file not found", "missing.jsonl")
+        assert not imported & {"torch", "ray"} and not (tmp_path / "r").exists()
     assert_bad_input(
         ftgrid("trial", path, "--pick", "dataset=odd", "--out", tmp_path / "r"), "columns found: text, abstract"
     )
