@@ -27,11 +27,11 @@ from grid.cli_checks import (
 from grid.plan_cli import plan as plan_verb
 from runners.contract import layout
 from runners.contract.choices import Status
-from runners.contract.errors import ConfigError
+from runners.contract.errors import ConfigError, StorageError
 from runners.contract.files import disk_full, no_space
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.secrets import scrub
-from runners.contract.store import RunStore, storage_failed
+from runners.contract.store import RunStore
 
 app = typer.Typer(
     add_completion=False,
@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except OSError as e:  # a full disk, or storage that failed a request: a message, not a traceback
-        if not (message := no_space(e) if disk_full(e) else storage_failed(e)):
+        if not (message := no_space(e) if disk_full(e) else str(e) if isinstance(e, StorageError) else None):
             raise
         err.print(f"[bold red]error:[/] {escape(scrub(message))}", highlight=False, soft_wrap=True)
         sys.exit(1)

@@ -124,21 +124,22 @@ AXES = (
 
 def test_storage_that_does_not_answer_is_a_message_not_a_traceback(tmp_path):
     """Nothing listens on the endpoint (a port of 127.0.0.1 bound here and never served): `ftgrid table` and
-    `report` on a bucket there end with exit code 1 and a message that names the storage, once pyarrow's retries
-    are spent."""
+    `report` on a bucket there, S3 or GCS, end with exit code 1 and a message that names the storage, once pyarrow's
+    retries are spent."""
     import socket
 
     with socket.socket() as closed:
         closed.bind(("127.0.0.1", 0))  # held and not listening: every connection is refused
-        endpoint = f"http://127.0.0.1:{closed.getsockname()[1]}"
-        env = {**os.environ, "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
-        env.setdefault("AWS_DEFAULT_REGION", "us-east-1")
-        for verb in ("table", "report"):
-            proc = ftgrid(verb, "s3://runs/nowhere", env=env, cwd=tmp_path, timeout=300)
+        port = closed.getsockname()[1]
+        env = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "k"}
+        env.update(AWS_SECRET_ACCESS_KEY="s", AWS_DEFAULT_REGION=env.get("AWS_DEFAULT_REGION", "us-east-1"))
+        gcs = f"gs://runs/nowhere?endpoint_override=127.0.0.1:{port}&scheme=http&retry_limit_seconds=1"
+        for verb, run in (("table", "s3://runs/nowhere"), ("report", "s3://runs/nowhere"), ("table", gcs)):
+            proc = ftgrid(verb, run, env=env, cwd=tmp_path, timeout=300)
             said = " ".join(proc.stderr.split())
             assert proc.returncode == 1, proc.stdout + proc.stderr
             assert "Traceback" not in proc.stdout + proc.stderr
-            assert "a request to the run folder's storage failed" in said and endpoint.split("//")[1] in said
+            assert f"a request to the run folder's storage ({run.split('?')[0]}" in said, said
 
 
 @pytest.mark.slow

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
-from runners.contract.errors import ConfigError
+from runners.contract.errors import ConfigError, StorageError
 from runners.contract.files import CHUNK, size_mb, write_atomic
 from runners.contract.layout import RESULT_JSON
 
@@ -30,16 +31,22 @@ def local_path(location: str | Path) -> str | Path:
     return unquote(parts.path) or "/"
 
 
-def storage_failed(err: OSError) -> str | None:
-    """The message of a request to a run folder in storage that failed (pyarrow's S3 client: `AWS Error …`, once
-    its own retries are spent); None for any other error."""
-    text = str(err)
-    if "AWS Error" not in text:
-        return None
-    return (
-        f"a request to the run folder's storage failed: {text}; check the endpoint (AWS_ENDPOINT_URL) and the "
-        "credentials, then run the same command again (what finished is kept)"
-    )
+def _requests(method):
+    """A RunStore method whose requests to storage raise StorageError when they fail (a missing file, which each
+    method answers itself, is not a failure); a local folder's errors are left as they are."""
+
+    @functools.wraps(method)
+    def wrapped(self, *args, **kwargs):
+        if self.local is not None:
+            return method(self, *args, **kwargs)
+        try:
+            return method(self, *args, **kwargs)
+        except (StorageError, FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise
+        except OSError as err:
+            raise StorageError(self.location, err) from err
+
+    return wrapped
 
 
 class RunStore:
@@ -97,6 +104,7 @@ class RunStore:
     def _path(self, parts: tuple[str, ...]) -> str:
         return "/".join([self.filesystem()[1], *parts])
 
+    @_requests
     def read_bytes(self, *parts: str) -> bytes | None:
         """A file's content, or None if there is none."""
         if self.local is not None:
@@ -115,6 +123,7 @@ class RunStore:
         data = self.read_bytes(*parts)
         return None if data is None else data.decode("utf-8", "replace")
 
+    @_requests
     def write(self, data: str | bytes | BinaryIO, *parts: str) -> None:
         """Write a file: `data` a string, bytes, or an open binary file copied in chunks of CHUNK bytes."""
         if self.local is not None:
@@ -136,10 +145,15 @@ class RunStore:
             with self.local.joinpath(*parts).open("rb") as handle:
                 yield handle
             return
-        fs, _ = self.filesystem()
-        with fs.open_input_stream(self._path(parts)) as handle:
+        with self._opened(parts) as handle:
             yield handle
 
+    @_requests
+    def _opened(self, parts: tuple[str, ...]):
+        fs, _ = self.filesystem()
+        return fs.open_input_stream(self._path(parts))
+
+    @_requests
     def exists(self, *parts: str) -> bool:
         if self.local is not None:
             return self.local.joinpath(*parts).exists()
@@ -148,6 +162,7 @@ class RunStore:
         fs, _ = self.filesystem()
         return fs.get_file_info(self._path(parts)).type != pafs.FileType.NotFound
 
+    @_requests
     def is_dir(self) -> bool:
         if self.local is not None:
             return self.local.is_dir()
@@ -156,6 +171,7 @@ class RunStore:
         fs, root = self.filesystem()
         return fs.get_file_info(root).type == pafs.FileType.Directory
 
+    @_requests
     def folders(self, *parts: str) -> list[str]:
         """The names of the folders directly inside (or inside `parts`), sorted; hidden ones (.ray) left out."""
         if self.local is not None:
@@ -169,6 +185,7 @@ class RunStore:
             names = [info.base_name for info in infos if info.type == pafs.FileType.Directory]
         return sorted(name for name in names if not name.startswith("."))
 
+    @_requests
     def files(self, *parts: str) -> list[str]:
         """Every file below a folder, as `/`-joined paths relative to it."""
         if self.local is not None:
@@ -181,6 +198,7 @@ class RunStore:
         infos = fs.get_file_info(pafs.FileSelector(top, recursive=True, allow_not_found=True))
         return sorted(info.path[len(top) + 1 :] for info in infos if info.type == pafs.FileType.File)
 
+    @_requests
     def delete(self, *parts: str) -> None:
         """Remove a file or a folder (and everything in it); nothing if it is not there."""
         if self.local is not None:
@@ -217,6 +235,7 @@ class RunStore:
                 write_atomic(Path(local_dir, name), source)
         return names
 
+    @_requests
     def size_mb(self, *parts: str, skip: tuple[str, ...] = ()) -> float:
         """The size of a folder's files at any depth (top-level entries named in `skip` left out), in MB."""
         if self.local is not None:
