@@ -157,7 +157,7 @@ def test_a_time_boxed_trial_trains_its_steps_and_its_seconds_then_stops(tiny_gri
     assert code == 0, result.error
     train = result.train
     assert 2 < train["steps"] < 100_000 and train["time_box"] == [2, 1.5]
-    assert train["wall_s"] - train["first_step_s"] >= 1.5
+    assert train["wall_s"] - train["first_step_s"] >= 1.5 - 0.0055  # wall_s is rounded to 0.01 s, first_step_s to 0.001
     log = [json.loads(line) for line in (tmp_path / "seconds" / "train_log.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == train["steps"]
 
