@@ -16,13 +16,12 @@ import json
 import os
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import bench_scale
 import machine
 
 
@@ -65,33 +64,16 @@ def _pipe(source: socket.socket, sink: socket.socket) -> None:
 
 @contextlib.contextmanager
 def moto_server():
-    """A moto S3 server on a free port of 127.0.0.1 with the bucket `runs`; its endpoint."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
+    """bench_scale's moto S3 server on 127.0.0.1, its environment set in this process, with the bucket `runs`; its
+    endpoint."""
+    server, env = bench_scale.moto_server(Path(os.devnull))
+    os.environ.update(env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.2)
-        os.environ["AWS_ENDPOINT_URL"] = endpoint
         from pyarrow import fs
 
         filesystem, _ = fs.FileSystem.from_uri("s3://runs?allow_bucket_creation=true")
         filesystem.create_dir("runs")
-        yield endpoint
+        yield env["AWS_ENDPOINT_URL"]
     finally:
         server.kill()
         server.wait()
