@@ -63,8 +63,9 @@ def check_local_files(trials) -> None:
             continue
         seen.add(name)
         source = Path(entry.source).expanduser()
-        if source.is_dir():
-            _split_file(source, entry.train_split, name), _split_file(source, entry.eval_split, name)
+        if source.is_dir():  # its split files (a ConfigError names one that is not there)
+            for split in (entry.train_split, entry.eval_split):
+                _split_file(source, split, name)
         for path in [str(source), *([entry.eval_source] if entry.eval_source else []), *entry.extra_train]:
             if not Path(path).expanduser().exists():
                 raise ConfigError(f"dataset {name!r}: file not found: {Path(path).expanduser()}")
