@@ -155,13 +155,16 @@ def test_a_grid_on_two_nodes_writes_to_the_bucket_is_killed_resumes_and_tables_e
     # after the kill the test can wait until no trainer of the dead driver is left.
     resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 2\n  launcher: accelerate\n"
     grid = write_yaml(tmp_path / "g.yaml", f"name: s3\naxes:\n  {AXES}\n{settings}{resources}")
-    run, store, log = f"{s3}/grid", RunStore(f"{s3}/grid"), tmp_path / "driver.log"
-    cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
-    finished = {}
-    for _ in range(3):  # a cut that left no checkpoint to resume from (every cut trial past training) is made again
+    log = tmp_path / "driver.log"
+    for attempt in range(3):  # a driver that ended before the cut, or a cut that left no checkpoint to resume from
+        # (every cut trial past training), is tried again on a fresh run folder
+        run = f"{s3}/grid-{attempt}"
+        store = RunStore(run)
+        cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", local_cluster.address, "--out", run]
         finished = _run_and_cut(cmd, store, log, local_cluster.env)
-        if _cut_with_a_checkpoint(store):
+        if finished is not None and _cut_with_a_checkpoint(store):
             break
+    assert finished is not None, f"the driver ended three times before the cut: {log.read_text()[-3000:]}"
     assert _cut_with_a_checkpoint(store), "no cut left an unfinished trial with a checkpoint in the bucket"
     assert 1 <= len(finished) < 4
     for trial_id in store.folders():  # whatever the kill interrupted, a result.json means a complete folder
@@ -215,27 +218,30 @@ def _cut_with_a_checkpoint(store: RunStore) -> list[str]:
     return [trial_id for trial_id, steps in _in_the_bucket(store)[1].items() if steps]
 
 
-def _run_and_cut(cmd: list[str], store: RunStore, log, env: dict) -> dict[str, str]:
-    """Run the grid's driver and SIGKILL it (its whole process group) once one trial has finished and another has
-    only its first checkpoints in the bucket, so that it has most of its steps left (a trial whose checkpoint is near
-    its end can finish before its notice arrives); wait until no trainer of it is left (one still running could
-    finish the trial it was cut from, and the rerun would find it done instead of resuming it). The finished trials'
-    `finished_at`, read after the kill."""
+def _run_and_cut(cmd: list[str], store: RunStore, log, env: dict) -> dict[str, str] | None:
+    """Run the grid's driver and SIGKILL it (its whole process group) once one trial has finished and another has a
+    checkpoint in the bucket with most of its steps left (a trial whose checkpoint is near its end can finish before
+    its notice arrives); wait until no trainer of it is left (one still running could finish the trial it was cut
+    from, and the rerun would find it done instead of resuming it). The finished trials' `finished_at`, read after the
+    kill; None when the driver ended (the whole grid done) before a poll of the bucket saw the moment to cut."""
 
     def cut_now() -> bool:
         finished, steps = _in_the_bucket(store)
-        return bool(finished) and any(s and s[-1] <= 6 for s in steps.values())
+        return bool(finished) and any(s and s[-1] <= 24 for s in steps.values())  # of 40: 16 steps or more left
 
     with log.open("a") as out:
         driver = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     try:
         deadline = time.monotonic() + 300
         while not cut_now():
-            assert driver.poll() is None, log.read_text()[-3000:]
+            if driver.poll() is not None:
+                assert driver.returncode == 0, log.read_text()[-3000:]
+                return None
             assert time.monotonic() < deadline, "no trial finished with another checkpointed in time"
             time.sleep(0.2)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     # (a trial's process gets the preemption notice first and SIGKILL NOTICE_GRACE_S later: wait past both)
     trainers = wait_until_gone(lambda: [p for p in _trainers() if "ftgrid-scratch" in p], timeout=NOTICE_GRACE_S + 60)
