@@ -1,5 +1,6 @@
 """Test environment: CPU only and offline; models are built into a cache shared by the whole session."""
 
+import contextlib
 import io
 import os
 import re
@@ -289,11 +290,10 @@ def local_cluster():
 S3_BUCKET = "runs"
 
 
-@pytest.fixture(scope="module")
-def s3():
-    """A moto S3 server on 127.0.0.1 with one bucket; credentials and endpoint in the environment, where
-    pyarrow (and every process started from here, Ray nodes included) reads them. Leases last 10 s, not 60: a trial
-    Ray restarts after its node or driver died waits a whole term for the dead holder's lease (grid.lease)."""
+@contextlib.contextmanager
+def moto_server():
+    """A moto S3 server on a free port of 127.0.0.1, answering once it is up: (its port, its process). Killed at the
+    end."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -302,15 +302,6 @@ def s3():
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    env = {
-        "AWS_ACCESS_KEY_ID": "ftgrid-test",
-        "AWS_SECRET_ACCESS_KEY": "ftgrid-test-secret",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-        "FTGRID_LEASE_S": "10",
-    }
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -320,16 +311,36 @@ def s3():
             except OSError:
                 assert server.poll() is None and time.monotonic() < deadline, "moto server did not start"
                 time.sleep(0.2)
-        from pyarrow import fs
-
-        filesystem, _ = fs.FileSystem.from_uri(f"s3://{S3_BUCKET}?allow_bucket_creation=true")
-        filesystem.create_dir(S3_BUCKET)
-        yield f"s3://{S3_BUCKET}"
+        yield port, server
     finally:
         server.kill()
         server.wait()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """A moto S3 server on 127.0.0.1 with one bucket; credentials and endpoint in the environment, where
+    pyarrow (and every process started from here, Ray nodes included) reads them. Leases last 10 s, not 60: a trial
+    Ray restarts after its node or driver died waits a whole term for the dead holder's lease (grid.lease)."""
+    with moto_server() as (port, _):
+        env = {
+            "AWS_ACCESS_KEY_ID": "ftgrid-test",
+            "AWS_SECRET_ACCESS_KEY": "ftgrid-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+            "FTGRID_LEASE_S": "10",
+        }
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
+        try:
+            from pyarrow import fs
+
+            filesystem, _ = fs.FileSystem.from_uri(f"s3://{S3_BUCKET}?allow_bucket_creation=true")
+            filesystem.create_dir(S3_BUCKET)
+            yield f"s3://{S3_BUCKET}"
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value

@@ -12,7 +12,7 @@ import time
 import tracemalloc
 
 import pytest
-from conftest import TINY_SETTINGS, wait_until_gone, write_yaml
+from conftest import TINY_SETTINGS, moto_server, wait_until_gone, write_yaml
 from inprocess import ftgrid as in_this_process
 
 from grid.launch import NOTICE_GRACE_S
@@ -141,6 +141,24 @@ def test_storage_that_does_not_answer_is_a_message_not_a_traceback(tmp_path):
             assert "Traceback" not in proc.stdout + proc.stderr
             assert f"a request to the run folder's storage ({run.split('?')[0]}" in said, said
             assert run.startswith("gs://") or f"127.0.0.1:{port}" in said, said  # pyarrow's S3 error names it
+
+
+def test_storage_that_stops_answering_in_the_middle_of_a_download_is_a_storage_error(s3, tmp_path):
+    """A download whose storage goes away after its first chunk (a second moto server, killed then): the read that
+    fails raises StorageError, as every other request to storage does (before, pyarrow's own OSError: a traceback)."""
+    from runners.contract.errors import StorageError
+    from runners.contract.files import CHUNK
+
+    with moto_server() as (port, server):
+        store = RunStore(f"s3://cut/run?endpoint_override=127.0.0.1:{port}&scheme=http&allow_bucket_creation=true")
+        store.filesystem()[0].create_dir("cut")
+        store.write(os.urandom(3 * CHUNK), "t1", "weights.bin")
+        with store.open("t1", "weights.bin") as source:  # what `download` copies from
+            assert len(source.read(CHUNK)) == CHUNK
+            server.kill()
+            server.wait()
+            with pytest.raises(StorageError, match=r"run folder's storage \(s3://cut/run.*\) failed"):
+                source.read(CHUNK)
 
 
 @pytest.mark.slow

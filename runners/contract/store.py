@@ -49,6 +49,20 @@ def _requests(method):
     return wrapped
 
 
+class _Reads:
+    """A file in storage opened for reading, whose reads raise StorageError when they fail, as every other request
+    of a RunStore does: the storage may stop answering in the middle of a file."""
+
+    def __init__(self, handle, location: str):
+        self.handle, self.location = handle, location
+
+    def read(self, size: int | None = -1) -> bytes:
+        try:
+            return self.handle.read() if size is None or size < 0 else self.handle.read(size)
+        except OSError as err:
+            raise StorageError(self.location, err) from err
+
+
 class RunStore:
     """A run folder wherever it lives: a local (or shared, NFS-mounted) path, or a URI that pyarrow's file
     systems open (`s3://bucket/runs/x`, `gs://…`; credentials and endpoint come from the environment the way
@@ -139,14 +153,14 @@ class RunStore:
                 shutil.copyfileobj(data, handle, CHUNK)
 
     @contextlib.contextmanager
-    def open(self, *parts: str) -> Iterator[BinaryIO]:
+    def open(self, *parts: str) -> Iterator[BinaryIO | _Reads]:
         """A file opened for reading in chunks (FileNotFoundError if there is none)."""
         if self.local is not None:
             with self.local.joinpath(*parts).open("rb") as handle:
                 yield handle
             return
         with self._opened(parts) as handle:
-            yield handle
+            yield _Reads(handle, self.location)
 
     @_requests
     def _opened(self, parts: tuple[str, ...]):
