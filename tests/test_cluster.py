@@ -312,6 +312,9 @@ def test_a_driver_without_the_cluster_token_is_refused_with_exit_2_and_told_how_
     cmd = [sys.executable, "-m", "grid", "run", str(grid), "--address", two_nodes.address, "--out", str(tmp_path / "r")]
     env = {k: v for k, v in two_nodes.env.items() if not k.startswith("RAY_AUTH")}
     env["HOME"] = str(tmp_path)  # no ~/.ray/auth_token either
+    # Ray's client, refused, asks the head again once a second for 20 s before it gives up: 1 s here (the message is
+    # the same, and the test's cluster worker does not sit idle for 40 s)
+    env["RAY_gcs_server_port_wait_time_s"] = "1"
     for auth in ({}, {"RAY_AUTH_MODE": "token"}):  # Ray's default client (no token sent), token mode without one
         proc = subprocess.run(cmd, env={**env, **auth}, capture_output=True, text=True, timeout=180)
         assert proc.returncode == 2, (auth, proc.stdout[-2000:], proc.stderr[-3000:])

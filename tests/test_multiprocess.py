@@ -19,6 +19,7 @@ from same_training import assert_same_training
 from grid.launch import launch_command, launch_trial
 from grid.spec import load_grid
 from runners.contract.files import read_jsonl
+from runners.contract.result import read_result
 from runners.execution import Execution, write_handoff
 
 pytestmark = pytest.mark.slow
@@ -32,43 +33,9 @@ def predictions(trial_dir: Path) -> list[dict]:
     return read_jsonl(trial_dir / "predictions.jsonl")
 
 
-def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_order(tiny_grid, tmp_path):
-    from runners.generate import generate
-    from runners.inference import load_trained
-    from runners.masking import encode_prompts
-    from runners.trial import select_rows
-
-    _, trials = load_grid(tiny_grid(), sets={"n_eval": 7, "logging_steps": 1})  # 7: the processes get 4 and 3
-    cfg = trials[0]
-    trial_dir = tmp_path / cfg.trial_id
-    code, result = launch_trial(cfg, trial_dir, Execution(processes=2, cpus=2))
-    assert code == 0, result.error
-    assert result.placement["num_processes"] == 2 and result.placement["distributed"] == "MULTI_CPU"
-    assert result.train["num_processes"] == 2 and result.eval["num_processes"] == 2
-
-    lines = [line for line in train_log(trial_dir) if "loss" in line]
-    assert [line["step"] for line in lines] == [1, 2, 3, 4]
-    for line in lines:  # each process trained on its own shard; the logged loss is their mean
-        first, second = line["process_losses"]
-        assert first != second and line["loss"] == pytest.approx((first + second) / 2, abs=1e-4)
-    assert (trial_dir / "trial.log").read_text().count("saved the trained weights") == 1
-    assert {p.name for p in (trial_dir / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
-
-    # the evaluation was split between the processes and gathered back: every example once, in file order
-    _, eval_rows, _ = select_rows(cfg)
-    rows = predictions(trial_dir)
-    assert [r["id"] for r in rows] == [r["id"] for r in eval_rows] and len(rows) == 7
-    # and each prediction is what one process alone generates with the saved adapter
-    cfg_saved, model, tokenizer, device = load_trained(trial_dir)
-    alone, _, _ = generate(
-        model, tokenizer, encode_prompts([r["dialogue"] for r in eval_rows], tokenizer, cfg), cfg, device
-    )
-    assert [r["prediction"] for r in rows] == alone
-
-
 # The trial the resume tests interrupt. lora_dropout draws random numbers every step: the same curve needs the random
-# states restored too.
-RESUMED = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 2, "learning_rate": 3e-3}
+# states restored too. n_eval 7: two processes split the evaluation into 4 and 3.
+RESUMED = {"max_steps": 40, "logging_steps": 1, "lora_dropout": 0.1, "n_eval": 7, "learning_rate": 3e-3}
 
 
 def resumed_trial(folder: Path):
@@ -91,6 +58,40 @@ def uninterrupted(tmp_path_factory):
         return made[processes]
 
     return run
+
+
+def test_two_processes_average_the_loss_save_once_and_gather_predictions_in_order(uninterrupted, tmp_path):
+    """The uninterrupted two-process run the resume tests compare with (so its folder is made once for all three)."""
+    from runners.generate import generate
+    from runners.inference import load_trained
+    from runners.masking import encode_prompts
+    from runners.trial import select_rows
+
+    trial_dir = uninterrupted(2)
+    result = read_result(trial_dir)
+    cfg = resumed_trial(tmp_path)
+    assert result.ok and result.trial_id == cfg.trial_id
+    assert result.placement["num_processes"] == 2 and result.placement["distributed"] == "MULTI_CPU"
+    assert result.train["num_processes"] == 2 and result.eval["num_processes"] == 2
+
+    lines = [line for line in train_log(trial_dir) if "loss" in line]
+    assert [line["step"] for line in lines] == list(range(1, 41))
+    for line in lines:  # each process trained on its own shard; the logged loss is their mean
+        first, second = line["process_losses"]
+        assert first != second and line["loss"] == pytest.approx((first + second) / 2, abs=1e-4)
+    assert (trial_dir / "trial.log").read_text().count("saved the trained weights") == 1
+    assert {p.name for p in (trial_dir / "adapter").iterdir()} >= {"adapter_config.json", "adapter_model.safetensors"}
+
+    # the evaluation was split between the processes and gathered back: every example once, in file order
+    _, eval_rows, _ = select_rows(cfg)
+    rows = predictions(trial_dir)
+    assert [r["id"] for r in rows] == [r["id"] for r in eval_rows] and len(rows) == 7
+    # and each prediction is what one process alone generates with the saved adapter
+    cfg_saved, model, tokenizer, device = load_trained(trial_dir)
+    alone, _, _ = generate(
+        model, tokenizer, encode_prompts([r["dialogue"] for r in eval_rows], tokenizer, cfg), cfg, device
+    )
+    assert [r["prediction"] for r in rows] == alone
 
 
 @pytest.mark.parametrize("processes", [1, 2])
@@ -216,7 +217,6 @@ def test_a_preemption_notice_to_one_of_two_processes_stops_both_at_one_step_and_
     `checkpoint_steps` set, the trial ends `preempted`, and the rerun resumes from that checkpoint to the loss at
     every step and the adapter weights of an uninterrupted two-process run."""
     from runners.contract.choices import Status
-    from runners.contract.result import read_result
 
     cfg, launch = resumed_trial(tmp_path), Execution(processes=2, cpus=2)
     reference = uninterrupted(2)
