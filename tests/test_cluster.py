@@ -267,19 +267,36 @@ def test_a_trial_whose_node_dies_resumes_from_its_checkpoint_in_the_bucket_on_a_
     assert_same_training(copy, reference / lost)
 
 
-@pytest.mark.parametrize("max_restarts", [0, 1])
 def test_a_trial_whose_node_dies_without_a_checkpoint_restarts_from_step_0_or_ends_failed_and_says_why(
-    local_cluster, tmp_path, max_restarts
+    local_cluster, tmp_path
 ):
     """No checkpoints: a trial whose node dies starts again from step 0 on the node left, with a warning saying so;
-    with its restarts used up (`max_restarts: 0`) it ends failed and says why."""
+    with its restarts used up (`max_restarts: 0`) it ends failed and says why. Both on one head: a new worker node
+    joins for the second grid, in place of the one the first grid lost."""
     local_cluster.start_head(cpus=2, gpus=0)
-    local_cluster.add_node(cpus=2, gpus=0)
-    (head, _), (worker, _) = local_cluster.raylets()
-    resources = f"  cpus_per_trial: 2\n  max_restarts: {max_restarts}\n"
-    grid = grid_file(tmp_path, "norestart", "2", resources, max_steps=60)
-    run_dir, log = tmp_path / "run", tmp_path / "driver.log"
-    driver = ftgrid_run(grid, run_dir, local_cluster, log)
+    (head, _), *_ = local_cluster.raylets()
+    for max_restarts in (1, 0):
+        local_cluster.add_node(cpus=2, gpus=0)
+        (worker,) = [node for node, _ in local_cluster.raylets() if node != head]
+        resources = f"  cpus_per_trial: 2\n  max_restarts: {max_restarts}\n"
+        grid = grid_file(tmp_path, f"norestart{max_restarts}", "2", resources, max_steps=60)
+        run_dir, log = tmp_path / f"run{max_restarts}", tmp_path / f"driver{max_restarts}.log"
+        lost, done = _run_and_lose_the_worker(grid, run_dir, log, local_cluster, worker, max_restarts)
+        assert [r.ok for t, r in done.items() if t != lost] == [True]
+        if max_restarts == 0:
+            assert not done[lost].ok and "0 restart(s) used up (max_restarts)" in done[lost].error, done[lost].error
+            assert "1 failed" in log.read_text()
+            continue
+        restarted = done[lost]
+        assert restarted.ok and restarted.placement["node_id"] == head and "resumed_from_step" not in restarted.train
+        assert any("started again from step 0" in w for w in restarted.warnings or []), restarted.warnings
+        steps = [json.loads(line)["step"] for line in (run_dir / lost / "train_log.jsonl").read_text().splitlines()]
+        assert steps == sorted(set(steps)) and steps[-1] == 60  # the cut attempt's lines gone, none twice
+
+
+def _run_and_lose_the_worker(grid, run_dir, log, cluster: LocalCluster, worker: str, max_restarts: int):
+    """`ftgrid run` on the cluster, the worker node killed once a trial trains there: (that trial, the results)."""
+    driver = ftgrid_run(grid, run_dir, cluster, log)
 
     def training_on_worker() -> str | None:
         for trial_log in run_dir.glob("*/trial.log"):
@@ -289,22 +306,12 @@ def test_a_trial_whose_node_dies_without_a_checkpoint_restarts_from_step_0_or_en
 
     try:
         lost = wait_for(training_on_worker, "a trial training on the worker node", driver=driver, log=log)
-        local_cluster.kill_node(worker)
+        cluster.kill_node(worker)
         assert driver.wait(timeout=600) == (1 if max_restarts == 0 else 0), log.read_text()[-3000:]
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
-    done = results(run_dir)
-    assert [r.ok for t, r in done.items() if t != lost] == [True]
-    if max_restarts == 0:
-        assert not done[lost].ok and "0 restart(s) used up (max_restarts)" in done[lost].error, done[lost].error
-        assert "1 failed" in log.read_text()
-        return
-    restarted = done[lost]
-    assert restarted.ok and restarted.placement["node_id"] == head and "resumed_from_step" not in restarted.train
-    assert any("started again from step 0" in w for w in restarted.warnings or []), restarted.warnings
-    steps = [json.loads(line)["step"] for line in (run_dir / lost / "train_log.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 60  # the cut attempt's lines gone, none twice
+    return lost, results(run_dir)
 
 
 def test_a_driver_without_the_cluster_token_is_refused_with_exit_2_and_told_how_to_give_it(two_nodes, tmp_path):
