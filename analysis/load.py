@@ -13,7 +13,6 @@ import json
 import logging
 import os
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pandas as pd
@@ -25,14 +24,12 @@ from runners.contract.choices import Method
 from runners.contract.files import parse_jsonl
 from runners.contract.result import TrialResult, read_trial_json
 from runners.contract.scores import METRICS
-from runners.contract.store import RunStore
+from runners.contract.store import RunStore, in_parallel
 
 log = logging.getLogger(__name__)
 
 # Reported on the trials frame before any extra metric a trial may carry (meteor, bertscore, ...).
 KNOWN_METRICS = list(METRICS)
-# result.json files read at once by `load_trials` (a storage request each: they wait on the network, not the CPU)
-READERS = 16
 
 
 def _read_json(folder: RunStore, name: str) -> dict:
@@ -78,7 +75,7 @@ def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
     if store.exists(layout.RESULT_JSON):
         return [store]
     names = store.folders()  # not .ray/
-    done = dict(zip(names, _parallel(lambda name: store.exists(name, layout.RESULT_JSON), names), strict=True))
+    done = dict(zip(names, in_parallel(lambda name: store.exists(name, layout.RESULT_JSON), names), strict=True))
     finished = [name for name in names if done[name]]
     unfinished = [name for name in names if not done[name] and store.exists(name, layout.TRIAL_JSON)]
     if unfinished:
@@ -139,7 +136,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
     `eval` sections flattened (`train_wall_s`, `eval_n_examples`, `eval_ids_sha256`, ...).
     `attrs["config_keys"]` and `attrs["metrics"]` list which columns are which; `attrs["unreadable"]` the trials
     whose result.json could not be read (`run_dir`, `trial`: the folder name, `reason`), left out of the rows.
-    Each result.json is read once, several at a time (`READERS` threads: storage answers in parallel).
+    Each result.json is read once, several at a time (`in_parallel`: storage answers in parallel).
     """
     rows, unreadable = [], []
     for run_dir in as_run_dirs(run_dirs):
@@ -154,7 +151,7 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
 
 def read_rows(run_dir: RunStore) -> tuple[list[RunStore], list]:
     """The finished trial folders of a run folder and, for each, its row (`trial_row`) or the AnalysisError; each
-    result.json read once, `READERS` at a time."""
+    result.json read once, several at a time."""
     folders, plan = trial_dirs(run_dir), read_plan(run_dir)
 
     def row(trial_dir: RunStore):
@@ -163,15 +160,7 @@ def read_rows(run_dir: RunStore) -> tuple[list[RunStore], list]:
         except AnalysisError as exc:
             return exc
 
-    return folders, _parallel(row, folders)
-
-
-def _parallel(call, items: list) -> list:
-    """`call` on each item, the results in order, `READERS` items at a time."""
-    if len(items) < 2:
-        return [call(item) for item in items]
-    with ThreadPoolExecutor(max_workers=min(READERS, len(items))) as pool:
-        return list(pool.map(call, items))
+    return folders, in_parallel(row, folders)
 
 
 def trials_frame(rows: list[tuple[dict, list[str], list[str]]], unreadable: list[dict] | None = None) -> pd.DataFrame:

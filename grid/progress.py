@@ -21,7 +21,7 @@ from runners.contract.files import no_space
 from runners.contract.result import TrialResult, read_result
 from runners.contract.scores import MAIN_METRIC
 from runners.contract.secrets import scrub
-from runners.contract.store import RunStore
+from runners.contract.store import RunStore, in_parallel
 
 
 class Ending(Choice):
@@ -199,11 +199,11 @@ def close_run(
     console: Console,
     again: str = "run the same command again to finish the trials that did not run",
 ) -> int:
-    """The end of a run: settle every trial's outcome from its result.json (the record), print the summary, return
-    the exit code: 0, or 1 if a trial failed or did not run. It writes nothing: results.csv is rebuilt where
-    result.json files change (`grid.driver`)."""
-    store = RunStore(run_dir)
-    results = {cfg.trial_id: read_result(store / cfg.trial_id) for cfg in trials}
+    """The end of a run: settle every trial's outcome from its result.json (the record; several read at once), print
+    the summary, return the exit code: 0, or 1 if a trial failed or did not run. It writes nothing: results.csv is
+    rebuilt where result.json files change (`grid.driver`)."""
+    store, ids = RunStore(run_dir), [cfg.trial_id for cfg in trials]
+    results = dict(zip(ids, in_parallel(lambda trial_id: read_result(store / trial_id), ids), strict=True))
     for trial_id, result in results.items():
         _settle(progress, trial_id, result)
     progress.running.clear()
