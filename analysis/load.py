@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 KNOWN_METRICS = list(METRICS)
 
 
-def _read_json(folder: RunStore, name: str) -> dict:
-    data = folder.read_bytes(name)
+def _read_json(folder: RunStore, name: str, data: bytes | None = None) -> dict:
+    data = folder.read_bytes(name) if data is None else data
     if data is None:
         raise AnalysisError(f"{folder / name}: cannot read JSON (no such file)")
     try:
@@ -42,9 +42,10 @@ def _read_json(folder: RunStore, name: str) -> dict:
         raise AnalysisError(f"{folder / name}: cannot read JSON ({exc})") from exc
 
 
-def read_result_file(trial_dir: RunStore) -> TrialResult:
-    """A trial folder's result.json as a TrialResult (AnalysisError when it is missing or not a result)."""
-    result = _read_json(trial_dir, layout.RESULT_JSON)
+def read_result_file(trial_dir: RunStore, data: bytes | None = None) -> TrialResult:
+    """A trial folder's result.json as a TrialResult (AnalysisError when it is missing or not a result); `data`: its
+    bytes, when they were read already."""
+    result = _read_json(trial_dir, layout.RESULT_JSON, data)
     if not isinstance(result, dict):
         raise AnalysisError(f"{trial_dir / layout.RESULT_JSON}: not a JSON object")
     try:
@@ -64,7 +65,13 @@ def _read_jsonl(folder: RunStore, name: str) -> list[dict]:
 
 
 def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
-    """The finished trial folders of a run folder, sorted by name.
+    """The finished trial folders of a run folder, sorted by name (`finished_trials`)."""
+    return [folder for folder, _ in finished_trials(run_dir)]
+
+
+def finished_trials(run_dir: str | os.PathLike | RunStore) -> list[tuple[RunStore, bytes]]:
+    """The finished trial folders of a run folder, sorted by name, each with the bytes of its result.json: each file
+    read once (on object storage a HEAD and a GET), several at a time, without asking first whether it is there.
 
     A run folder is a folder (or storage prefix) holding `grid.yaml`, `results.csv` or
     `<trial_id>/result.json`; a trial folder itself (holding `result.json`) is accepted as a run of one
@@ -72,17 +79,17 @@ def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
     """
     store = run_dir if isinstance(run_dir, RunStore) else RunStore(run_dir)
     check_folder(store)
-    if store.exists(layout.RESULT_JSON):
-        return [store]
+    if (own := store.read_bytes(layout.RESULT_JSON)) is not None:
+        return [(store, own)]
     names = store.folders()  # not .ray/
-    done = dict(zip(names, in_parallel(lambda name: store.exists(name, layout.RESULT_JSON), names), strict=True))
-    finished = [name for name in names if done[name]]
-    unfinished = [name for name in names if not done[name] and store.exists(name, layout.TRIAL_JSON)]
+    read = dict(zip(names, in_parallel(lambda name: store.read_bytes(name, layout.RESULT_JSON), names), strict=True))
+    finished = [name for name in names if read[name] is not None]
+    unfinished = [name for name in names if read[name] is None and store.exists(name, layout.TRIAL_JSON)]
     if unfinished:
         log.info("%s: skipping %d trial(s) without result.json: %s", store, len(unfinished), ", ".join(unfinished))
     if not finished and not unfinished and not store.exists(layout.GRID_YAML) and not store.exists(layout.RESULTS_CSV):
         raise AnalysisError(f"{store}: not a run folder (no grid.yaml, results.csv or <trial_id>/result.json)")
-    return [store / name for name in finished]
+    return [(store / name, read[name]) for name in finished]
 
 
 def _is_scalar(value) -> bool:
@@ -151,16 +158,16 @@ def load_trials(run_dirs: RunDirs) -> pd.DataFrame:
 
 def read_rows(run_dir: RunStore) -> tuple[list[RunStore], list]:
     """The finished trial folders of a run folder and, for each, its row (`trial_row`) or the AnalysisError; each
-    result.json read once, several at a time."""
-    folders, plan = trial_dirs(run_dir), read_plan(run_dir)
+    result.json read once, several at a time (`finished_trials`)."""
+    finished, plan = finished_trials(run_dir), read_plan(run_dir)
 
-    def row(trial_dir: RunStore):
+    def row(trial_dir: RunStore, data: bytes):
         try:
-            return trial_row(run_dir, trial_dir, read_result_file(trial_dir), plan)
+            return trial_row(run_dir, trial_dir, read_result_file(trial_dir, data), plan)
         except AnalysisError as exc:
             return exc
 
-    return folders, in_parallel(row, folders)
+    return [folder for folder, _ in finished], [row(folder, data) for folder, data in finished]
 
 
 def trials_frame(rows: list[tuple[dict, list[str], list[str]]], unreadable: list[dict] | None = None) -> pd.DataFrame:
@@ -181,7 +188,7 @@ def trials_frame(rows: list[tuple[dict, list[str], list[str]]], unreadable: list
 
 def read_plan(run_dir: RunStore) -> dict[str, dict]:
     """`ftgrid plan`'s prediction for each trial of a run folder (from plan.json, by trial id); {} without one."""
-    data = run_dir.read_bytes(layout.PLAN_JSON) if not run_dir.exists(layout.RESULT_JSON) else None
+    data = run_dir.read_bytes(layout.PLAN_JSON)  # a trial folder (a run of one) has none
     try:
         trials = json.loads(data)["trials"] if data else []
         return {t["trial_id"]: t for t in trials if isinstance(t, dict) and isinstance(t.get("trial_id"), str)}
