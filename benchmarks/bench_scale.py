@@ -95,7 +95,7 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
     global REAL_RAY_TRIAL
     REAL_RAY_TRIAL = rd.ray_trial
     rd.ray_trial = bench_noop_trial
-    in_callback = [0.0, 0]
+    in_callback = [0.0, 0, None]  # seconds in the callback, its calls, when its last call ended
     made = []  # the callbacks run_grid made (one): their results.csv view counts its writes
     make_callback = rd.progress_callback
 
@@ -109,7 +109,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
             try:
                 return on_result(*args, **kwargs)
             finally:
-                in_callback[0] += time.perf_counter() - start
+                in_callback[2] = time.perf_counter()
+                in_callback[0] += in_callback[2] - start
                 in_callback[1] += 1
 
         callback.on_trial_result = timed
@@ -125,7 +126,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         console = Console(file=devnull)
         start = time.perf_counter()
         code = grid.driver.run_grid(spec, trials, run_dir, console=console)
-        wall = time.perf_counter() - start
+        end = time.perf_counter()
+        wall = end - start
     views = [c.view for c in made if getattr(c, "view", None) is not None]
     writes, write_s = sum(v.writes for v in views), sum(v.write_s for v in views)
     return {
@@ -140,6 +142,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         "csv_writes": writes,
         "csv_write_s": write_s,
         "driver_overhead_without_writes_per_trial_ms": 1000 * (in_callback[0] - write_s) / n,
+        # Tune's end of the run (its ResultGrid), the final rebuild of results.csv and Ray's shutdown
+        "after_last_trial_s": end - in_callback[2] if in_callback[2] is not None else None,
     }
 
 
@@ -314,10 +318,12 @@ def main() -> None:
         figures = run_case(n, storage)
         payload["cases"].append(figures)
         print(json.dumps(figures), flush=True)
-    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "without writes", "writes", "requests/trial"]
+    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "without writes", "writes", "requests/trial",
+               "after last trial s"]  # fmt: skip
     rows = [
         [c["storage"], c["trials"], c["wall_per_trial_ms"], c["driver_overhead_per_trial_ms"],
-         c["driver_overhead_without_writes_per_trial_ms"], c["csv_writes"], c.get("storage_requests_per_trial")]
+         c["driver_overhead_without_writes_per_trial_ms"], c["csv_writes"], c.get("storage_requests_per_trial"),
+         c.get("after_last_trial_s")]
         for c in payload["cases"]
     ]  # fmt: skip
     machine.print_table(f"bench_scale {args.label}", columns, rows)
