@@ -256,8 +256,9 @@ def progress_callback(progress, run_dir: str | Path):
             # RUN_DIR/.ray each time it saves its state: on object storage five requests a trial folder, for every
             # trial so far, and at the end of a 10,000-trial run 50,000. A trial that ended puts nothing more there;
             # one that failed in Ray keeps its folder, with Ray's error file in it (on_trial_error).
-            with contextlib.suppress(OSError):  # not empty, or not there
-                os.rmdir(trial.local_path)
+            if trial.local_path:
+                with contextlib.suppress(OSError):  # not empty, or not there
+                    os.rmdir(trial.local_path)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             trial_id = our_trial_id(trial)
