@@ -234,6 +234,10 @@ class _Wandb(_Tracked):
     """WandbLoggerCallback naming each run by trial id, with the flat settings as its config and our metrics at the
     trial's step (W&B's logging actor takes the step from `training_iteration`)."""
 
+    # Ray's W&B logging actor starts in the trial's folder of Tune's state (os.chdir), and for a trial whose first
+    # report is its last (zero-shot) it starts after the trial ended: the folder stays (grid.ray_driver)
+    needs_trial_folder = True
+
     def setup(self, *args, **kwargs):
         if self.kwargs.get("mode") in ("offline", "disabled"):  # Ray asks for an API key unless WANDB_MODE says so
             return

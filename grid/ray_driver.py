@@ -17,7 +17,7 @@ from grid.cache import run_cached_trial
 from grid.interrupt import sigterm_as_ctrl_c
 from grid.results_view import ResultsView
 from grid.runfolder import ends_on_full_disk, ray_storage, refresh_results_csv
-from grid.tune_settings import tune_settings
+from grid.tune_settings import forgetting, tune_settings
 from runners.config import TrialConfig
 from runners.contract.choices import Status
 from runners.contract.errors import ConfigError
@@ -252,13 +252,6 @@ def progress_callback(progress, run_dir: str | Path):
             trial_id = our_trial_id(trial)
             if self.progress is not None and trial_id in self.progress.running:  # no final report came
                 self.progress.stopped(trial_id)
-            # Tune keeps an empty folder per trial among its own files on this machine and copies that whole folder to
-            # RUN_DIR/.ray each time it saves its state: on object storage five requests a trial folder, for every
-            # trial so far, and at the end of a 10,000-trial run 50,000. A trial that ended puts nothing more there;
-            # one that failed in Ray keeps its folder, with Ray's error file in it (on_trial_error).
-            if trial.local_path:
-                with contextlib.suppress(OSError):  # not empty, or not there
-                    os.rmdir(trial.local_path)
 
         def on_trial_error(self, iteration, trials, trial, **info):
             trial_id = our_trial_id(trial)
@@ -316,7 +309,7 @@ def tune_trials(
             name=f"{name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}",
             **ray_storage(run_dir),
             verbose=0,
-            callbacks=[tune_callback, *callbacks],
+            callbacks=[tune_callback, *callbacks, *forgetting(callbacks)],
             # a failed trial is retried inside its Ray trial (run_cached_trial); this restarts one whose worker or node
             # was lost, and the trial resumes from its last checkpoint
             failure_config=tune.FailureConfig(max_failures=max_restarts),

@@ -1,6 +1,6 @@
 """How Ray Tune is set up for a grid's Tuner: it prints nothing (the live view speaks), writes no files of its own,
-checks no metric names, skips the census of callbacks it takes for its usage statistics, and does not look for the
-files it did not write when the run ends.
+checks no metric names, skips the census of callbacks it takes for its usage statistics, does not look for the files
+it did not write when the run ends, and lets go of each ended trial's folder in its state (`ended_trials_forgotten`).
 
 That census imports Ray's MLflow, W&B and Comet integrations to count the callbacks a run gives Tune by class, and
 with them mlflow and wandb themselves: about 3.5 s of every `ftgrid run`, `tune` and `plan` on 2 cores, tracked or
@@ -51,3 +51,27 @@ def _no_logger_files(analysis) -> dict:
     import pandas as pd
 
     return {trial.trial_id: pd.DataFrame() for trial in analysis.trials}
+
+
+def forgetting(trackers) -> list:
+    """`ended_trials_forgotten`, unless a tracker still needs an ended trial's folder."""
+    return [] if any(getattr(t, "needs_trial_folder", False) for t in trackers) else [ended_trials_forgotten()]
+
+
+def ended_trials_forgotten():
+    """A Tune callback, the last of a run's: a trial that ended leaves no folder in Tune's state on this machine.
+
+    Tune keeps an empty folder per trial there and copies the whole of its state to RUN_DIR/.ray each time it saves
+    it: on object storage five requests a trial folder, for every trial so far at every save, and every trial's
+    folder again in the run's last save (50,000 requests for 10,000 trials). A trial that ended puts nothing more
+    there. Last, so that a tracker that fails as the trial completes finds the folder for Ray's error file; not with
+    a tracker that works in the folder after the trial ended (`needs_trial_folder`: W&B's logging actor starts there).
+    """
+    from ray import tune
+
+    class _Forget(tune.Callback):
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            with contextlib.suppress(OSError, RuntimeError):  # not empty, not there, or Tune gave the trial none
+                os.rmdir(trial.local_path)
+
+    return _Forget()

@@ -13,7 +13,8 @@ def test_the_end_of_a_run_looks_for_none_of_the_files_tunes_loggers_would_have_w
     from ray.tune.analysis.experiment_analysis import ExperimentAnalysis
 
     for name in ("RAY_AIR_NEW_OUTPUT", "TUNE_DISABLE_STRICT_METRIC_CHECKING", "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"):
-        monkeypatch.delenv(name, raising=False)  # restored after the test: tune_settings sets them
+        monkeypatch.setenv(name, "")  # so that monkeypatch restores it (or its absence) after the test
+        monkeypatch.delenv(name)  # tune_settings sets them
     asked = []
 
     class EmptyStorage:
@@ -42,3 +43,25 @@ def test_the_end_of_a_run_looks_for_none_of_the_files_tunes_loggers_would_have_w
     assert list(within) == list(by_ray) == ["a", "b", "c"]
     assert all(frame.empty for frame in [*within.values(), *by_ray.values()])
     assert ExperimentAnalysis._fetch_trial_dataframes is fetch  # Ray's own again after the run
+
+
+def test_an_ended_trial_leaves_its_empty_folder_in_tunes_state_unless_a_tracker_works_there(tmp_path):
+    from grid.loggers import _Wandb
+    from grid.tune_settings import forgetting
+
+    (forget,) = forgetting([])
+    empty, with_error = tmp_path / "a", tmp_path / "b"
+    empty.mkdir()
+    with_error.mkdir()
+    (with_error / "error.txt").write_text("Ray's error file")
+    for folder in (empty, with_error, tmp_path / "gone"):
+        forget.on_trial_complete(0, [], SimpleNamespace(local_path=str(folder)))
+    assert not empty.exists() and (with_error / "error.txt").is_file()
+
+    class NoFolder:  # Tune's Trial.local_path raises without a trial folder name
+        @property
+        def local_path(self):
+            raise RuntimeError("Should not call `local_path` without a trial dir name")
+
+    forget.on_trial_complete(0, [], NoFolder())
+    assert forgetting([_Wandb()]) == []  # W&B's logging actor starts in the folder, after a zero-shot trial ended
