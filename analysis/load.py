@@ -64,11 +64,6 @@ def _read_jsonl(folder: RunStore, name: str) -> list[dict]:
         raise AnalysisError(str(exc)) from exc
 
 
-def trial_dirs(run_dir: str | os.PathLike | RunStore) -> list[RunStore]:
-    """The finished trial folders of a run folder, sorted by name (`finished_trials`)."""
-    return [folder for folder, _ in finished_trials(run_dir)]
-
-
 def finished_trials(run_dir: str | os.PathLike | RunStore) -> list[tuple[RunStore, bytes]]:
     """The finished trial folders of a run folder, sorted by name, each with the bytes of its result.json: each file
     read once (on object storage a HEAD and a GET), several at a time, without asking first whether it is there.
@@ -220,11 +215,11 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
     """The JSON lines of file `name` of every trial folder, long, with `run_dir` and `trial_id` first."""
     frames = []
     for run_dir in as_run_dirs(run_dirs):
-        for trial_dir in trial_dirs(run_dir):
+        for trial_dir, result in finished_trials(run_dir):
             if not trial_dir.exists(name):
                 continue  # e.g. a failed trial has no predictions
             try:
-                trial_id = read_result_file(trial_dir).trial_id
+                trial_id = read_result_file(trial_dir, result).trial_id
             except AnalysisError:
                 continue  # an unreadable result.json: the trial is not in the trials frame either
             frame = pd.DataFrame(_read_jsonl(trial_dir, name))

@@ -112,3 +112,24 @@ def test_a_failed_result_keeps_the_error_and_the_tail_of_its_traceback():
         written
     )
     assert TrialResult.from_json(written) == result
+
+
+def test_reads_in_parallel_keep_the_order_and_stop_at_the_first_error():
+    import time
+
+    from runners.contract.store import in_parallel
+
+    assert in_parallel(lambda n: n * n, list(range(50))) == [n * n for n in range(50)]
+    done = []
+
+    def read(n: int) -> int:
+        if n == 0:
+            raise OSError("storage said no")
+        time.sleep(0.01)
+        done.append(n)
+        return n
+
+    with pytest.raises(OSError, match="storage said no"):
+        in_parallel(read, list(range(400)))
+    time.sleep(0.3)  # the reads under way when the error came end
+    assert len(done) < 100  # the rest were never started (Executor.map cancels them; waiting for all made 399)

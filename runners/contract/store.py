@@ -37,7 +37,8 @@ READERS = 16
 
 
 def in_parallel(call: Callable, items: list) -> list:
-    """`call` on each item, the results in order, `READERS` items at a time (on threads)."""
+    """`call` on each item, the results in order, `READERS` items at a time (on threads). The first error raises once
+    the reads under way end; the items not yet started are dropped (`Executor.map` cancels them)."""
     if len(items) < 2:
         return [call(item) for item in items]
     with ThreadPoolExecutor(max_workers=min(READERS, len(items))) as pool:
