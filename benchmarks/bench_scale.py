@@ -142,7 +142,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         "csv_writes": writes,
         "csv_write_s": write_s,
         "driver_overhead_without_writes_per_trial_ms": 1000 * (in_callback[0] - write_s) / n,
-        # Tune's end of the run (its ResultGrid), the final rebuild of results.csv and Ray's shutdown
+        # Tune's end of the run (its last save, its ResultGrid), the final rebuild of results.csv, Ray's shutdown and
+        # the summary (every result.json read)
         "after_last_trial_s": end - in_callback[2] if in_callback[2] is not None else None,
     }
 
