@@ -98,6 +98,20 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
     in_callback = [0.0, 0, None]  # seconds in the callback, its calls, when its last call ended
     made = []  # the callbacks run_grid made (one): their results.csv view counts its writes
     make_callback = rd.progress_callback
+    # the callback's reads of a landed trial's result.json, timed apart (on storage each is a HEAD and a GET)
+    import analysis.load
+
+    reading, read_file = [0.0, False], analysis.load.read_result_file
+
+    def timed_read(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return read_file(*args, **kwargs)
+        finally:
+            if reading[1]:  # inside the callback
+                reading[0] += time.perf_counter() - start
+
+    analysis.load.read_result_file = timed_read
 
     def timed_callback(progress, where):
         callback = make_callback(progress, where)
@@ -105,10 +119,11 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         on_result = callback.on_trial_result
 
         def timed(*args, **kwargs):
-            start = time.perf_counter()
+            start, reading[1] = time.perf_counter(), True
             try:
                 return on_result(*args, **kwargs)
             finally:
+                reading[1] = False
                 in_callback[2] = time.perf_counter()
                 in_callback[0] += in_callback[2] - start
                 in_callback[1] += 1
@@ -142,6 +157,8 @@ def case(n: int, run_dir: str, workdir: Path) -> dict:
         "csv_writes": writes,
         "csv_write_s": write_s,
         "driver_overhead_without_writes_per_trial_ms": 1000 * (in_callback[0] - write_s) / n,
+        "callback_read_s": reading[0],
+        "driver_overhead_without_writes_or_reads_per_trial_ms": 1000 * (in_callback[0] - write_s - reading[0]) / n,
         # Tune's end of the run (its last save, its ResultGrid), the final rebuild of results.csv, Ray's shutdown and
         # the summary (every result.json read)
         "after_last_trial_s": end - in_callback[2] if in_callback[2] is not None else None,
@@ -319,12 +336,12 @@ def main() -> None:
         figures = run_case(n, storage)
         payload["cases"].append(figures)
         print(json.dumps(figures), flush=True)
-    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "without writes", "writes", "requests/trial",
-               "after last trial s"]  # fmt: skip
+    columns = ["storage", "trials", "wall/trial ms", "driver/trial ms", "without writes", "without writes or reads",
+               "writes", "requests/trial", "after last trial s"]  # fmt: skip
     rows = [
         [c["storage"], c["trials"], c["wall_per_trial_ms"], c["driver_overhead_per_trial_ms"],
-         c["driver_overhead_without_writes_per_trial_ms"], c["csv_writes"], c.get("storage_requests_per_trial"),
-         c.get("after_last_trial_s")]
+         c["driver_overhead_without_writes_per_trial_ms"], c["driver_overhead_without_writes_or_reads_per_trial_ms"],
+         c["csv_writes"], c.get("storage_requests_per_trial"), c.get("after_last_trial_s")]
         for c in payload["cases"]
     ]  # fmt: skip
     machine.print_table(f"bench_scale {args.label}", columns, rows)
