@@ -235,7 +235,7 @@ class _Wandb(_Tracked):
     trial's step (W&B's logging actor takes the step from `training_iteration`)."""
 
     # Ray's W&B logging actor starts in the trial's folder of Tune's state (os.chdir), and for a trial whose first
-    # report is its last (zero-shot) it starts after the trial ended: the folder stays (grid.ray_driver)
+    # report is its last (zero-shot) it starts after the trial ended: the folder stays (grid.tune_settings.forgetting)
     needs_trial_folder = True
 
     def setup(self, *args, **kwargs):

@@ -132,7 +132,7 @@ def test_grid_runs_every_cell_then_caches_and_isolates_failures(tiny_grid, tmp_p
     assert len(table) == 8 and set(table["status"]) == {"ok"}
     assert not [p for p in run_dir.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in done]
     # Tune's own empty folder of each trial on this machine went as the trial ended: Tune copies that whole folder to
-    # RUN_DIR/.ray each time it saves its state (grid.ray_driver.progress_callback)
+    # RUN_DIR/.ray each time it saves its state (grid.tune_settings.ended_trials_forgotten)
     (tunes,) = {p.resolve() for p in Path(ray_tmp).glob("ray/session_*/artifacts/*/*/driver_artifacts")}  # and _latest
     assert any(tunes.glob("experiment_state-*.json")) and not [p for p in tunes.iterdir() if p.is_dir()]
 
