@@ -54,10 +54,8 @@ def read_result_file(trial_dir: RunStore, data: bytes | None = None) -> TrialRes
         raise AnalysisError(f"{trial_dir / layout.RESULT_JSON}: not a result ({exc})") from exc
 
 
-def _read_jsonl(folder: RunStore, name: str) -> list[dict]:
-    text = folder.read_text(name)
-    if text is None:
-        raise AnalysisError(f"{folder / name}: cannot read (no such file)")
+def _parse_jsonl(folder: RunStore, name: str, text: str) -> list[dict]:
+    """The lines of file `name` of `folder`, read already as `text` (AnalysisError for a line that is not JSON)."""
     try:
         return parse_jsonl(text, where=str(folder / name), strict=True)
     except ValueError as exc:
@@ -216,13 +214,13 @@ def _per_trial_lines(run_dirs: RunDirs, name: str, empty_columns: list[str]) -> 
     frames = []
     for run_dir in as_run_dirs(run_dirs):
         for trial_dir, result in finished_trials(run_dir):
-            if not trial_dir.exists(name):
-                continue  # e.g. a failed trial has no predictions
             try:
                 trial_id = read_result_file(trial_dir, result).trial_id
             except AnalysisError:
                 continue  # an unreadable result.json: the trial is not in the trials frame either
-            frame = pd.DataFrame(_read_jsonl(trial_dir, name))
+            if (text := trial_dir.read_text(name)) is None:
+                continue  # e.g. a failed trial has no predictions: read, not asked for first
+            frame = pd.DataFrame(_parse_jsonl(trial_dir, name, text))
             if frame.empty:
                 continue
             frame.insert(0, "trial_id", trial_id)

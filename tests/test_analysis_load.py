@@ -78,6 +78,13 @@ def test_each_result_json_is_read_once_and_nothing_asks_first_whether_it_is_ther
     assert len(load_trials(tmp_path)) == 3
     of_results = [(how, path.rpartition("/")[2]) for how, path in asked if path.endswith("result.json")]
     assert of_results == [("read_bytes", "result.json")] * 4  # the run folder's own (none), then each trial's
+    # the examples and training logs too: each trial's file read directly, a missing one (a failed trial's) skipped
+    write_trial(tmp_path, base_config(lora_rank=16), status="failed", error="RuntimeError: boom")
+    asked.clear()
+    assert len(load_examples(tmp_path)["trial_id"].unique()) == 3 and not load_train_logs(tmp_path).empty
+    assert not [path for how, path in asked if how == "exists"]
+    of_lines = sorted(path.rpartition("/")[2] for how, path in asked if path.endswith(".jsonl"))
+    assert of_lines == ["predictions.jsonl"] * 4 + ["train_log.jsonl"] * 4
 
 
 def test_zero_shot_null_loss_and_rank_read_as_none_and_zero(tmp_path):
@@ -163,3 +170,11 @@ def test_results_csv_has_one_row_per_trial_and_no_leftover_temp_file(tmp_path):
     assert len(table) == 5 and set(table["status"]) == {"ok", "failed"}
     assert table["rouge1"].notna().sum() == 4
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_a_line_of_predictions_that_is_not_json_is_named_not_skipped(tmp_path):
+    trial_id = write_trial(tmp_path, base_config(lora_rank=4), n=3)
+    with (tmp_path / trial_id / "predictions.jsonl").open("a") as handle:
+        handle.write('{"id": "cut sh\n')
+    with pytest.raises(AnalysisError, match=rf"{trial_id}/predictions.jsonl"):
+        load_examples(tmp_path)
