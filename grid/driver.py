@@ -57,7 +57,9 @@ def load_run(grid: Path, sets: dict, track: list[str] | None, *, smoke: bool, ad
 
         if address is None:
             spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, local_node())})
-        trials = smoke(trials)
+        # a trial has a GPU when it asks for one (Ray hides the GPUs from one that does not): the driver's own
+        # machine, which may have none, does not decide it (and the driver need not import torch to ask)
+        trials = smoke(trials, gpu=spec.resources.gpus_per_trial > 0)
     return spec, trials
 
 
@@ -79,9 +81,11 @@ def pick_trial(grid: Path, sets: dict, picks: dict, *, smoke: bool = False) -> t
     """(spec, the trial) of `ftgrid trial` and `ftgrid audit`: the first value of every axis not picked."""
     spec, trials = load_grid(grid, sets=sets, picks=picks)
     if smoke:
+        import torch
+
         from grid.smoke import smoke_trial
 
-        return spec, smoke_trial(trials[0])
+        return spec, smoke_trial(trials[0], gpu=torch.cuda.is_available())  # runs here, in this process
     check_local_files(trials[:1])
     return spec, trials[0]
 

@@ -52,9 +52,9 @@ def stand_in(cfg: TrialConfig) -> str:
     return next((tiny for hint, tiny in ARCH_HINTS.items() if hint in source), "tiny-llama")
 
 
-def smoke_trial(cfg: TrialConfig) -> TrialConfig:
-    import torch
-
+def smoke_trial(cfg: TrialConfig, *, gpu: bool) -> TrialConfig:
+    """The stand-in of one trial; `gpu`: whether it will run with a GPU (without, GPU-only settings fall back to
+    their CPU equivalents)."""
     dataset = cfg.dataset_entry
     local = dataset.source.startswith((".", "/", "~")) or Path(dataset.source).suffix in LOCAL_SUFFIXES
     if not (local and Path(dataset.source).expanduser().exists()):  # same split name: a search's validation
@@ -70,7 +70,7 @@ def smoke_trial(cfg: TrialConfig) -> TrialConfig:
         update.update(n_eval=SMOKE_SETTINGS["n_eval"], max_new_tokens=SMOKE_SETTINGS["max_new_tokens"])
     update["max_source_length"] = min(cfg.max_source_length, 256)
     update["max_target_length"] = min(cfg.max_target_length, 64)
-    if not torch.cuda.is_available():  # GPU-only settings fall back to their CPU equivalents
+    if not gpu:
         if cfg.method.trains:
             update.update(optimizer="adamw", precision="fp32")
         if cfg.method in (Method.QLORA, Method.ZERO_SHOT):
@@ -79,11 +79,11 @@ def smoke_trial(cfg: TrialConfig) -> TrialConfig:
     return TrialConfig.model_validate(update)
 
 
-def smoke(trials: list[TrialConfig]) -> list[TrialConfig]:
-    """Smoke versions of `trials`, deduplicated (several models may share one stand-in)."""
+def smoke(trials: list[TrialConfig], *, gpu: bool) -> list[TrialConfig]:
+    """Smoke versions of `trials` (`smoke_trial`), deduplicated (several models may share one stand-in)."""
     out: dict[str, TrialConfig] = {}
     for cfg in trials:
-        small = smoke_trial(cfg)
+        small = smoke_trial(cfg, gpu=gpu)
         out.setdefault(small.trial_id, small)
     return list(out.values())
 
@@ -109,11 +109,11 @@ def smoke_resources(resources, node: dict[str, float]):
 def smoke_search(spec, search, base: TrialConfig, node: dict[str, float] | None):
     """(spec, search, base trial) of `ftgrid tune --smoke`: the base trial as `smoke_trial` makes it, a few
     samples, early stopping within its steps, and resources cut to `node` (None: kept, for a cluster)."""
-    small = smoke_trial(base)
+    if node is not None:
+        spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, node)})
+    small = smoke_trial(base, gpu=spec.resources.gpus_per_trial > 0)
     update: dict = {"num_samples": min(search.num_samples, SMOKE_SAMPLES)}
     if search.early_stopping:
         steps = small.max_steps or SMOKE_SETTINGS["max_steps"]
         update["early_stopping"] = search.early_stopping.model_copy(update={"grace_period": 1, "max_t": steps})
-    if node is not None:
-        spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, node)})
     return spec, search.model_copy(update=update), small

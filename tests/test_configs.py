@@ -67,6 +67,8 @@ def test_every_grid_config_runs_in_smoke_mode_through_the_cli(path, tmp_path, ra
     # no tracker asked for: the driver imports none (Tune's census of callbacks would import mlflow and wandb)
     trackers = imported & {"mlflow", "wandb", "tensorboardX"}
     assert not trackers, trackers
+    # nor the training stack: trials import it in their own processes (~2 CPU s for torch alone)
+    assert not imported & {"torch", "transformers", "peft"}
     results = [read_result(p.parent) for p in (tmp_path / "run").glob("*/result.json")]
     assert results and all(r.ok for r in results)
     assert {r.config["method"] for r in results} == set(spec.axes.get("method", [results[0].config["method"]]))
@@ -117,3 +119,20 @@ def test_cluster_configs_parse_and_their_commands_are_whole(path):
     keys = ("setup_commands", "head_start_ray_commands", "worker_start_ray_commands")
     for command in [c for key in keys for c in config[key]]:
         assert shlex.split(command), command  # a quote cut short by a YAML comment would raise here
+
+
+def test_a_smoke_trial_keeps_its_gpu_settings_only_where_it_gets_a_gpu():
+    """On a local Ray the trials of `--smoke` get what this machine has (no GPU here: the CPU equivalents of the GPU
+    settings); on a cluster (`--address`) they get the GPUs the grid asks for, whatever the driver's machine has."""
+    from grid.driver import load_run
+
+    path = CONFIGS[0].parent / "llama32_3b_qlora.yaml"
+    trained = [t for t in load_grid(path)[1] if t.method != "zero_shot"]
+    assert trained[0].optimizer == "paged_adamw_8bit" and trained[0].compute_dtype == "bfloat16"
+    for address, gpu in ((None, bool(local_node()["GPU"])), ("10.0.0.1:6379", True)):
+        spec, trials = load_run(path, {}, None, smoke=True, address=address)
+        small = next(t for t in trials if t.method != "zero_shot")
+        assert (spec.resources.gpus_per_trial > 0) == gpu
+        assert (small.optimizer, small.compute_dtype) == (
+            ("paged_adamw_8bit", "bfloat16") if gpu else ("adamw", "auto")
+        ), address
