@@ -40,6 +40,24 @@ def test_a_store_reads_writes_lists_and_copies_folders_in_a_bucket_as_on_disk(s3
         assert store.folders() == ["t2", "t3"] and store.read_bytes("t1", "result.json") is None
 
 
+def test_the_trial_folders_of_a_run_folder_share_its_file_system(s3, monkeypatch):
+    # on s3:// each pyarrow file system opened is a client of its own: reading 1,000 results must not open 1,000
+    store = RunStore(f"{s3}/shared-fs")
+    for trial_id in ("a", "b", "c"):
+        store.write('{"trial_id": "x", "status": "ok"}', trial_id, "result.json")
+    opened, real = [], RunStore.filesystem
+
+    def filesystem(self):
+        if self._fs is None:
+            opened.append(self.location)
+        return real(self)
+
+    monkeypatch.setattr(RunStore, "filesystem", filesystem)
+    store = RunStore(f"{s3}/shared-fs")
+    assert all(read_result(store / t).ok for t in store.folders()) and RunStore(store / "a").files() == ["result.json"]
+    assert len(opened) == 1, opened
+
+
 def test_an_upload_cut_short_never_looks_finished(s3, tmp_path):
     folder = tmp_path / "trial"
     for name in ("predictions.jsonl", "train_log.jsonl", "trial.json", "result.json"):
