@@ -53,13 +53,13 @@ def load_run(grid: Path, sets: dict, track: list[str] | None, *, smoke: bool, ad
     spec = with_track(spec, track)
     if smoke:
         from grid.ray_driver import local_node
-        from grid.smoke import smoke, smoke_resources
+        from grid.smoke import gets_a_gpu, smoke, smoke_resources
 
         if address is None:
             spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, local_node())})
-        # a trial has a GPU when it asks for one (Ray hides the GPUs from one that does not): the driver's own
-        # machine, which may have none, does not decide it (and the driver need not import torch to ask)
-        trials = smoke(trials, gpu=spec.resources.gpus_per_trial > 0)
+        # a trial that asks for no GPU trains with CPU settings (a child process is given none: launch.child_env);
+        # on a cluster the driver's own machine, which may have no GPU, does not decide it
+        trials = smoke(trials, gpu=gets_a_gpu(spec.resources, local=address is None))
     return spec, trials
 
 

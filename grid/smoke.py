@@ -79,6 +79,19 @@ def smoke_trial(cfg: TrialConfig, *, gpu: bool) -> TrialConfig:
     return TrialConfig.model_validate(update)
 
 
+def gets_a_gpu(resources, *, local: bool) -> bool:
+    """Whether a smoke trial runs with a GPU: it asks for one (`resources:` once cut to the machine), and on a local
+    Ray torch can use it there: Ray also counts GPUs torch cannot (Apple's, or any under a CPU-only torch build), so
+    where Ray found one torch is asked (imported only then). On a cluster (`local` False), as the grid asks."""
+    if resources.gpus_per_trial <= 0:
+        return False
+    if not local:
+        return True
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def smoke(trials: list[TrialConfig], *, gpu: bool) -> list[TrialConfig]:
     """Smoke versions of `trials` (`smoke_trial`), deduplicated (several models may share one stand-in)."""
     out: dict[str, TrialConfig] = {}
@@ -111,7 +124,7 @@ def smoke_search(spec, search, base: TrialConfig, node: dict[str, float] | None)
     samples, early stopping within its steps, and resources cut to `node` (None: kept, for a cluster)."""
     if node is not None:
         spec = spec.model_copy(update={"resources": smoke_resources(spec.resources, node)})
-    small = smoke_trial(base, gpu=spec.resources.gpus_per_trial > 0)
+    small = smoke_trial(base, gpu=gets_a_gpu(spec.resources, local=node is not None))
     update: dict = {"num_samples": min(search.num_samples, SMOKE_SAMPLES)}
     if search.early_stopping:
         steps = small.max_steps or SMOKE_SETTINGS["max_steps"]

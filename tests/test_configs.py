@@ -121,18 +121,35 @@ def test_cluster_configs_parse_and_their_commands_are_whole(path):
         assert shlex.split(command), command  # a quote cut short by a YAML comment would raise here
 
 
-def test_a_smoke_trial_keeps_its_gpu_settings_only_where_it_gets_a_gpu():
-    """On a local Ray the trials of `--smoke` get what this machine has (no GPU here: the CPU equivalents of the GPU
-    settings); on a cluster (`--address`) they get the GPUs the grid asks for, whatever the driver's machine has."""
-    from grid.driver import load_run
+def test_a_smoke_trial_keeps_its_gpu_settings_only_where_it_gets_a_gpu_torch_can_use(monkeypatch, tmp_path):
+    """`--smoke`'s stand-ins keep a GPU grid's GPU-only settings on a cluster (`--address`: the GPUs the grid asks
+    for, whatever the driver's machine has) and fall back to their CPU equivalents on a local Ray without a GPU torch
+    can use: none here, or one Ray counts that torch cannot (Apple's, or any under a CPU-only torch build); for a
+    grid (`ftgrid run`, `plan`) and a search (`ftgrid tune`) alike."""
+    import grid.ray_driver
+    from grid.driver import load_run, load_search
+    from grid.tune import prepare_search
 
-    path = CONFIGS[0].parent / "llama32_3b_qlora.yaml"
-    trained = [t for t in load_grid(path)[1] if t.method != "zero_shot"]
-    assert trained[0].optimizer == "paged_adamw_8bit" and trained[0].compute_dtype == "bfloat16"
-    for address, gpu in ((None, bool(local_node()["GPU"])), ("10.0.0.1:6379", True)):
-        spec, trials = load_run(path, {}, None, smoke=True, address=address)
-        small = next(t for t in trials if t.method != "zero_shot")
-        assert (spec.resources.gpus_per_trial > 0) == gpu
-        assert (small.optimizer, small.compute_dtype) == (
-            ("paged_adamw_8bit", "bfloat16") if gpu else ("adamw", "auto")
-        ), address
+    gpu_settings, cpu_settings = ("paged_adamw_8bit", "bfloat16"), ("adamw", "auto")
+    grid_path = CONFIGS[0].parent / "llama32_3b_qlora.yaml"
+    trained = [t for t in load_grid(grid_path)[1] if t.method != "zero_shot"]
+    assert (trained[0].optimizer, trained[0].compute_dtype) == gpu_settings
+    search = CONFIGS[0].parent / "search_lr_rank.yaml"
+    search_path = tmp_path / "search.yaml"  # the shipped search with a GPU-only optimizer
+    search_path.write_text(search.read_text().replace("settings:\n", "settings:\n  optimizer: paged_adamw_8bit\n", 1))
+    torch_sees_a_gpu = bool(local_node()["GPU"]) and torch_cuda()
+    for ray_counts_a_gpu in (False, True):
+        if ray_counts_a_gpu and not local_node()["GPU"]:  # a GPU Ray counts and torch cannot use, here
+            monkeypatch.setattr(grid.ray_driver, "local_node", lambda: {"CPU": 2.0, "GPU": 1.0})
+        for address, gpu in ((None, torch_sees_a_gpu), ("10.0.0.1:6379", True)):
+            _, trials = load_run(grid_path, {}, None, smoke=True, address=address)
+            small = next(t for t in trials if t.method != "zero_shot")
+            assert (small.optimizer, small.compute_dtype) == (gpu_settings if gpu else cpu_settings), address
+            _, _, base = prepare_search(load_search(search_path, None), search_path, smoke=True, address=address)
+            assert base.optimizer == ("paged_adamw_8bit" if gpu else "adamw"), address
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -89,7 +89,12 @@ class RunStore:
 
     def __init__(self, location: str | Path | RunStore):
         if isinstance(location, RunStore):  # the same folder, and its file system if open (each new one is a client)
-            self.__dict__.update(location.__dict__)
+            self.location, self.local, self._fs, self._root = (
+                location.location,
+                location.local,
+                location._fs,
+                location._root,
+            )
             return
         location = local_path(location)
         if is_uri(location) and "@" in str(location).partition("://")[2].partition("/")[0]:
