@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # Tests run side by side in this many pytest workers (pytest-xdist): on 2 cores, 2 workers took 0.70x the time of
 # one test at a time on five test modules; the whole suite took 21 min 31 s in 3 workers and 22 min 16 s in 2 (on a
 # tree with five stack imports fewer; the cores idle 7% of that run), and later 17 min 0 s in 3 against 16 min 16 s in
-# 2 (the cluster tests, on one worker, ended last), so 2 stay (README); TEST_WORKERS=0: one by one.
+# 2 (the worker that ran the cluster tests, 921 s of them, ended last), so 2 stay (README); TEST_WORKERS=0: one by one.
 TEST_WORKERS ?= 2
 # Every package .venv gets but ftgrid itself and the SmolLM2 weights, pinned (torch's version, not its build).
 LOCK := requirements/lock.txt
