@@ -26,6 +26,7 @@ from rich.markup import escape
 from grid import sweep, tune
 from grid.cache import scratch_root
 from grid.interrupt import await_notified
+from grid.launch import NOTICE_GRACE_S
 from grid.plan_check import plan_line
 from grid.progress import Progress, close_run
 from grid.ray_driver import check_fits, execution_of, param_space, run_on_ray
@@ -118,7 +119,13 @@ def _on_ray(spec, run_dir: str | Path, command: str, space, address, progress: P
     # Stopped (SIGTERM, Ctrl-C) with trials running: those in a process of their own got a preemption notice and
     # write their checkpoint; the summary comes when they have.
     if progress.running and execution_of(spec.resources, retries=0, force=False, save=spec.save).kind != "inline":
-        await_notified(run_dir, list(progress.running))
+        for trial_id in await_notified(run_dir, list(progress.running)):
+            console.print(
+                f"{trial_id}: no result.json within {NOTICE_GRACE_S} s of the stop; the same command runs it again, "
+                "from its last complete checkpoint if it has one",
+                markup=False,
+                highlight=False,
+            )
 
 
 def run_grid(

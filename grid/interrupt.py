@@ -32,13 +32,15 @@ def sigterm_as_ctrl_c():
         signal.signal(signal.SIGTERM, previous)
 
 
-def await_notified(run_dir: str | Path, trial_ids: list[str], timeout: float = NOTICE_GRACE_S) -> None:
+def await_notified(run_dir: str | Path, trial_ids: list[str], timeout: float = NOTICE_GRACE_S) -> list[str]:
     """Wait until each of these trials (running when the driver was stopped) has a result.json again — a
-    `preempted` one with its checkpoint — or `timeout` seconds have passed."""
+    `preempted` one with its checkpoint — or `timeout` seconds have passed. Returns the trials still without one."""
     store = RunStore(run_dir)
     deadline = time.monotonic() + timeout
     waiting = list(trial_ids)
-    while waiting and time.monotonic() < deadline:
+    while waiting:
         waiting = [t for t in waiting if read_result(store / t) is None]
-        if waiting:
-            time.sleep(0.5)
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.5)
+    return waiting

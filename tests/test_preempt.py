@@ -18,7 +18,7 @@ from inprocess import ftgrid as in_this_process
 from same_training import assert_same_training, logged_losses
 
 from runners.contract.choices import Status
-from runners.contract.result import read_result
+from runners.contract.result import TrialResult, read_result
 
 pytestmark = pytest.mark.slow
 
@@ -117,11 +117,12 @@ def test_sigterm_to_the_driver_checkpoints_its_running_trial_and_the_summary_say
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait()
     said = log.read_text()
-    assert code == 1 and "Traceback" not in said, said[-3000:]
-    assert "preempted" in said and "run the same command again" in said, said[-3000:]
     (trial_dir,) = [p.parent for p in run.glob("*/trial.json")]
+    why = f"{said[-3000:]}\n--- trial.log:\n{(trial_dir / 'trial.log').read_text()[-3000:]}"
+    assert code == 1 and "Traceback" not in said, why
+    assert "preempted" in said and "run the same command again" in said, why
     stopped = read_result(trial_dir)
-    assert stopped.status == Status.PREEMPTED, said[-3000:]
+    assert stopped.status == Status.PREEMPTED, why
     step = stopped.train["steps"]
     assert [p.parent.name for p in trial_dir.glob("checkpoints/*/done")] == [f"step-{step:06d}"]
 
@@ -205,3 +206,16 @@ def test_a_killed_trial_is_retried_from_its_checkpoint_or_from_step_0_and_says_s
     else:
         assert "resumed_from_step" not in result.train and from_step_0, result.warnings
     assert sorted(logged_losses(trial_dir)) == list(range(1, 13))
+
+
+def test_the_stopped_driver_waits_for_each_running_trials_result_and_names_those_that_never_came(tmp_path):
+    from grid.interrupt import await_notified
+
+    (tmp_path / "landed").mkdir()
+    TrialResult.failed("landed", {}, "preempted").write(tmp_path / "landed")
+    clock = time.monotonic()
+    assert await_notified(tmp_path, ["landed"], timeout=30) == []
+    assert time.monotonic() - clock < 5  # no wait for a trial whose result is there
+    clock = time.monotonic()
+    assert await_notified(tmp_path, ["landed", "silent"], timeout=1) == ["silent"]
+    assert 1 <= time.monotonic() - clock < 5
