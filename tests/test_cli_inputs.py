@@ -164,24 +164,14 @@ CASES = {
 }
 
 
-# Each case through `ftgrid`'s own entry point, in this one process: exit code, stdout and stderr as a process
-# would give them; an exception that escapes `main` is printed as the traceback a process would show.
+# Each case through `ftgrid`'s own entry point in this one process (`inprocess.ftgrid`: exit code, stdout and
+# stderr as a process would give them, an escaped exception as its traceback).
 BATCH = """
-import contextlib, io, json, logging, sys, traceback
+import json, logging, sys
+sys.path.insert(0, sys.argv[1])
 logging.basicConfig(stream=sys.__stderr__)  # the CLI's own basicConfig is then a no-op: no case keeps another's
-from grid.cli import main
-done = {}
-for name, args in json.loads(sys.stdin.read()).items():
-    out, err = io.StringIO(), io.StringIO()
-    code = None
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            main(list(args))
-        except SystemExit as end:
-            code = end.code
-        except BaseException:
-            traceback.print_exc()
-    done[name] = [code, out.getvalue(), err.getvalue()]
+from inprocess import ftgrid
+done = {name: list(ftgrid(*args)) for name, args in json.loads(sys.stdin.read()).items()}
 done["imported"] = [m for m in ("torch", "transformers", "peft") if m in sys.modules]
 done["ray_started"] = "ray" in sys.modules and sys.modules["ray"].is_initialized()
 print(json.dumps(done))
@@ -216,7 +206,11 @@ def outcomes(tmp_path_factory):
         done = dict(zip(alone, pool.map(run, [CASES[name] for name in alone]), strict=True))
     batch = {name: case.args for name, case in CASES.items() if name not in done}
     proc = subprocess.run(
-        [sys.executable, "-c", BATCH], input=json.dumps(batch).encode(), capture_output=True, cwd=root, timeout=300
+        [sys.executable, "-c", BATCH, str(Path(__file__).parent)],
+        input=json.dumps(batch).encode(),
+        capture_output=True,
+        cwd=root,
+        timeout=300,
     )
     assert proc.returncode == 0 and "Traceback" not in proc.stderr.decode(), proc.stderr.decode()[-3000:]
     answers = json.loads(proc.stdout)
