@@ -5,12 +5,16 @@ Trials start in grid order, as Ray Tune starts the trials of a grid search: the 
 head first), with the CPUs and GPUs it asks for free; a fractional GPU request (< 1) must fit on one GPU, a whole
 one takes whole free GPUs. At most `max_concurrent` trials run at once. A cached trial costs nothing and takes
 no slot. Nothing is ever placed beyond a node's capacity; a trial no node can hold is a ValueError.
+
+Trials that share a node slow each other down (memory bandwidth, caches, a shared GPU): with `slowdown`, a trial
+runs `slowdown(k)` times slower while k trials run on its node (processor sharing), so its `seconds` (its time
+alone) stretch by what it shares; `ftgrid plan` measures the slowdown (`grid.pilot.measure_sharing`).
 """
 
 from __future__ import annotations
 
-import heapq
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 EPS = 1e-9
 
@@ -79,7 +83,23 @@ def _fits_empty(job: Job, node: Node) -> bool:
     return _Free(node.cpus, [1.0] * node.gpus).take(job) is not None
 
 
-def simulate(jobs: list[Job], nodes: list[Node], max_concurrent: int | None = None) -> list[Placed]:
+def alone(k: int) -> float:
+    """No slowdown however many trials share a node."""
+    return 1.0
+
+
+@dataclass
+class _Running:
+    index: int  # in the order the trials start
+    job: Job
+    node: int
+    ids: tuple[int, ...]
+    left: float  # seconds of its time alone still to run
+
+
+def simulate(
+    jobs: list[Job], nodes: list[Node], max_concurrent: int | None = None, slowdown: Callable[[int], float] = alone
+) -> list[Placed]:
     """Every trial that is not cached, placed and timed, in the order they start."""
     if not nodes:
         raise ValueError("no node to place trials on")
@@ -88,7 +108,7 @@ def simulate(jobs: list[Job], nodes: list[Node], max_concurrent: int | None = No
         if not any(_fits_empty(job, node) for node in nodes):
             raise ValueError(f"trial {job.name} asks for {job.cpus:g} CPUs and {job.gpus:g} GPUs: no node has them")
     free = [_Free(node.cpus, [1.0] * node.gpus) for node in nodes]
-    running: list[tuple[float, int, int, tuple[int, ...]]] = []  # (end, order, node, gpu ids)
+    running: list[_Running] = []
     placed: list[Placed] = []
     now, queue = 0.0, list(range(len(todo)))
     while queue or running:
@@ -98,12 +118,18 @@ def simulate(jobs: list[Job], nodes: list[Node], max_concurrent: int | None = No
             if spot is None:
                 break
             node, ids = spot
-            heapq.heappush(running, (now + job.seconds, queue[0], node, ids))
-            placed.append(Placed(job.name, node, now, now + job.seconds, ids))
+            running.append(_Running(len(placed), job, node, ids, job.seconds))
+            placed.append(Placed(job.name, node, now, now, ids))
             queue.pop(0)
-        end, index, node, ids = heapq.heappop(running)
-        now = end
-        free[node].give(todo[index], ids)
+        factor = {r.node: slowdown(sum(q.node == r.node for q in running)) for r in running}
+        first = min(running, key=lambda r: (r.left * factor[r.node], r.index))  # the next to end (ties: first started)
+        step = first.left * factor[first.node]
+        for r in running:
+            r.left = max(r.left - step / factor[r.node], 0.0)
+        now += step
+        running.remove(first)
+        placed[first.index] = replace(placed[first.index], end=now)
+        free[first.node].give(first.job, first.ids)
     return placed
 
 

@@ -26,7 +26,7 @@ def test_never_over_a_nodes_capacity():
             Job(f"t{i}", rng.uniform(1, 100), cpus=rng.choice([1, 2, 4]), gpus=rng.choice([0, 0.25, 0.5, 1, 2]))
             for i in range(rng.randint(1, 30))
         ]
-        placed = simulate(jobs, nodes)
+        placed = simulate(jobs, nodes, slowdown=rng.choice([lambda k: 1.0, lambda k: 1 + 0.3 * (k - 1)]))
         assert sorted(p.name for p in placed) == sorted(j.name for j in jobs)
         for node, peak in zip(nodes, peak_use(jobs, placed, len(nodes)), strict=True):
             assert peak["cpus"] <= node.cpus + 1e-9
@@ -79,3 +79,21 @@ def test_a_trial_no_node_can_hold():
         simulate([Job("t0", 1, cpus=4)], [Node(cpus=2), Node(cpus=3)])
     with pytest.raises(ValueError, match="GPUs"):
         simulate([Job("t0", 1, gpus=2)], [Node(cpus=8, gpus=1)])
+
+
+def test_trials_sharing_a_node_run_slower_by_the_slowdown_and_stretch_only_while_they_share():
+    def half_speed(k):
+        return float(k)  # k trials at once each run k times slower: the node's work rate stays the same
+
+    two = simulate([Job("a", 10), Job("b", 10)], [Node(cpus=2)], slowdown=lambda k: 1.5 if k == 2 else 1.0)
+    assert [(p.start, p.end) for p in two] == [(0, 15), (0, 15)]
+    # a shares with b for all of its 10 s alone (20 s at half speed); b has 20 s alone left, then runs alone
+    uneven = {p.name: p for p in simulate([Job("a", 10), Job("b", 30)], [Node(cpus=2)], slowdown=half_speed)}
+    assert (uneven["a"].end, uneven["b"].end) == (20, 40)
+    # the third waits for a slot, then runs alone
+    three = simulate([Job(n, 10) for n in "abc"], [Node(cpus=2)], slowdown=half_speed)
+    assert [(p.start, p.end) for p in three] == [(0, 20), (0, 20), (20, 30)]
+    # on nodes of their own nothing is shared
+    apart = simulate([Job("a", 10, cpus=2), Job("b", 10, cpus=2)], [Node(cpus=2), Node(cpus=2)], slowdown=half_speed)
+    assert [(p.node, p.end) for p in apart] == [(0, 10), (1, 10)]
+    assert makespan(simulate([Job("a", 10), Job("b", 10)], [Node(cpus=2)])) == 10  # no slowdown given: none
