@@ -112,6 +112,7 @@ def compare(run_dir: Path) -> list[dict]:
                 "steps": t["steps"],
                 "n_eval": t["n_eval"],
                 "wall_s_predicted": t["wall_s"],
+                "alone_s_predicted": t.get("alone_s"),  # before the stretch for sharing a node
                 "wall_s": result["wall_s"],
                 "wall_error": round((result["wall_s"] - t["wall_s"]) / t["wall_s"], 3),
                 "peak_mb_predicted": t["peak_memory_mb"],
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         pilots_share=round(plan_s / run_s, 3),
         worst_trial_wall_error=max((r["wall_error"] for r in rows), key=abs),
         worst_peak_error=max((r["peak_error"] for r in rows if r["peak_error"] is not None), key=abs, default=None),
+        sharing=plan["total"].get("sharing"),
         load_avg_end=machine.load1(),
     )
     columns = ["trial", "steps", "n_eval", "wall s plan", "wall s", "error", "peak MB plan", "peak MB", "error"]
@@ -164,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     machine.print_table(
         "Plan against run, per trial", columns, [[r["trial_id"][:40], *(r[k] for k in keys)] for r in rows]
     )
+    print(f"sharing: {payload['sharing']}")
     summary = ["grid_wall_s_predicted", "grid_wall_s", "grid_wall_error", "plan_s", "pilots_share"]
     machine.print_table("The grid", ["figure", "value"], [[k, payload[k]] for k in summary])
     path = machine.write_results(machine.results_path("bench_plan", args.quick, args.out), payload)

@@ -141,11 +141,14 @@ def run_grid(
     fmt: str = "table",
     console: Console | None = None,
     time_box: tuple[int, float] | None = None,
+    together: int = 0,
 ) -> int:
     """Run every trial of a grid on Ray Tune (cached ones skipped); print a summary; return 0, or 1 if any failed.
 
     `--dry-run` prints the trials (`fmt`: table, csv or json) and returns without starting Ray. `retries` and
     `max_concurrent` default to the grid's `resources:`. `time_box`: every trial's (`ftgrid plan`'s pilots).
+    `together`: the first so many trials at once, then the others one at a time (`ftgrid plan`'s side-by-side
+    copies, then its pilots).
     """
     console = console or Console()
     if dry_run:
@@ -160,18 +163,8 @@ def run_grid(
         f"{len(trials)} trials: {cached} cached, {len(todo)} to run → {run_dir}", markup=False, highlight=False
     )
     with ends_on_full_disk(progress):
-        _run_todo(
-            spec,
-            todo,
-            run_dir,
-            address,
-            progress,
-            console,
-            max_concurrent=max_concurrent,
-            force=force,
-            retries=retries,
-            time_box=time_box,
-        )
+        how = {"max_concurrent": max_concurrent, "force": force, "retries": retries, "time_box": time_box}
+        _run_todo(spec, todo, run_dir, address, progress, console, **how, together=together)
         if spec.save == Save.BEST and (line := keep_best_weights(run_dir, trials, progress.metric)):
             console.print(line, markup=False, highlight=False)
     code = close_run(progress, trials, run_dir, console)
@@ -180,23 +173,26 @@ def run_grid(
     return code
 
 
-def _trial_feed(trials: list[dict], max_concurrent: int | None) -> dict:
+def _trial_feed(trials: list[dict], max_concurrent: int | None, together: int = 0) -> dict:
     """Tune's search algorithm for a grid's trials (`grid.trial_feed`), built once Ray is up."""
     import ray
 
     from grid.trial_feed import trial_feed
 
-    return {"search_alg": trial_feed(trials, max_concurrent, ray.cluster_resources().get("CPU", 1.0))}
+    cpus = ray.cluster_resources().get("CPU", 1.0)
+    return {"search_alg": trial_feed(trials, max_concurrent, cpus, together)}
 
 
-def _run_todo(spec, todo, run_dir, address, progress: Progress, console, *, max_concurrent, force, retries, time_box):
+def _run_todo(
+    spec, todo, run_dir, address, progress: Progress, console, *, max_concurrent, force, retries, time_box, together
+):
     """The trials not cached on Ray Tune, one by one from a feed; results.csv once when there are none."""
     res = spec.resources
     max_concurrent = max_concurrent or res.max_concurrent
     if todo:
         retries = res.retries if retries is None else retries
         execution = execution_of(res, retries=retries, force=force, save=spec.save, time_box=time_box)
-        feed = functools.partial(_trial_feed, [cfg.model_dump(mode="json") for cfg in todo], max_concurrent)
+        feed = functools.partial(_trial_feed, [cfg.model_dump(mode="json") for cfg in todo], max_concurrent, together)
         tune_args = {"tune_config_extra": feed, "num_samples": len(todo), "max_concurrent": None}  # the feed limits
         _on_ray(
             spec,

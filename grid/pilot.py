@@ -22,6 +22,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from grid.sharing import Sharing, sharing_of, side_by_side
 from runners.config import TrialConfig
 from runners.contract.choices import Loss
 from runners.contract.result import TrialResult, read_result
@@ -151,36 +152,72 @@ class Pilots:
     measured: list[Measured]
     pilot_ids: list[str]
     ran: int  # pilots run now (the others were cached)
-    seconds: float  # what running them took, start-up included
+    seconds: float  # what running them took, start-up (and the side-by-side copies) included
     startup_s: float
     launch_s: float
     failed: list[str]  # `trial_id: error` of pilots that did not finish
+    sharing: Sharing = Sharing()  # the slowdown of trials at once on a node, from side-by-side copies
+    copies_import_s: float = 0.0  # the import the copies paid (each in a fresh process, before the pilots)
 
     @property
     def import_s(self) -> float:
-        """What a fresh process pays to import the training stack, as the pilots measured it (the most of them)."""
-        return max((m.import_s for m in self.measured), default=0.0)
+        """What a fresh process pays to import the training stack, as the pilots and copies measured it (the
+        most of them: the pilots after the copies run in processes that imported it already)."""
+        return max([m.import_s for m in self.measured] + [self.copies_import_s])
 
 
-def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: Console) -> Pilots:
-    """One pilot per group on Ray Tune, one at a time (a pilot measures alone), cached in `pilot_dir`."""
+def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: Console, at_once: int = 1) -> Pilots:
+    """One pilot per group on Ray Tune, one at a time (a pilot measures alone), cached in `pilot_dir`. Where the
+    grid runs `at_once` > 1 trials at once on a node, that many copies of the first training group's pilot run side
+    by side first, in the same run (`grid.sharing`)."""
     from grid.driver import run_grid
 
     pilots = [pilot_of(group) for group in groups]
-    todo = [p for p in pilots if not ((r := read_result(pilot_dir / p.trial_id)) and r.ok)]
+    copied = next((g for g, group in enumerate(groups) if group[0].method.trains), None) if at_once > 1 else None
+    copies = [] if copied is None else side_by_side(pilots[copied], at_once, PILOT_MAX_STEPS)
+    todo = [p for p in pilots if not _done(pilot_dir, p)]
+    copies_todo = [c for c in copies if not _done(pilot_dir, c)]
     console.print(
         f"{len(groups)} cost groups: {len(pilots) - len(todo)} pilots cached, {len(todo)} to run → {pilot_dir}"
     )
+    if copies:
+        console.print(f"{at_once} trials at once on a node: {at_once} copies of pilot {copied + 1} side by side first")
     clock = time.perf_counter()
-    if todo:
+    if todo or copies_todo:
         quiet = Console(file=io.StringIO())
-        run_grid(spec, todo, pilot_dir, address=address, max_concurrent=1, console=quiet, time_box=TIME_BOX)
+        runs = [*copies_todo, *todo]
+        together = len(copies_todo)
+        run_grid(
+            spec,
+            runs,
+            pilot_dir,
+            address=address,
+            max_concurrent=1,
+            console=quiet,
+            time_box=TIME_BOX,
+            together=together,
+        )
     seconds = time.perf_counter() - clock
     results = {p.trial_id: read_result(pilot_dir / p.trial_id) for p in pilots}
     failed = [f"{i}: {r.error if r else 'no result'}" for i, r in results.items() if not (r and r.ok)]
-    overhead = _overhead(pilot_dir, [results[p.trial_id] for p in todo], seconds)
+    copied_now = [r for c in copies_todo if (r := read_result(pilot_dir / c.trial_id)) and r.ok and r.wall_s]
+    copies_s = max((r.wall_s + _import_s(r) for r in copied_now), default=0.0)
+    overhead = _overhead(pilot_dir, [results[p.trial_id] for p in todo], seconds - copies_s)
     measured = [Measured.of(r) for r in results.values() if r and r.ok]
-    return Pilots(measured, list(results), len(todo), round(seconds, 1), *overhead, failed)
+    sharing = Sharing()
+    if copies and not failed:
+        run = {"ran": len(copies_todo), "seconds": round(copies_s, 1)}
+        sharing = sharing_of(copies, copied, measured[copied].step_s, pilot_dir, **run)
+    copies_import = max((_import_s(r) for c in copies if (r := read_result(pilot_dir / c.trial_id))), default=0.0)
+    return Pilots(measured, list(results), len(todo), round(seconds, 1), *overhead, failed, sharing, copies_import)
+
+
+def _done(pilot_dir: Path, cfg: TrialConfig) -> bool:
+    return bool((r := read_result(pilot_dir / cfg.trial_id)) and r.ok)
+
+
+def _import_s(result: TrialResult) -> float:
+    return float((result.placement or {}).get("import_s") or 0.0)
 
 
 def _overhead(pilot_dir: Path, fresh: list, seconds: float) -> tuple[float, float]:
@@ -193,7 +230,7 @@ def _overhead(pilot_dir: Path, fresh: list, seconds: float) -> tuple[float, floa
             return float(saved["startup_s"]), float(saved["launch_s"])
         except (OSError, ValueError, KeyError, TypeError):
             return 0.0, 0.0
-    imports = sum(float((r.placement or {}).get("import_s") or 0.0) for r in done)
+    imports = sum(_import_s(r) for r in done)
     outside = max(seconds - sum(r.wall_s for r in done) - imports, 0.0)  # Ray's start, each trial's launch
     launch = _launch_gap(done)
     startup = max(outside - launch * len(done), 0.0)

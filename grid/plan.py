@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -16,6 +16,7 @@ from rich.table import Table
 
 from grid import schedule
 from grid.pilot import Measured, Pilots, group_trials, run_pilots
+from grid.sharing import Sharing, at_once, describe
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
@@ -37,10 +38,11 @@ class Predicted:
     fixed_s: float
     train_s: float
     eval_s: float
-    wall_s: float
+    wall_s: float  # as the schedule runs it: `alone_s` stretched while it shares its node
     peak_memory_mb: float
     disk_mb: float
     gpus: float
+    alone_s: float = 0.0  # fixed cost + training + generation, on a node of its own
 
 
 def processes(resources) -> int:
@@ -101,6 +103,7 @@ def predict(cfg: TrialConfig, group: int, m: Measured, resources, cached: bool, 
         m.peak_memory_mb,
         m.disk_mb,
         resources.gpus_per_trial,
+        round(wall, 2),
     )
 
 
@@ -174,16 +177,20 @@ def plan_grid(
     console = console or Console()
     check_fits(spec.resources, address)
     groups = group_trials(trials)
-    pilots = run_pilots(spec, groups, pilot_dir, address=address, console=console)
+    store = RunStore(run_dir)
+    cached = {cfg.trial_id for cfg in trials if (r := read_result(store / cfg.trial_id)) and r.ok}
+    nodes = cluster_nodes(address)
+    k = at_once(spec.resources, nodes, len(trials) - len(cached))
+    pilots = run_pilots(spec, groups, pilot_dir, address=address, console=console, at_once=k)
     if pilots.failed:
         for line in pilots.failed:
             console.print(f"pilot failed: {line}", markup=False, highlight=False)
         console.print("no plan: the trials of these groups would fail the same way", markup=False, highlight=False)
         return 1
-    predicted = _predict_all(groups, pilots, spec.resources, run_dir)
+    predicted = _predict_all(groups, pilots, spec.resources, cached)
     order = {cfg.trial_id: i for i, cfg in enumerate(trials)}
     predicted.sort(key=lambda p: order[p.trial_id])
-    plan = _plan(spec, groups, predicted, pilots, address, price)
+    plan = _plan(spec, groups, predicted, pilots, nodes, price)
     RunStore(run_dir).write(json.dumps(plan, indent=2) + "\n", layout.PLAN_JSON)
     print_plan(plan, console)
     console.print(f"plan → {RunStore(run_dir) / layout.PLAN_JSON}", markup=False, highlight=False)
@@ -216,6 +223,13 @@ def _cold_trials(resources, nodes: list[schedule.Node], todo: list[Predicted]) -
     return {p.trial_id for p in todo[: max(slots, 1)]}
 
 
+def _stretched(p: Predicted, placed, job_s: float) -> Predicted:
+    """A trial's wall time as the schedule ran it: its time alone, stretched as its place in the schedule was."""
+    if placed is None or job_s <= 0:
+        return p
+    return replace(p, wall_s=round(p.alone_s * (placed.end - placed.start) / job_s, 2))
+
+
 def _slot(placed) -> dict:
     """A trial's place in the simulated schedule (a cached trial has none)."""
     if placed is None:
@@ -223,20 +237,19 @@ def _slot(placed) -> dict:
     return {"node": placed.node, "start_s": round(placed.start, 1), "end_s": round(placed.end, 1)}
 
 
-def _predict_all(groups, pilots: Pilots, resources, run_dir) -> list[Predicted]:
-    store, sizes = RunStore(run_dir), {}
+def _predict_all(groups, pilots: Pilots, resources, cached: set[str]) -> list[Predicted]:
+    sizes: dict = {}
     predicted = []
     for g, (group, m) in enumerate(zip(groups, pilots.measured, strict=True)):
         for cfg in group:
-            cached = bool((r := read_result(store / cfg.trial_id)) and r.ok)
-            predicted.append(predict(cfg, g, m, resources, cached, sizes))
+            predicted.append(predict(cfg, g, m, resources, cfg.trial_id in cached, sizes))
     return predicted
 
 
-def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, address, price) -> dict:
-    """plan.json's object: the pilots, the groups, every trial with its place in the simulated schedule, totals."""
+def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, nodes: list[schedule.Node], price) -> dict:
+    """plan.json's object: the pilots, the groups, every trial with its place in the simulated schedule (trials
+    that share a node stretched by the measured slowdown, `grid.sharing`), totals."""
     res = spec.resources
-    nodes = cluster_nodes(address)
     cold = _cold_trials(res, nodes, [p for p in predicted if not p.cached])
     jobs = [
         schedule.Job(
@@ -248,7 +261,9 @@ def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, address, pri
         )
         for p in predicted
     ]
-    placed = {s.name: s for s in schedule.simulate(jobs, nodes, res.max_concurrent)}
+    placed = {s.name: s for s in schedule.simulate(jobs, nodes, res.max_concurrent, slowdown=pilots.sharing.factor)}
+    seconds = {job.name: job.seconds for job in jobs}
+    predicted = [_stretched(p, placed.get(p.trial_id), seconds[p.trial_id]) for p in predicted]
     todo = [p for p in predicted if not p.cached]
     gpu_hours = sum(p.wall_s * p.gpus for p in todo) / 3600
     wall = schedule.makespan(list(placed.values())) + (pilots.startup_s if todo else 0.0)
@@ -266,6 +281,7 @@ def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, address, pri
         "max_concurrent": res.max_concurrent,
         "suggested_gpus_per_trial": packing(res, peak),
     }
+    total["sharing"] = pilots.sharing.to_json()
     pilot = {"groups": len(pilots.measured), "ran": pilots.ran, "seconds": pilots.seconds}
     pilot.update(startup_s=pilots.startup_s, launch_s=pilots.launch_s, import_s=pilots.import_s, ids=pilots.pilot_ids)
     trials = [{**asdict(p), **_slot(placed.get(p.trial_id))} for p in predicted]
@@ -324,6 +340,7 @@ def print_plan(plan: dict, console: Console) -> None:
     if total["suggested_gpus_per_trial"] is not None:
         console.print(f"memory allows gpus_per_trial: {total['suggested_gpus_per_trial']:g}", highlight=False)
     console.print(f"pilots: {pilots['groups']} ({pilots['ran']} run now, {pilots['seconds']:.0f} s)", highlight=False)
+    console.print(describe(Sharing.from_json(total["sharing"])), markup=False, highlight=False)
 
 
 def _duration(seconds: float) -> str:

@@ -47,8 +47,34 @@ class TrialFeed(Searcher):
         raise NotImplementedError("a grid run resumes from its run folder, not from Ray Tune's state")
 
 
-def trial_feed(trials: list[dict], max_concurrent: int | None, cluster_cpus: float) -> ConcurrencyLimiter:
+class TogetherThenAlone(TrialFeed):
+    """`ftgrid plan`'s feed: its first `together` trials at once (side-by-side copies of a pilot, `grid.sharing`),
+    then, once every one of them has ended, the others one at a time (each pilot measures alone)."""
+
+    def __init__(self, trials: list[dict], together: int):
+        super().__init__(trials)
+        self._together = together
+        self._live: set[str] = set()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        if self._next >= self._together and self._live and self._next < len(self._trials):
+            return None  # Tune asks again later
+        config = super().suggest(trial_id)
+        if config is not Searcher.FINISHED:
+            self._live.add(trial_id)
+        return config
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self._live.discard(trial_id)
+
+
+def trial_feed(
+    trials: list[dict], max_concurrent: int | None, cluster_cpus: float, together: int = 0
+) -> ConcurrencyLimiter:
     """The feed of `trials`, with at most `max_concurrent` of them running or waiting for resources at once (the
-    grid's limit; unset: Tune's own limit on pending trials for a cluster of `cluster_cpus` CPUs)."""
+    grid's limit; unset: Tune's own limit on pending trials for a cluster of `cluster_cpus` CPUs). `together`:
+    the first so many at once, then the others one at a time (`TogetherThenAlone`)."""
+    if together:
+        return ConcurrencyLimiter(TogetherThenAlone(trials, together), max_concurrent=together)
     limit = max_concurrent or max(UNLIMITED_PENDING, int(cluster_cpus * 1.1))
     return ConcurrencyLimiter(TrialFeed(trials), max_concurrent=max(1, min(limit, len(trials))))

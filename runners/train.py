@@ -185,6 +185,8 @@ class _Loop:
             "tokens_per_s": round(tokens / (now - self.window_start), 1),
             "epoch": self.epochs_done(),
         }
+        if self.time_box is not None:  # a pilot: when each step ended, for `ftgrid plan`'s sharing probe
+            line["time"] = round(time.time(), 3)
         if acc.num_processes > 1:  # each process's own mean: `loss` is their average, weighted by micro-batches
             line["process_losses"] = [round(row[0] / row[1], 5) for row in per_process.tolist()]
         self.train_tokens += int(tokens)

@@ -6,7 +6,7 @@ import re
 
 import pandas as pd
 import pytest
-from conftest import ray_processes, wait_until_gone
+from conftest import ray_processes, wait_until_gone, write_tiny_grid
 from inprocess import ftgrid
 
 from grid.pilot import PILOT_EVAL, PILOT_MAX_STEPS, PILOT_STEPS, Measured, group_trials, pilot_of
@@ -97,6 +97,9 @@ def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_t
     lora = plan["groups"][0]
     assert lora["step_s"] > 0 and lora["gen_s_per_example"] > 0 and lora["tokens_per_s"] > 0
     assert plan["total"]["price"] == 0.0 and plan["total"]["wall_s"] > 0
+    # one trial at a time (the grid's max_concurrent 1): nothing shares a node, nothing is stretched
+    assert plan["total"]["sharing"]["trials"] == 1 and "trials at once on a node: 1" in first.stdout
+    assert all(t["wall_s"] == t["alone_s"] > 0 for t in plan["trials"])
     # pilots live in their cache, keyed by content, never among the run's results
     assert sorted(p.name for p in run_dir.iterdir()) == ["plan.json"]
     pilot = json.loads((pilots / plan["pilots"]["ids"][0] / "result.json").read_text())
@@ -120,6 +123,22 @@ def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_t
     assert "total: 0 trials to run (3 cached)" in after.stdout
     assert json.loads((run_dir / "plan.json").read_text())["total"]["wall_s"] == 0
 
-    smoke = ftgrid("plan", str(grid), "--smoke", "--out", str(tmp_path / "smoke"), "--pilots", str(pilots))
+    # --smoke, two at a time on this machine's CPUs: copies of the LoRA pilot run side by side first, then the
+    # smoke pilots; each trial's wall time is its time alone stretched while it shares the machine
+    (tmp_path / "two").mkdir()
+    two = write_tiny_grid(tmp_path / "two", AXES, "resources:\n  max_concurrent: 2\n")
+    smoke_args = ("plan", str(two), "--smoke", "--out", str(tmp_path / "smoke"), "--pilots", str(pilots))
+    smoke = ftgrid(*smoke_args)
     assert smoke.code == 0, smoke.output
-    assert [t["steps"] for t in json.loads((tmp_path / "smoke" / "plan.json").read_text())["trials"]] == [2, 0, 2]
+    shared = json.loads((tmp_path / "smoke" / "plan.json").read_text())
+    assert [t["steps"] for t in shared["trials"]] == [2, 0, 2]
+    sharing = shared["total"]["sharing"]
+    assert sharing["trials"] == 2 and sharing["ran"] == len(sharing["ids"]) == 2, sharing
+    assert sharing["group"] == 0 and sharing["measured"] is not None and sharing["slowdown"] >= 1, sharing
+    assert all((pilots / i / "result.json").exists() for i in sharing["ids"])
+    said = " ".join(smoke.stdout.split())
+    assert "2 copies of pilot 1 side by side first" in said and "2 trials at once on a node: each" in said
+    assert all(t["wall_s"] >= t["alone_s"] > 0 for t in shared["trials"])
+    again = ftgrid(*smoke_args)  # the copies are cached as the pilots are
+    cached = json.loads((tmp_path / "smoke" / "plan.json").read_text())["total"]["sharing"]
+    assert again.code == 0 and cached["ran"] == 0 and cached["measured"] == sharing["measured"], again.output
