@@ -299,8 +299,8 @@ def _plan(spec, groups, predicted: list[Predicted], pilots: Pilots, nodes: list[
 
 
 def _span(values: list[float], fmt: str) -> str:
-    low, high = min(values), max(values)
-    return format(low, fmt) if low == high else f"{format(low, fmt)}–{format(high, fmt)}"
+    low, high = format(min(values), fmt), format(max(values), fmt)
+    return low if low == high else f"{low}–{high}"  # as printed: 6.6 and 7.4 s are both "7"
 
 
 def print_plan(plan: dict, console: Console) -> None:

@@ -142,3 +142,9 @@ def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_t
     again = ftgrid(*smoke_args)  # the copies are cached as the pilots are
     cached = json.loads((tmp_path / "smoke" / "plan.json").read_text())["total"]["sharing"]
     assert again.code == 0 and cached["ran"] == 0 and cached["measured"] == sharing["measured"], again.output
+
+
+def test_a_span_of_wall_times_is_shown_as_printed():
+    from grid.plan import _span
+
+    assert _span([6.6, 7.4], ".0f") == "7" and _span([6.6, 8.4], ".0f") == "7–8" and _span([3, 3], "d") == "3"
