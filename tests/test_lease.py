@@ -131,8 +131,11 @@ def test_two_drivers_on_one_bucket_run_each_trial_once_and_the_survivor_takes_ov
     over once it goes stale, resumes it from the bucket and finishes the grid. Every trial is trained by exactly
     one of them (without the lease the second trains the first's second trial alongside it)."""
     settings = TINY_SETTINGS.replace("max_steps: 4", "max_steps: 24")
+    # the third trial (in grid order), the one a is killed in, trains 96 steps: from its first checkpoint in the
+    # bucket to its end, the kill must land first (with 24, a busy machine once let a finish it)
+    third = "overrides:\n  - match: {loss: full, lora_rank: 2}\n    settings: {max_steps: 96}\n"
     resources = "resources:\n  checkpoint_steps: 3\n  max_concurrent: 1\n  launcher: accelerate\n"
-    grid = write_yaml(tmp_path / "g.yaml", f"name: race\naxes:\n  {AXES}\n{settings}{resources}")
+    grid = write_yaml(tmp_path / "g.yaml", f"name: race\naxes:\n  {AXES}\n{settings}{third}{resources}")
     run, store = f"{s3}/race", RunStore(f"{s3}/race")
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     scratch = [tempfile.mkdtemp(prefix=f"ftgrid-{log.stem}-", dir=tmp_path) for log in logs]

@@ -134,10 +134,16 @@ def test_plan_pilots_predicts_and_knows_cached_trials(tiny_grid, tmp_path, ray_t
     assert [t["steps"] for t in shared["trials"]] == [2, 0, 2]
     sharing = shared["total"]["sharing"]
     assert sharing["trials"] == 2 and sharing["ran"] == len(sharing["ids"]) == 2, sharing
-    assert sharing["group"] == 0 and sharing["measured"] is not None and sharing["slowdown"] >= 1, sharing
+    assert sharing["group"] == 0 and sharing["slowdown"] >= 1, sharing
     assert all((pilots / i / "result.json").exists() for i in sharing["ids"])
     said = " ".join(smoke.stdout.split())
-    assert "2 copies of pilot 1 side by side first" in said and "2 trials at once on a node: each" in said
+    assert "2 copies of pilot 1 side by side first" in said
+    # measured, or, when the other tests' load started one copy's training seconds after the other's, said so
+    if sharing["measured"] is None:
+        assert sharing["note"] == "the copies did not train at the same time long enough", sharing
+        assert "slowdown not measured (the copies did not train at the same time long enough)" in said
+    else:
+        assert sharing["slowdown"] == max(sharing["measured"], 1.0) and "2 trials at once on a node: each" in said
     assert all(t["wall_s"] >= t["alone_s"] > 0 for t in shared["trials"])
     again = ftgrid(*smoke_args)  # the copies are cached as the pilots are
     cached = json.loads((tmp_path / "smoke" / "plan.json").read_text())["total"]["sharing"]
