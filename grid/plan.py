@@ -21,7 +21,7 @@ from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.errors import ConfigError
 from runners.contract.result import now, read_result
-from runners.contract.store import RunStore
+from runners.contract.store import RunStore, in_parallel
 
 MEMORY_MARGIN = 0.9  # the share of a device's memory a plan lets trials use (the rest: allocator, CUDA context)
 
@@ -177,8 +177,9 @@ def plan_grid(
     console = console or Console()
     check_fits(spec.resources, address)
     groups = group_trials(trials)
-    store = RunStore(run_dir)
-    cached = {cfg.trial_id for cfg in trials if (r := read_result(store / cfg.trial_id)) and r.ok}
+    store, ids = RunStore(run_dir), [cfg.trial_id for cfg in trials]
+    results = in_parallel(lambda trial_id: read_result(store / trial_id), ids)  # 16 at a time: storage pays each
+    cached = {trial_id for trial_id, r in zip(ids, results, strict=True) if r and r.ok}
     nodes = cluster_nodes(address)
     k = at_once(spec.resources, nodes, len(trials) - len(cached))
     pilots = run_pilots(spec, groups, pilot_dir, address=address, console=console, at_once=k)
