@@ -60,11 +60,12 @@ def at_once(resources, nodes: list[Node], todo: int) -> int:
     `resources:` (fractional GPUs packed onto one), at most `max_concurrent` and the trials to run."""
     held = []
     for node in nodes:
-        slots = int(node.cpus // resources.cpus_per_trial + 1e-9) if resources.cpus_per_trial > 0 else todo
+        slots = int(node.cpus / resources.cpus_per_trial + 1e-9) if resources.cpus_per_trial > 0 else todo
         gpus = resources.gpus_per_trial
-        if gpus > 0:
-            per_gpu = int(1 / gpus + 1e-9) if gpus < 1 else 0
-            slots = min(slots, node.gpus * per_gpu if gpus < 1 else node.gpus // max(int(round(gpus)), 1))
+        if 0 < gpus < 1:  # several trials to a GPU
+            slots = min(slots, node.gpus * int(1 / gpus + 1e-9))
+        elif gpus >= 1:  # whole GPUs each
+            slots = min(slots, node.gpus // max(int(round(gpus)), 1))
         held.append(slots)
     most = max(held, default=1)
     if resources.max_concurrent:

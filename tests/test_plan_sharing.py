@@ -57,6 +57,7 @@ def test_trials_at_once_on_a_node_are_what_its_slots_hold_by_the_grids_resources
     assert at_once(Resources(cpus_per_trial=1, max_concurrent=1), two_cpus, todo=8) == 1
     assert at_once(Resources(cpus_per_trial=1), two_cpus, todo=1) == 1  # one trial to run shares nothing
     assert at_once(Resources(cpus_per_trial=2), two_cpus, todo=8) == 1
+    assert at_once(Resources(cpus_per_trial=0.1), two_cpus, todo=50) == 20  # 2 // 0.1 is 19.0 in floats
     gpus = [Node(cpus=16, gpus=2), Node(cpus=16, gpus=1)]
     assert at_once(Resources(cpus_per_trial=1, gpus_per_trial=0.5), gpus, todo=8) == 4  # two a GPU, two GPUs
     assert at_once(Resources(cpus_per_trial=1, gpus_per_trial=1 / 3), gpus, todo=8) == 6
