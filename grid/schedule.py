@@ -8,11 +8,12 @@ no slot. Nothing is ever placed beyond a node's capacity; a trial no node can ho
 
 Trials that share a node slow each other down (memory bandwidth, caches, a shared GPU): with `slowdown`, a trial
 runs `slowdown(k)` times slower while k trials run on its node (processor sharing), so its `seconds` (its time
-alone) stretch by what it shares; `ftgrid plan` measures the slowdown (`grid.pilot.measure_sharing`).
+alone) stretch by what it shares; `ftgrid plan` measures the slowdown (`grid.sharing`).
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -121,7 +122,7 @@ def simulate(
             running.append(_Running(len(placed), job, node, ids, job.seconds))
             placed.append(Placed(job.name, node, now, now, ids))
             queue.pop(0)
-        factor = {r.node: slowdown(sum(q.node == r.node for q in running)) for r in running}
+        factor = {node: slowdown(k) for node, k in Counter(r.node for r in running).items()}
         first = min(running, key=lambda r: (r.left * factor[r.node], r.index))  # the next to end (ties: first started)
         step = first.left * factor[first.node]
         for r in running:
