@@ -185,8 +185,7 @@ def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: C
     clock = time.perf_counter()
     if todo or copies_todo:
         quiet = Console(file=io.StringIO())
-        runs = [*copies_todo, *todo]
-        together = len(copies_todo)
+        runs, together = [*copies_todo, *todo], len(copies_todo)
         run_grid(
             spec,
             runs,
@@ -199,16 +198,18 @@ def run_pilots(spec, groups, pilot_dir: Path, *, address: str | None, console: C
         )
     seconds = time.perf_counter() - clock
     results = {p.trial_id: read_result(pilot_dir / p.trial_id) for p in pilots}
+    copy_results = [read_result(pilot_dir / c.trial_id) for c in copies]  # each read once
     failed = [f"{i}: {r.error if r else 'no result'}" for i, r in results.items() if not (r and r.ok)]
-    copied_now = [r for c in copies_todo if (r := read_result(pilot_dir / c.trial_id)) and r.ok and r.wall_s]
+    ran_now = {c.trial_id for c in copies_todo}
+    copied_now = [r for r in copy_results if r and r.ok and r.wall_s and r.trial_id in ran_now]
     copies_s = max((r.wall_s + _import_s(r) for r in copied_now), default=0.0)
     overhead = _overhead(pilot_dir, [results[p.trial_id] for p in todo], seconds - copies_s)
     measured = [Measured.of(r) for r in results.values() if r and r.ok]
     sharing = Sharing()
     if copies and not failed:
         run = {"ran": len(copies_todo), "seconds": round(copies_s, 1)}
-        sharing = sharing_of(copies, copied, measured[copied].step_s, pilot_dir, **run)
-    copies_import = max((_import_s(r) for c in copies if (r := read_result(pilot_dir / c.trial_id))), default=0.0)
+        sharing = sharing_of(copies, copy_results, copied, measured[copied].step_s, pilot_dir, **run)
+    copies_import = max((_import_s(r) for r in copy_results if r), default=0.0)
     return Pilots(measured, list(results), len(todo), round(seconds, 1), *overhead, failed, sharing, copies_import)
 
 

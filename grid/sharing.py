@@ -21,7 +21,6 @@ from grid.schedule import Node
 from runners.config import TrialConfig
 from runners.contract import layout
 from runners.contract.files import parse_jsonl
-from runners.contract.result import read_result
 
 MIN_WINDOW_S = 0.5  # less time than this with every copy training: not measured
 MIN_STEPS = 2  # steps of each copy inside the window
@@ -83,11 +82,12 @@ def side_by_side(pilot: TrialConfig, k: int, max_steps: int) -> list[TrialConfig
     return [TrialConfig.model_validate({**data, "seed": pilot.seed + 1 + i}) for i in range(k)]
 
 
-def sharing_of(copies: list[TrialConfig], group: int, alone_step_s: float, pilot_dir: Path, **run) -> Sharing:
-    """The slowdown the side-by-side `copies` of group `group`'s pilot measured against its step alone (`run`:
-    `ran` and `seconds`, for the record)."""
+def sharing_of(
+    copies: list[TrialConfig], results: list, group: int, alone_step_s: float, pilot_dir: Path, **run
+) -> Sharing:
+    """The slowdown the side-by-side `copies` of group `group`'s pilot (`results`: their result.json each, None
+    where missing) measured against its step alone (`run`: `ran` and `seconds`, for the record)."""
     base = Sharing(len(copies), group=group, ids=tuple(c.trial_id for c in copies), **run)
-    results = [read_result(pilot_dir / c.trial_id) for c in copies]
     if not all(r and r.ok for r in results):
         return replace(base, note="a copy did not finish")
     nodes = {(r.placement or {}).get("node_id") for r in results}
